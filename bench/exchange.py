@@ -1,0 +1,151 @@
+"""Commit exchange vs raw MPI: is the parameter server's hot path as fast as the wire allows?
+
+Run (2 ranks: server + 1 worker; more ranks add workers that commit concurrently):
+
+    mpirun -np 2 python bench/exchange.py [--commits 40] [--model resnet18]
+
+In one run it measures, on the same ranks and the same bytes (the model's flat float32 vector: ResNet-18 with
+the CIFAR stem is 11.2M values, 44.7 MB):
+
+1. raw: worker Send -> server Recv -> server Send -> worker Recv of the vector (mpi4py buffer API);
+2. merge: the server's merge pass alone (torch.lerp_ over the vector);
+3. commit: the real protocol and server: ``push_and_pull`` on the worker against ``Server.serve`` (headers,
+   bounded waits, merge, bookkeeping, reply, commit records).
+
+It prints round-trip times, throughput, and commit / (raw + merge) as the efficiency figure. Record results in
+docs/BENCHMARKS.md with the command line used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from mpi4py import MPI
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hdbl_mpi.comm.wire import PUSH, REPLY, TAG_RECORD, FlatState  # noqa: E402
+from hdbl_mpi.comm.world import make_world  # noqa: E402
+from hdbl_mpi.config import load_config  # noqa: E402
+from hdbl_mpi.models import build_model  # noqa: E402
+from hdbl_mpi.plan import make_plan  # noqa: E402
+from hdbl_mpi.ps.server import Server, ServerState  # noqa: E402
+from hdbl_mpi.ps.worker import push_and_pull  # noqa: E402
+
+
+class NoEvaluation:
+    """The benchmark measures the exchange; the server's evaluator is replaced by one that evaluates nothing."""
+
+    def submit(self, epoch, snapshot):
+        pass
+
+    def results(self):
+        return []
+
+    def finish(self, timeout_s):
+        return []
+
+
+def raw_round_trips(comm, vector, repeats: int) -> list[float]:
+    """Worker-measured raw round trips (rank 1 <-> rank 0) of the same buffer."""
+    times = []
+    for _ in range(repeats):
+        comm.Barrier()
+        if comm.rank == 0:
+            comm.Recv(vector, source=1, tag=1)
+            comm.Send(vector, dest=1, tag=2)
+        elif comm.rank == 1:
+            start = time.perf_counter()
+            comm.Send(vector, dest=0, tag=1)
+            comm.Recv(vector, source=0, tag=2)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--commits", type=int, default=40, help="commits per worker (and raw round trips)")
+    parser.add_argument("--model", default="resnet18", choices=["resnet18", "resnet_small"])
+    parser.add_argument("--json", help="also write the figures to this JSON file (rank 0)")
+    args = parser.parse_args()
+    comm = MPI.COMM_WORLD
+    workers = comm.size - 1
+    if workers < 1:
+        sys.exit("run with at least 2 ranks: mpirun -np 2 python bench/exchange.py")
+    torch.set_num_threads(1)
+    model = build_model(args.model, 100, 3, 32, stem="cifar")
+    flat = FlatState(model)
+
+    raw = raw_round_trips(comm, flat.host, args.commits)
+    merge_times = []
+    if comm.rank == 0:
+        other = flat.vector.clone()
+        for _ in range(args.commits):
+            start = time.perf_counter()
+            flat.vector.lerp_(other, 0.5)
+            merge_times.append(time.perf_counter() - start)
+
+    config = load_config(None, [f"dual.workers={workers}", f"train.epochs={args.commits}", "ps.timeout_s=120",
+                                "eval.every=0", "run.checkpoint_every=0"])
+    plan = make_plan(workers * 1000, workers, 0, 100, None, None, 1.0)
+    world = make_world(workers, 0, comm)
+    comm.Barrier()
+    commit_times: list[float] = []
+    if world.is_server:
+        with tempfile.TemporaryDirectory() as run_dir:
+            server = Server(world, config, plan, flat.vector.clone(), Path(run_dir), NoEvaluation(), ServerState(),
+                            config.ps.timeout_s)
+            start = time.perf_counter()
+            server.serve()
+            serve_s = time.perf_counter() - start
+            server.close()
+    else:
+        header_in = REPLY.empty()
+        for local in range(1, 1_000_000):
+            header_out = PUSH.pack(local_commit=local, samples=100, steps=1)
+            commit_times.append(push_and_pull(comm, flat, header_out, header_in, 120.0, "bench reply"))
+            reply = REPLY.unpack(header_in)
+            comm.send({"worker": comm.rank, "group": "large", "global_commit": int(reply["global_commit"]),
+                       "compute_s": 0.0, "exchange_s": commit_times[-1], "wait_s": reply["held_s"],
+                       "commit_s": commit_times[-1]}, dest=0, tag=TAG_RECORD)
+            if reply["stop"]:
+                break
+    raw_all = comm.gather(raw, root=0)
+    commits_all = comm.gather(commit_times, root=0)
+    if comm.rank != 0:
+        return
+    nbytes = flat.nbytes
+    raw_s = statistics.median(raw_all[1])
+    merge_s = statistics.median(merge_times)
+    commit_s = statistics.median([t for per_worker in commits_all[1:] for t in per_worker])
+    commits_per_s = workers * args.commits / serve_s
+    figures = {
+        "model": args.model, "values": flat.numel, "bytes": nbytes, "workers": workers, "commits": args.commits,
+        "mpi_library": MPI.Get_library_version().splitlines()[0].strip(),
+        "raw_round_trip_ms": 1e3 * raw_s, "raw_GBps": 2 * nbytes / raw_s / 1e9,
+        "merge_ms": 1e3 * merge_s,
+        "commit_round_trip_ms": 1e3 * commit_s, "commit_GBps": 2 * nbytes / commit_s / 1e9,
+        "server_commits_per_s": commits_per_s, "server_GBps": 2 * nbytes * commits_per_s / 1e9,
+        "efficiency_vs_raw": raw_s / commit_s, "efficiency_vs_raw_plus_merge": (raw_s + merge_s) / commit_s,
+    }
+    print(f"vector: {flat.numel:,} float32 ({nbytes / 1e6:.1f} MB), {workers} worker(s), {args.commits} commits each; "
+          f"{figures['mpi_library']}")
+    print(f"raw Send/Recv round trip  {figures['raw_round_trip_ms']:8.2f} ms  ({figures['raw_GBps']:.2f} GB/s)")
+    print(f"server merge (lerp_)      {figures['merge_ms']:8.2f} ms")
+    print(f"commit round trip         {figures['commit_round_trip_ms']:8.2f} ms  ({figures['commit_GBps']:.2f} GB/s); "
+          f"server {commits_per_s:.1f} commits/s")
+    print(f"commit / raw: {figures['efficiency_vs_raw']:.3f}   commit / (raw + merge): "
+          f"{figures['efficiency_vs_raw_plus_merge']:.3f}  (target >= 0.90)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

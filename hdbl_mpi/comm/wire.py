@@ -1,0 +1,135 @@
+"""The one wire format: model <-> flat float32 vector, message tags, control headers, bounded waits.
+
+A commit moves the whole model state (parameters and floating-point BatchNorm buffers) as ONE contiguous
+float32 vector. On the CPU the model's tensors are re-pointed to views of that vector, so the numpy array MPI
+sends from and receives into *is* the model: a push and a pull copy nothing. On a GPU one pinned host vector
+is the staging area (one device<->host copy per direction). Integer buffers such as BatchNorm's
+``num_batches_tracked`` are not exchanged: they only count steps and do not affect training with momentum BN.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+# Message tags. Headers are small float64 arrays sent before the weight vector they describe.
+TAG_PUSH_HEADER = 11
+TAG_PUSH_WEIGHTS = 12
+TAG_REPLY_HEADER = 21
+TAG_REPLY_WEIGHTS = 22
+TAG_RECORD = 31  # one pickled commit record (a small dict), worker -> server, off the hot path
+
+
+class TimeoutWaiting(RuntimeError):
+    """A bounded wait ran out: the peer is gone, stalled, or the timeout is too short for this job."""
+
+
+def _state_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    named = [(f"param:{n}", p) for n, p in model.named_parameters()]
+    named += [(f"buffer:{n}", b) for n, b in model.named_buffers() if b.is_floating_point()]
+    return named
+
+
+class FlatState:
+    """All floating-point state of a model in one contiguous float32 vector.
+
+    After construction the model's parameters and float buffers are views into ``self.vector`` (CPU) or into
+    a device vector mirrored by the pinned ``self.host`` array (GPU). ``host`` is what MPI sends and receives.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        named = _state_tensors(model)
+        for name, tensor in named:
+            if tensor.dtype != torch.float32:
+                raise TypeError(f"{name} is {tensor.dtype}; the wire format carries float32 only")
+        self.names = [n for n, _ in named]
+        self.shapes = [tuple(t.shape) for _, t in named]
+        self.numel = sum(t.numel() for _, t in named)
+        device = named[0][1].device
+        self.vector = torch.empty(self.numel, dtype=torch.float32, device=device)
+        offset = 0
+        modules = dict(model.named_modules())
+        for name, tensor in named:
+            n = tensor.numel()
+            view = self.vector[offset : offset + n].view_as(tensor)
+            view.copy_(tensor.detach())
+            kind, dotted = name.split(":", 1)
+            owner_name, _, attr = dotted.rpartition(".")
+            owner = modules[owner_name]
+            if kind == "param":
+                owner._parameters[attr].data = view
+            else:
+                owner._buffers[attr] = view
+            offset += n
+        if device.type == "cpu":
+            self.host = self.vector.numpy()
+        else:
+            self.host = torch.empty(self.numel, dtype=torch.float32, pin_memory=True).numpy()
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * 4
+
+    def to_host(self) -> np.ndarray:
+        """Make ``host`` hold the current model state (a no-op on the CPU)."""
+        if self.vector.device.type != "cpu":
+            torch.from_numpy(self.host).copy_(self.vector, non_blocking=False)
+        return self.host
+
+    def from_host(self) -> None:
+        """Load ``host`` into the model (a no-op on the CPU, where they share memory)."""
+        if self.vector.device.type != "cpu":
+            self.vector.copy_(torch.from_numpy(self.host), non_blocking=False)
+
+
+@dataclass(frozen=True)
+class HeaderLayout:
+    """Named fields of a small float64 control message, defined once for sender and receiver."""
+
+    fields: tuple[str, ...]
+
+    def empty(self) -> np.ndarray:
+        return np.zeros(len(self.fields), dtype=np.float64)
+
+    def pack(self, **values: float) -> np.ndarray:
+        unknown = set(values) - set(self.fields)
+        if unknown:
+            raise KeyError(f"unknown header fields {sorted(unknown)}")
+        return np.array([float(values.get(f, 0.0)) for f in self.fields], dtype=np.float64)
+
+    def unpack(self, array: np.ndarray) -> dict[str, float]:
+        return {f: float(v) for f, v in zip(self.fields, array)}
+
+
+# Worker -> server, before the pushed weights.
+PUSH = HeaderLayout(("local_commit", "samples", "steps", "loss_sum", "correct", "compute_s"))
+# Server -> worker, before the merged weights (and, with epoch = -1, at start-up).
+REPLY = HeaderLayout(("global_commit", "epoch", "lr", "stop", "merged", "held_s"))
+
+
+def wait_bounded(request, timeout_s: float, what: str, status=None) -> None:
+    """Wait for an MPI request without blocking forever and without spinning a core.
+
+    Open MPI's blocking wait busy-polls, which steals a core from the training ranks on a shared host. Here we
+    test in a loop with a short, growing sleep (at most 1 ms, which is small next to a commit) and give up
+    after `timeout_s` with an error that says what was awaited.
+    """
+    deadline = time.monotonic() + timeout_s
+    pause = 0.0
+    while True:
+        done = request.Test(status) if status is not None else request.Test()
+        if done:
+            return
+        if time.monotonic() > deadline:
+            request.Cancel()
+            raise TimeoutWaiting(
+                f"waited {timeout_s:.0f} s for {what}; the peer is gone or stalled. If commits are legitimately "
+                "slower, raise ps.timeout_s."
+            )
+        if pause:
+            time.sleep(pause)
+        pause = min(1e-3, pause * 2 if pause else 5e-5)

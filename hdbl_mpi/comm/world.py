@@ -1,0 +1,77 @@
+"""Ranks, roles and group communicators (SPEC §2).
+
+Rank 0 is the server, ranks 1..n_S are the small-batch workers and the remaining ranks the large-batch
+workers. ``COMM_WORLD.Split`` gives each group its own communicator for collective work inside the group.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from mpi4py import MPI
+
+from hdbl_mpi.errors import WorldSizeError
+
+SERVER, SMALL, LARGE = "server", "small", "large"
+_COLORS = {SERVER: 0, SMALL: 1, LARGE: 2}
+
+
+@dataclass
+class World:
+    comm: MPI.Intracomm
+    group_comm: MPI.Intracomm
+    rank: int
+    size: int
+    role: str
+    local_rank: int
+    local_size: int
+
+    @property
+    def is_server(self) -> bool:
+        return self.role == SERVER
+
+    @property
+    def worker_index(self) -> int:
+        """0-based index among workers (rank - 1)."""
+        return self.rank - 1
+
+    def describe(self) -> str:
+        return f"rank {self.rank}/{self.size} ({self.role}{'' if self.is_server else '-batch worker'})"
+
+
+def role_of(rank: int, small: int) -> str:
+    if rank == 0:
+        return SERVER
+    return SMALL if rank <= small else LARGE
+
+
+def check_world_size(size: int, workers: int, small: int) -> None:
+    """The world must hold exactly one server and the configured workers; say how to launch it otherwise."""
+    if size != workers + 1:
+        raise WorldSizeError(
+            f"this job has {size} MPI rank(s) but the config asks for 1 server + dual.workers={workers} workers "
+            f"({small} small-batch, {workers - small} large-batch) = {workers + 1} ranks. Launch with "
+            f"`mpirun -np {workers + 1} ...`, or set --set dual.workers={size - 1} (and dual.small <= {max(size - 1, 0)})."
+        )
+
+
+def make_world(workers: int, small: int, comm: MPI.Intracomm | None = None) -> World:
+    """Split the job into roles; raises WorldSizeError identically on every rank (no collective is entered)."""
+    comm = comm or MPI.COMM_WORLD
+    check_world_size(comm.size, workers, small)
+    role = role_of(comm.rank, small)
+    group = comm.Split(_COLORS[role], comm.rank)
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+    world = World(comm, group, comm.rank, comm.size, role, local.rank, local.size)
+    local.Free()
+    return world
+
+
+def threads_per_rank(local_size: int, requested: int = 0) -> int:
+    """Give each rank its share of this host's cores: torch would otherwise start one thread per core in every
+    rank and the ranks would thrash."""
+    if requested > 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, local_size))

@@ -1,0 +1,300 @@
+"""Typed configuration: defaults, then a YAML file, then `--set key.sub=value` overrides.
+
+The same order as timm's train.py (file, then command line), with one difference: every key is declared
+in a dataclass here, so a misspelt key is an error that names the closest valid key instead of a setting that
+is silently ignored. The resolved config (after overrides) is what a run directory keeps, and `--resume`
+reads it back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hdbl_mpi.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"  # fashion-mnist | mnist | cifar10 | cifar100 | synthetic
+    dir: str | None = None  # where to look for local files first; None: the loaders' default places
+    download: bool = False  # only when asked, and only when online
+    resolution: int | None = None  # training/eval resolution; None: the data set's native size
+    augment: bool = True  # random crop with padding + horizontal flip
+    synthetic: dict = field(default_factory=dict)  # options of the synthetic set (train_size, classes, ...)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet_small"  # resnet18 | resnet_small
+    stem: str = "auto"  # cifar | imagenet | auto (cifar stem up to 64 px)
+    dropout: float = 0.0
+    width: int = 16  # resnet_small only: channels of the first stage
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4  # applied once, by the optimizer (not also as an L2 term in the loss)
+    lr_milestones: list[int] = field(default_factory=list)  # epochs at which LR is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    lr_scaling: str = "none"  # per-group LR = lr * (B / B_L)^k: none (k=0, as the papers), sqrt (k=1/2), linear (k=1)
+    seed: int = 0
+    threads: int = 0  # torch threads per rank; 0: this host's cores / ranks on this host
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (workers); the server merges on the CPU
+
+
+@dataclass
+class DualConfig:
+    workers: int = 4  # n; the job needs 1 + n MPI ranks
+    small: int = 0  # n_S small-batch workers (ranks 1..n_S)
+    batch_large: int = 256  # B_L
+    extra_time: float = 1.05  # t
+    time_a: float | None = None  # step time tau(B) = a*B + b, seconds per sample / per step
+    time_b: float | None = None
+    factor: str = "ratio"  # model-update factor of small pushes: ratio (d_S/d_L) | sqrt | none
+
+
+@dataclass
+class PSConfig:
+    mode: str = "asp"  # asp | bsp | ssp
+    staleness: int = 2  # SSP bound s
+    merge: str = "journal"  # journal | conference
+    timeout_s: float = 0.0  # longest wait for any message; 0: 600 s + 20 planned commit times
+
+
+@dataclass
+class EvalConfig:
+    every: int = 1  # evaluate the global model every this many epochs (0: only at the end)
+    batch_size: int = 1000
+
+
+@dataclass
+class RunConfig:
+    dir: str | None = None  # run directory; None: runs/<date>-<time>
+    checkpoint_every: int = 5  # epochs between checkpoints (the final one is always written)
+
+
+@dataclass
+class DebugConfig:
+    """Fault and delay injection, for tests and for seeing what the tool does when a rank misbehaves."""
+
+    raise_on_rank: int = -1  # this rank raises RuntimeError ...
+    raise_at_commit: int = 0  # ... when it is about to make this local commit (0 = at start-up)
+    slow_rank: int = -1  # this worker rank sleeps ...
+    slow_seconds: float = 0.0  # ... this long before every push
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dual: DualConfig = field(default_factory=DualConfig)
+    ps: PSConfig = field(default_factory=PSConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check/convert one YAML value against its declared type; YAML writes 1e-4 as a string, so floats
+    accept numeric strings."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0])
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool) and item_type is not str:
+            value = [value] if not isinstance(value, str) else [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}.")
+        return [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}.")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}.")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}.")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}.")
+    if annotation is dict:
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(f"{key} must be a mapping, got {value!r}.")
+    raise TypeError(f"unsupported config annotation {annotation!r} for {key}")
+
+
+def _unknown_key(key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown config key {key!r}.{hint} Valid keys here: {', '.join(valid)}.")
+
+
+def _build(cls: type, values: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown_key(f"{prefix}{key}", names)
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}{key} must be a mapping of keys, got {value!r}.")
+            kwargs[key] = _build(annotation, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, annotation, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _apply_override(tree: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key.sub=value, got {assignment!r} (e.g. --set train.epochs=20).")
+    dotted, raw = assignment.split("=", 1)
+    parts = [p for p in dotted.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {assignment!r} names no key.")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {part!r} is a value, not a section.")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def _merge(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "synthetic":
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults <- YAML file <- overrides, then validation of each value's type and range."""
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist; pass a YAML file such as configs/demo.yaml.")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections (data:, model:, ...).")
+        _merge(tree, loaded)
+    for assignment in overrides:
+        _apply_override(tree, assignment)
+    return config_from_dict(tree)
+
+
+def config_from_dict(tree: dict) -> Config:
+    """Build and validate a Config from a (possibly partial) nested mapping, e.g. one broadcast by rank 0."""
+    config = _build(Config, tree, "")
+    validate(config)
+    return config
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(c: Config) -> None:
+    """Range and consistency checks that need no data and no MPI (the plan is checked separately)."""
+    from hdbl_mpi.plan import FACTOR_RULES, LR_SCALINGS
+    from hdbl_mpi.ps.merge import MERGE_RULES
+
+    _check(c.train.epochs >= 1, f"train.epochs is {c.train.epochs}; it must be >= 1.")
+    _check(c.train.lr > 0, f"train.lr is {c.train.lr}; it must be > 0.")
+    _check(0 <= c.train.momentum < 1, f"train.momentum is {c.train.momentum}; it must be in [0, 1).")
+    _check(c.train.weight_decay >= 0, f"train.weight_decay is {c.train.weight_decay}; it must be >= 0.")
+    _check(c.train.lr_gamma > 0, f"train.lr_gamma is {c.train.lr_gamma}; it must be > 0.")
+    _check(
+        all(0 < m < c.train.epochs for m in c.train.lr_milestones) and c.train.lr_milestones == sorted(set(c.train.lr_milestones)),
+        f"train.lr_milestones is {c.train.lr_milestones}; it must be increasing epochs between 1 and "
+        f"train.epochs-1={c.train.epochs - 1}.",
+    )
+    _check(
+        c.train.lr_scaling in LR_SCALINGS,
+        f"train.lr_scaling is {c.train.lr_scaling!r}; use one of {', '.join(LR_SCALINGS)}.",
+    )
+    _check(c.train.threads >= 0, f"train.threads is {c.train.threads}; use 0 for automatic or a positive count.")
+    _check(
+        c.train.device in ("auto", "cpu", "cuda") or c.train.device.startswith("cuda:"),
+        f"train.device is {c.train.device!r}; use auto, cpu, cuda or cuda:N.",
+    )
+    _check(c.dual.workers >= 1, f"dual.workers is {c.dual.workers}; at least 1 worker is needed.")
+    _check(
+        0 <= c.dual.small <= c.dual.workers,
+        f"dual.small is {c.dual.small}; it must be between 0 and dual.workers={c.dual.workers}.",
+    )
+    _check(c.dual.batch_large >= 1, f"dual.batch_large is {c.dual.batch_large}; it must be >= 1.")
+    _check(c.dual.factor in FACTOR_RULES, f"dual.factor is {c.dual.factor!r}; use one of {', '.join(FACTOR_RULES)}.")
+    if c.dual.small > 0:
+        _check(
+            c.dual.time_a is not None and c.dual.time_b is not None,
+            "dual.small > 0 needs the step-time model: set dual.time_a and dual.time_b (seconds per sample and "
+            "per step on the workers' device, e.g. from `hdbl profile`), or set dual.small=0.",
+        )
+    _check(c.ps.mode in ("asp", "bsp", "ssp"), f"ps.mode is {c.ps.mode!r}; use asp, bsp or ssp.")
+    _check(
+        c.ps.staleness >= 1,
+        f"ps.staleness is {c.ps.staleness}; the SSP bound must be >= 1 (the spread of commit counts between the "
+        "fastest and the slowest worker); use ps.mode=bsp for lock-step rounds.",
+    )
+    _check(c.ps.merge in MERGE_RULES, f"ps.merge is {c.ps.merge!r}; use one of {', '.join(MERGE_RULES)}.")
+    _check(c.ps.timeout_s >= 0, f"ps.timeout_s is {c.ps.timeout_s}; use 0 for automatic or a positive number.")
+    _check(c.eval.every >= 0, f"eval.every is {c.eval.every}; use 0 (end only) or a number of epochs.")
+    _check(c.eval.batch_size >= 1, f"eval.batch_size is {c.eval.batch_size}; it must be >= 1.")
+    _check(c.run.checkpoint_every >= 0, f"run.checkpoint_every is {c.run.checkpoint_every}; it must be >= 0.")
+    _check(
+        c.data.resolution is None or c.data.resolution >= 8,
+        f"data.resolution is {c.data.resolution}; use at least 8 px, or leave it unset for the native size.",
+    )
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML, in section order, as the run directory keeps it."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,263 @@
+"""Data sets held as uint8 tensors, and the float batches made from them.
+
+Every process loads its data once into memory as uint8 (N, C, H, W) tensors; batches are converted,
+augmented and resized on demand by :func:`make_batch`. Files are searched for in a fixed order (the given
+data directory, then system locations such as Debian's ``/usr/share/datasets``) and downloaded only when
+explicitly allowed, because cluster nodes are usually offline and a silent download attempt would hang or
+fail far from its cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+
+from hdbl_mpi.data import cifar, idx, synthetic as synthetic_data
+from hdbl_mpi.data.batches import eval_batches, make_batch
+from hdbl_mpi.errors import DataError
+
+__all__ = [
+    "DATASET_NAMES",
+    "DEFAULT_DATA_DIR",
+    "ArrayDataset",
+    "canonical_name",
+    "eval_batches",
+    "load_dataset",
+    "make_batch",
+]
+
+DATASET_NAMES = ("fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
+
+DEFAULT_DATA_DIR = Path("data")
+"""Searched, and downloaded into, when no data directory is given (relative to the working directory)."""
+
+SYSTEM_DIRS: dict[str, tuple[Path, ...]] = {"fashion-mnist": (Path("/usr/share/datasets/fashion-mnist"),)}
+"""Where distribution packages install a data set; searched after the data directory."""
+
+_NUM_CLASSES = {"fashion-mnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
+
+# Per-channel statistics of the training sets in [0, 1] units (the values used throughout the literature).
+_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+_SOURCE_HINTS = {
+    "fashion-mnist": ", or install them with `apt-get install dataset-fashion-mnist`",
+    "cifar10": " (the archive is at https://www.cs.toronto.edu/~kriz/cifar.html)",
+    "cifar100": " (the archive is at https://www.cs.toronto.edu/~kriz/cifar.html)",
+}
+"""How to obtain each data set's files by hand, appended to "put them into one of those directories"."""
+
+_ALIASES = {name.replace("-", ""): name for name in DATASET_NAMES}
+
+T = TypeVar("T")
+
+
+@dataclass
+class ArrayDataset:
+    """A whole data set in memory: uint8 images (N, C, H, W) and int64 labels, per split.
+
+    A split that was not requested is present but empty, with the same (C, H, W), so code that only
+    inspects shapes works on every process whichever splits it loaded.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+
+    @property
+    def channels(self) -> int:
+        return int(self.x_test.shape[1])
+
+    @property
+    def native_resolution(self) -> int:
+        return int(self.x_test.shape[2])
+
+    @property
+    def train_size(self) -> int:
+        return int(self.x_train.shape[0])
+
+
+def canonical_name(name: str) -> str:
+    """The canonical spelling of a data set name; case, '-' and '_' do not matter ("Fashion_MNIST")."""
+    key = _ALIASES.get(name.strip().lower().replace("_", "").replace("-", ""))
+    if key is None:
+        raise DataError(f"Unknown data set {name!r}; set data.name to one of: {', '.join(DATASET_NAMES)}.")
+    return key
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    *,
+    train: bool = True,
+    test: bool = True,
+    synthetic: dict | None = None,
+) -> ArrayDataset:
+    """Load data set ``name`` into memory, only the splits asked for.
+
+    ``data_dir`` (default :data:`DEFAULT_DATA_DIR`) is searched first, then system locations; with
+    ``download`` a missing data set is fetched into ``data_dir`` through torchvision, otherwise the network
+    is never touched. ``synthetic`` holds the generator options and is used only for ``name="synthetic"``.
+    Raises :class:`DataError`, saying what was looked for where and how to fix it, when the data cannot be
+    found or read.
+    """
+    key = canonical_name(name)
+    splits = tuple(split for split, wanted in (("train", train), ("test", test)) if wanted)
+    if not splits:
+        raise ValueError("load_dataset needs train=True or test=True")
+    if key == "synthetic":
+        return _load_synthetic(synthetic, splits)
+    root = Path(data_dir).expanduser() if data_dir else DEFAULT_DATA_DIR  # "" from a config means unset
+    if key in idx.TORCHVISION_CLASSES:
+        extra = [root / idx.TORCHVISION_CLASSES[key] / "raw"]
+        wanted = ", ".join(f"{stem}[.gz]" for stem in idx.wanted_files(splits))
+        paths, source = _find(
+            key, root, extra, wanted, download, lambda d: idx.locate_idx(d, splits), idx.download_idx
+        )
+        loaded = {split: idx.read_idx_split(*paths[split]) for split in splits}
+    else:
+        directory, source = _find(
+            key,
+            root,
+            [],
+            cifar.describe(key),
+            download,
+            lambda d: cifar.locate_cifar(d, key, splits),
+            cifar.download_cifar,
+            _cifar_mixup,
+        )
+        loaded = {split: cifar.read_cifar_split(directory, key, split) for split in splits}
+    mean, std = _STATS[key]
+    return _assemble(key, loaded, _NUM_CLASSES[key], mean, std, source)
+
+
+def _search_dirs(key: str, root: Path, extra: list[Path]) -> list[Path]:
+    """Directories searched for ``key``, in order: the data directory, its per-data-set folders, system ones."""
+    ordered = [root, root / key, *extra, *SYSTEM_DIRS.get(key, ())]
+    return list(dict.fromkeys(ordered))
+
+
+def _find(
+    key: str,
+    root: Path,
+    extra: list[Path],
+    wanted: str,
+    download: bool,
+    locate: Callable[[Path], T | None],
+    fetch: Callable[[str, Path], None],
+    diagnose: Callable[[str, list[Path]], str | None] | None = None,
+) -> tuple[T, str]:
+    """The first hit of ``locate`` over the search directories, downloading once if allowed.
+
+    Shared by the file-based loaders so that the search order and the wording of "not found" are the same
+    for every data set. Returns the hit and the directory it came from.
+    """
+    dirs = _search_dirs(key, root, extra)
+    where = ", ".join(str(d) for d in dirs)
+    remedy = "To fix: put these files into one of those directories (data.dir sets the first)" + _SOURCE_HINTS.get(
+        key, ""
+    )
+
+    def search() -> tuple[T, str] | None:
+        for directory in dirs:
+            if directory.is_dir():
+                hit = locate(directory)
+                if hit is not None:
+                    return hit, str(directory)
+        return None
+
+    found = search()
+    if found is None and download:
+        try:
+            fetch(key, root)
+        except Exception as exc:  # torchvision raises URLError, RuntimeError, OSError... for a failed fetch
+            raise DataError(
+                f"Downloading {key} into {root} failed ({type(exc).__name__}: {exc}); this machine is "
+                f"probably offline. Looked for {wanted} in {where}. {remedy}, and run again without "
+                "data.download."
+            ) from exc
+        found = search()
+    if found is None:
+        mixup = diagnose(key, dirs) if diagnose is not None else None
+        if mixup is not None:
+            raise DataError(f"{mixup} Searched: {where}.")
+        download_hint = "" if download else ", or, when online, pass `--set data.download=true`"
+        raise DataError(f"{key} data not found: looked for {wanted} in {where}. {remedy}{download_hint}.")
+    return found
+
+
+def _cifar_mixup(key: str, dirs: list[Path]) -> str | None:
+    """A message naming the other CIFAR release if that is what the search directories hold instead."""
+    for directory in dirs:
+        other = cifar.find_other_variant(directory, key) if directory.is_dir() else None
+        if other is not None:
+            found, wanted = cifar.VARIANTS[cifar.other_variant(key)], cifar.VARIANTS[key]
+            return (
+                f"{wanted.title} ({key}) was requested, but only {found.title} files were found, at {other}. "
+                f"Set data.name={cifar.other_variant(key)} to train on them, or provide {cifar.describe(key)}."
+            )
+    return None
+
+
+def _load_synthetic(options: dict | None, splits: tuple[str, ...]) -> ArrayDataset:
+    """The generated data set; mean/std are measured on its training split (always generated, so that they
+    do not depend on which splits a process asked for)."""
+    settings = synthetic_data.synthetic_options(options)
+    x_train, y_train, x_test, y_test = synthetic_data.generate_synthetic(**settings)
+    mean, std = synthetic_data.channel_stats(x_train)
+    generated = {"train": (x_train, y_train), "test": (x_test, y_test)}
+    loaded = {split: generated[split] for split in splits}
+    return _assemble("synthetic", loaded, settings["classes"], mean, std, "generated")
+
+
+def _assemble(
+    key: str,
+    loaded: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    source: str,
+) -> ArrayDataset:
+    """An ArrayDataset from the loaded splits, with empty stand-ins for the others, after sanity checks."""
+    shapes = {tuple(x.shape[1:]) for x, _ in loaded.values()}
+    if len(shapes) != 1:
+        raise DataError(
+            f"The {key} splits in {source} have different image shapes {sorted(shapes)}; the files come from "
+            "different data sets. Replace them with one consistent set."
+        )
+    image_shape = shapes.pop()
+    for split, (_, y) in loaded.items():
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+            raise DataError(
+                f"The {key} {split} labels in {source} range over {int(y.min())}..{int(y.max())}, outside "
+                f"0..{num_classes - 1}; the files are damaged or belong to another data set. Replace them."
+            )
+    empty = (torch.empty((0, *image_shape), dtype=torch.uint8), torch.empty(0, dtype=torch.int64))
+    x_train, y_train = loaded.get("train", empty)
+    x_test, y_test = loaded.get("test", empty)
+    return ArrayDataset(
+        name=key,
+        x_train=x_train.contiguous(),
+        y_train=y_train,
+        x_test=x_test.contiguous(),
+        y_test=y_test,
+        num_classes=num_classes,
+        mean=tuple(mean),
+        std=tuple(std),
+        source=source,
+    )

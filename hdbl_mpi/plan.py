@@ -1,0 +1,203 @@
+"""The dual-batch plan of SPEC §4: how much data and which batch size each worker group gets.
+
+Pure arithmetic (no torch, no MPI) so it can be checked against the paper's worked example in milliseconds and
+used by cheap commands on a login node.
+
+Step time is modelled as tau(B) = a*B + b seconds, so one pass over d samples at batch B costs (a + b/B)*d.
+Large-batch workers get d_L = t*D/n samples per commit; the small-batch workers share what is left of one
+epoch, and B_S is chosen so that their commit also takes t*T0, where T0 is the all-large-batch commit time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from hdbl_mpi.errors import PlanError
+
+FACTOR_RULES = ("ratio", "sqrt", "none")
+LR_SCALINGS = ("none", "sqrt", "linear")
+
+
+def round_half_up(x: float) -> int:
+    """Round to nearest, halves up. Python's round() rounds halves to even, which the SPEC's rule is not."""
+    return int(math.floor(x + 0.5))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One resolution's plan. Times are in the unit of a and b (seconds when they come from a profile)."""
+
+    dataset_size: int
+    workers: int
+    small: int
+    extra_time: float
+    batch_large: int
+    batch_small: int | None
+    d_large: int
+    d_small: int | None
+    steps_large: int
+    steps_small: int | None
+    factor_rule: str
+    factor_small: float
+    time_a: float | None
+    time_b: float | None
+    baseline_commit_time: float | None
+    commit_time_large: float | None
+    commit_time_small: float | None
+
+    @property
+    def large(self) -> int:
+        return self.workers - self.small
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def group_of(self, worker_index: int) -> str:
+        """Group of worker `worker_index` (0-based among workers): the first `small` workers are small-batch."""
+        return "small" if worker_index < self.small else "large"
+
+    def share(self, group: str) -> tuple[int, int, int]:
+        """(samples per commit, batch size, steps per commit) of a worker group."""
+        if group == "small":
+            assert self.d_small is not None and self.batch_small is not None and self.steps_small is not None
+            return self.d_small, self.batch_small, self.steps_small
+        return self.d_large, self.batch_large, self.steps_large
+
+
+def update_factor(rule: str, d_small: int, d_large: int) -> float:
+    """Model-update factor f of a small-batch push (SPEC §3): d_S/d_L, its square root, or 1."""
+    if rule == "ratio":
+        return d_small / d_large
+    if rule == "sqrt":
+        return math.sqrt(d_small / d_large)
+    if rule == "none":
+        return 1.0
+    raise PlanError(f"dual.factor is {rule!r}; use one of {', '.join(FACTOR_RULES)}.")
+
+
+def lr_scale(rule: str, batch: int, batch_large: int) -> float:
+    """Multiplier of the base LR for a worker of batch `batch`: (B / B_L)^k with k = 0, 1/2 or 1.
+
+    The papers use one LR for both groups (k = 0). When B_S is far below B_L (e.g. on a CPU, where a step has
+    little fixed cost and the balanced B_S is small), the same LR makes the small-batch workers' SGD noise so
+    large that they stop improving; the linear rule (Goyal et al.) keeps the per-sample step the same.
+    """
+    exponent = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}.get(rule)
+    if exponent is None:
+        raise PlanError(f"train.lr_scaling is {rule!r}; use one of {', '.join(LR_SCALINGS)}.")
+    return (batch / batch_large) ** exponent
+
+
+def _solve(D: int, n: int, n_s: int, B_L: int, a: float, b: float, t: float) -> tuple[int, int, int]:
+    """Return (d_L, d_S, B_S) or raise PlanError with the reason (without suggestions)."""
+    n_l = n - n_s
+    T0 = (a + b / B_L) * D / n
+    d_l = round_half_up(t * D / n)
+    d_s = round_half_up((D - n_l * d_l) / n_s)
+    if d_s <= 0:
+        raise PlanError(
+            f"the {n_l} large-batch workers already cover the epoch (d_L={d_l} each), leaving d_S={d_s} samples "
+            f"for the small-batch workers"
+        )
+    slack = t * T0 / d_s - a
+    if slack <= 0:
+        raise PlanError(
+            f"a small-batch worker cannot finish d_S={d_s} samples in t*T0={t * T0:.4g} even with an infinite "
+            f"batch (t*T0/d_S={t * T0 / d_s:.4g} <= a={a:.4g})"
+        )
+    b_s = round_half_up(b / slack)
+    if b_s < 1:
+        raise PlanError(f"the balanced small batch B_S={b / slack:.3g} rounds below 1")
+    if b_s > B_L:
+        raise PlanError(f"the balanced small batch B_S={b_s} exceeds B_L={B_L}")
+    return d_l, d_s, b_s
+
+
+def _feasible(D: int, n: int, n_s: int, B_L: int, a: float, b: float, t: float) -> bool:
+    try:
+        _solve(D, n, n_s, B_L, a, b, t)
+    except PlanError:
+        return False
+    return True
+
+
+def feasible_extra_time(
+    D: int, n: int, n_s: int, B_L: int, a: float, b: float, lo: float = 1.0, hi: float = 3.0, step: float = 0.005
+) -> tuple[float, float] | None:
+    """Smallest and largest t on a grid of `step` in [lo, hi] for which the plan is valid, or None."""
+    ok = [lo + i * step for i in range(int(round((hi - lo) / step)) + 1)]
+    ok = [t for t in ok if t > 1.0 and _feasible(D, n, n_s, B_L, a, b, t)]
+    return (round(min(ok), 4), round(max(ok), 4)) if ok else None
+
+
+def feasible_small_workers(D: int, n: int, B_L: int, a: float, b: float, t: float) -> list[int]:
+    """Every n_S in 1..n that gives a valid plan for this t."""
+    return [k for k in range(1, n + 1) if _feasible(D, n, k, B_L, a, b, t)]
+
+
+def make_plan(
+    dataset_size: int,
+    workers: int,
+    small: int,
+    batch_large: int,
+    time_a: float | None,
+    time_b: float | None,
+    extra_time: float,
+    factor: str = "ratio",
+) -> Plan:
+    """Compute the plan, or raise PlanError naming the cause and the t / n_S values that would work.
+
+    With no small-batch workers the step-time model is optional (it only predicts times then)."""
+    D, n, n_s, B_L, a, b, t = dataset_size, workers, small, batch_large, time_a, time_b, extra_time
+    if factor not in FACTOR_RULES:
+        raise PlanError(f"dual.factor is {factor!r}; use one of {', '.join(FACTOR_RULES)}.")
+    if n < 1:
+        raise PlanError(f"dual.workers is {n}; at least one worker is needed.")
+    if not 0 <= n_s <= n:
+        raise PlanError(f"dual.small is {n_s}; it must be between 0 and dual.workers={n}.")
+    if B_L < 1:
+        raise PlanError(f"the large batch B_L is {B_L}; it must be a positive integer.")
+    if D < n:
+        raise PlanError(f"the training set has {D} samples, fewer than the {n} workers.")
+    if n_s == 0 and (a is None or b is None):
+        d_l = round_half_up(D / n)
+        return Plan(D, n, 0, 1.0, B_L, None, d_l, None, max(1, round_half_up(d_l / B_L)), None, factor, 1.0,
+                    a, b, None, None, None)
+    if a is None or b is None or a < 0 or b < 0 or a + b <= 0:
+        raise PlanError(
+            f"the step-time model tau(B)=a*B+b has a={a}, b={b}; both must be >= 0 and not both 0. "
+            "Measure them with `hdbl profile` or copy them from a profile."
+        )
+    T0 = (a + b / B_L) * D / n
+    if n_s == 0:
+        d_l = round_half_up(D / n)
+        return Plan(D, n, 0, 1.0, B_L, None, d_l, None, max(1, round_half_up(d_l / B_L)), None, factor, 1.0,
+                    a, b, T0, (a + b / B_L) * d_l, None)
+    if t <= 1.0:
+        raise PlanError(
+            f"dual.extra_time is {t}; with small-batch workers it must be > 1 (e.g. 1.05 or 1.1): the small "
+            "batch needs time beyond the all-large-batch commit. Set dual.small=0 for a plain large-batch run."
+        )
+    try:
+        d_l, d_s, b_s = _solve(D, n, n_s, B_L, a, b, t)
+    except PlanError as err:
+        hints = []
+        t_range = feasible_extra_time(D, n, n_s, B_L, a, b)
+        if t_range:
+            hints.append(f"with dual.small={n_s}, dual.extra_time between {t_range[0]} and {t_range[1]} works")
+        else:
+            hints.append(f"no dual.extra_time in (1, 3] works with dual.small={n_s}")
+        n_ok = feasible_small_workers(D, n, B_L, a, b, t)
+        if n_ok:
+            hints.append(f"with dual.extra_time={t}, dual.small in {n_ok} works")
+        else:
+            hints.append(f"no dual.small works with dual.extra_time={t}")
+        raise PlanError(
+            f"Impossible dual-batch plan (D={D}, n={n}, n_S={n_s}, B_L={B_L}, a={a:.4g}, b={b:.4g}, t={t}): "
+            f"{err}. To fix: {'; '.join(hints)}."
+        ) from None
+    f = update_factor(factor, d_s, d_l)
+    steps_l, steps_s = max(1, round_half_up(d_l / B_L)), max(1, round_half_up(d_s / b_s))
+    return Plan(D, n, n_s, t, B_L, b_s, d_l, d_s, steps_l, steps_s, factor, f, a, b, T0,
+                (a + b / B_L) * d_l, (a + b / b_s) * d_s)

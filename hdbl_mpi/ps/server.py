@@ -1,0 +1,349 @@
+"""The server rank: serves commits in arrival order, merges them, counts epochs, evaluates and checkpoints.
+
+The loop probes for any message (a push header or a worker's commit record), handles it, and otherwise
+sleeps briefly: it never blocks on one worker, so in ASP a slow worker slows nobody else. Weights arrive in a
+pre-allocated receive vector and are merged into the global vector W with one fused pass (``torch.lerp_``);
+the reply goes out straight from W. Evaluation runs in a background thread on snapshots of W, off the
+workers' critical path, and its time is accounted separately from training time.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from mpi4py import MPI
+from torch import nn
+
+from hdbl_mpi.comm.wire import (
+    PUSH, REPLY, TAG_PUSH_HEADER, TAG_PUSH_WEIGHTS, TAG_RECORD, TAG_REPLY_HEADER, TAG_REPLY_WEIGHTS,
+    FlatState, TimeoutWaiting,
+)
+from hdbl_mpi.comm.world import SMALL, World, role_of
+from hdbl_mpi.config import Config
+from hdbl_mpi.data import ArrayDataset
+from hdbl_mpi.engine import evaluate
+from hdbl_mpi.plan import Plan
+from hdbl_mpi.ps.merge import merge_weight
+from hdbl_mpi.run import rundir
+from hdbl_mpi.run.progress import Progress
+
+
+def lr_at(config: Config, epoch: int) -> float:
+    """Learning rate for commits made after `epoch` completed epochs (multistep milestones)."""
+    drops = sum(1 for m in config.train.lr_milestones if epoch >= m)
+    return config.train.lr * config.train.lr_gamma**drops
+
+
+def eval_due(config: Config, epoch: int) -> bool:
+    every = config.eval.every
+    return epoch == config.train.epochs or (every > 0 and epoch % every == 0)
+
+
+class Evaluator:
+    """Evaluates snapshots of the global weights in a background thread (no MPI calls in the thread)."""
+
+    def __init__(self, model: nn.Module, data: ArrayDataset, resolution: int, batch_size: int) -> None:
+        self._model = model
+        self._flat = FlatState(model)
+        self._data, self._resolution, self._batch = data, resolution, batch_size
+        self._todo: queue.Queue = queue.Queue()
+        self._done: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="hdbl-eval", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._todo.get()
+            if item is None:
+                return
+            epoch, snapshot = item
+            try:
+                start = time.perf_counter()
+                self._flat.vector.copy_(snapshot)
+                loss, acc = evaluate(self._model, self._data, self._resolution, self._batch, torch.device("cpu"))
+                self._done.put((epoch, loss, acc, time.perf_counter() - start))
+            except BaseException as err:  # surfaced in the main thread by results()
+                self._done.put(err)
+
+    def submit(self, epoch: int, snapshot: torch.Tensor) -> None:
+        self._todo.put((epoch, snapshot))
+
+    def results(self) -> list[tuple[int, float, float, float]]:
+        out = []
+        while True:
+            try:
+                item = self._done.get_nowait()
+            except queue.Empty:
+                return out
+            if isinstance(item, BaseException):
+                raise item
+            out.append(item)
+
+    def finish(self, timeout_s: float) -> list[tuple[int, float, float, float]]:
+        self._todo.put(None)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise TimeoutWaiting(f"evaluation did not finish within {timeout_s:.0f} s")
+        return self.results()
+
+
+@dataclass
+class ServerState:
+    """Everything a checkpoint needs besides the weights (plain types, so torch.load(weights_only=True) works)."""
+
+    merged: int = 0
+    commits_by_worker: dict = field(default_factory=dict)
+    samples_by_group: dict = field(default_factory=lambda: {"small": 0, "large": 0})
+    epoch_loss_sum: float = 0.0
+    epoch_correct: float = 0.0
+    epoch_samples: float = 0.0
+    history: list = field(default_factory=list)
+    best_top1: float | None = None
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+    wall_time_s: float = 0.0
+    restarts: list = field(default_factory=list)
+
+
+class Server:
+    def __init__(
+        self,
+        world: World,
+        config: Config,
+        plan: Plan,
+        weights: torch.Tensor,
+        run_dir: Path,
+        evaluator: Evaluator,
+        state: ServerState,
+        timeout_s: float,
+    ) -> None:
+        self.world, self.config, self.plan, self.run_dir = world, config, plan, run_dir
+        self.comm = world.comm
+        self.W = weights  # the global model, float32 on the CPU, shared with self.W_np
+        self.W_np = weights.numpy()
+        self.recv = torch.empty_like(weights)
+        self.recv_np = self.recv.numpy()
+        self.evaluator, self.state, self.timeout_s = evaluator, state, timeout_s
+        self.n = config.dual.workers
+        self.total = config.train.epochs * self.n
+        self.mode = config.ps.mode
+        self.workers = list(range(1, self.n + 1))
+        for w in self.workers:
+            self.state.commits_by_worker.setdefault(str(w), 0)
+        self.weights = {w: merge_weight(config.ps.merge, self._factor(w)) for w in self.workers}
+        self.training = set(self.workers)  # ranks computing a commit right now
+        self.pending: dict[int, tuple[int, float]] = {}  # rank -> (global commit id, arrival time)
+        self.stopped: set[int] = set()
+        self.records_seen = {w: 0 for w in self.workers}
+        self.records: list[dict] = []
+        self.bsp_sum = torch.zeros_like(weights) if self.mode == "bsp" else None
+        self.bsp_factor = 0.0
+        self.commit_log = rundir.CommitLog(run_dir / rundir.COMMITS, keep_up_to=state.merged)
+        self.progress = Progress(self.total, state.merged, self.n, run_dir / rundir.LOG)
+        self.t_start = time.perf_counter()
+        self.t_last_merge = self.t_start
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _factor(self, rank: int) -> float:
+        return self.plan.factor_small if role_of(rank, self.plan.small) == SMALL else 1.0
+
+    def _lr(self) -> float:
+        return lr_at(self.config, self.state.merged // self.n)
+
+    def _elapsed_train(self) -> float:
+        return self.state.train_time_s + (self.t_last_merge - self.t_start)
+
+    # -- message handlers --------------------------------------------------------------------------------
+    def _on_push(self, src: int) -> None:
+        header = PUSH.empty()
+        self.comm.Recv(header, source=src, tag=TAG_PUSH_HEADER)
+        self.comm.Recv(self.recv_np, source=src, tag=TAG_PUSH_WEIGHTS)
+        arrived = time.perf_counter()
+        info = PUSH.unpack(header)
+        self.training.discard(src)
+        if self.mode == "bsp":
+            factor = self._factor(src)
+            self.bsp_sum.add_(self.recv, alpha=factor)
+            self.bsp_factor += factor
+        else:
+            self.W.lerp_(self.recv, self.weights[src])
+        st = self.state
+        st.merged += 1
+        self.t_last_merge = time.perf_counter()
+        st.commits_by_worker[str(src)] += 1
+        st.samples_by_group[role_of(src, self.plan.small)] += int(info["samples"])
+        st.epoch_loss_sum += info["loss_sum"]
+        st.epoch_correct += info["correct"]
+        st.epoch_samples += info["samples"]
+        self.progress.commit(st.merged, int(info["samples"]))
+        self.pending[src] = (st.merged, arrived)
+        if self.mode == "bsp":
+            if len(self.pending) == self.n - len(self.stopped):
+                torch.div(self.bsp_sum, self.bsp_factor, out=self.W)
+                self.bsp_sum.zero_()
+                self.bsp_factor = 0.0
+                self._maybe_close_epoch()
+                for w in sorted(self.pending):
+                    self._reply(w, stop=st.merged >= self.total)
+            return
+        self._maybe_close_epoch()
+        self._release()
+
+    def _release(self) -> None:
+        """Reply to every held worker that may go on (ASP: all; SSP: those within the staleness bound)."""
+        for w in sorted(self.pending, key=lambda r: self.state.commits_by_worker[str(r)]):
+            stop = self.state.merged + len(self.training) >= self.total
+            if self.mode == "ssp" and not stop:
+                active = [v for v in self.workers if v not in self.stopped]
+                slowest = min(self.state.commits_by_worker[str(v)] for v in active)
+                if self.state.commits_by_worker[str(w)] + 1 - slowest > self.config.ps.staleness:
+                    continue
+            self._reply(w, stop)
+
+    def _reply(self, w: int, stop: bool) -> None:
+        global_id, arrived = self.pending.pop(w)
+        st = self.state
+        header = REPLY.pack(global_commit=global_id, epoch=st.merged // self.n, lr=self._lr(), stop=float(stop),
+                            merged=st.merged, held_s=time.perf_counter() - arrived)
+        self.comm.Send(header, dest=w, tag=TAG_REPLY_HEADER)
+        self.comm.Send(self.W_np, dest=w, tag=TAG_REPLY_WEIGHTS)
+        if stop:
+            self.stopped.add(w)
+        else:
+            self.training.add(w)
+
+    def _on_record(self, src: int) -> None:
+        record = self.comm.recv(source=src, tag=TAG_RECORD)
+        self.records_seen[src] += 1
+        self.records.append(record)
+        self.commit_log.write(record)
+
+    # -- epochs, evaluation, checkpoints -------------------------------------------------------------------
+    def _maybe_close_epoch(self) -> None:
+        st = self.state
+        if st.merged % self.n:
+            return
+        epoch = st.merged // self.n
+        row = {
+            "epoch": epoch,
+            "lr": lr_at(self.config, epoch - 1),
+            "train_loss": st.epoch_loss_sum / max(st.epoch_samples, 1),
+            "train_acc": st.epoch_correct / max(st.epoch_samples, 1),
+            "test_loss": None,
+            "test_acc": None,
+            "wall_s": st.wall_time_s + time.perf_counter() - self.t_start,
+            "train_time_s": self._elapsed_train(),
+        }
+        st.history.append(row)
+        st.epoch_loss_sum = st.epoch_correct = st.epoch_samples = 0.0
+        due_eval = eval_due(self.config, epoch)
+        every = self.config.run.checkpoint_every
+        due_ckpt = epoch == self.config.train.epochs or (every > 0 and epoch % every == 0)
+        snapshot = self.W.clone() if (due_eval or due_ckpt) else None
+        if due_eval:
+            self.evaluator.submit(epoch, snapshot)
+        else:
+            self.progress.epoch(epoch, row["train_acc"], None, row["wall_s"], row["train_loss"])
+        if due_ckpt:
+            self._checkpoint(snapshot)
+        rundir.write_epochs(self.run_dir / rundir.EPOCHS, st.history)
+
+    def _checkpoint(self, snapshot: torch.Tensor) -> None:
+        st = asdict(self.state)
+        st["train_time_s"] = self._elapsed_train()
+        st["wall_time_s"] = self.state.wall_time_s + time.perf_counter() - self.t_start
+        st["eval_time_s"] = self.state.eval_time_s
+        rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT, snapshot, st)
+
+    def _collect_evals(self, results: list[tuple[int, float, float, float]]) -> None:
+        if not results:
+            return
+        st = self.state
+        for epoch, loss, acc, seconds in results:
+            row = next(r for r in st.history if r["epoch"] == epoch)
+            row["test_loss"], row["test_acc"] = loss, acc
+            st.eval_time_s += seconds
+            st.best_top1 = acc if st.best_top1 is None else max(st.best_top1, acc)
+            self.progress.epoch(epoch, row["train_acc"], acc, row["wall_s"], row["train_loss"])
+        rundir.write_epochs(self.run_dir / rundir.EPOCHS, st.history)
+
+    # -- main loop -----------------------------------------------------------------------------------------
+    def _finished(self) -> bool:
+        return len(self.stopped) == self.n and all(
+            self.records_seen[w] == self.state.commits_by_worker[str(w)] - self._records_before[w]
+            for w in self.workers
+        )
+
+    def serve(self) -> None:
+        """Serve until every worker has been told to stop and has sent its last commit record."""
+        self._records_before = {w: self.state.commits_by_worker[str(w)] for w in self.workers}
+        if self.state.merged >= self.total:
+            raise TimeoutWaiting("nothing to do: the run already made all its commits")
+        status = MPI.Status()
+        last_heard, pause = time.monotonic(), 0.0
+        while not self._finished():
+            if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+                src, tag = status.Get_source(), status.Get_tag()
+                if tag == TAG_PUSH_HEADER:
+                    self._on_push(src)
+                elif tag == TAG_RECORD:
+                    self._on_record(src)
+                else:
+                    raise RuntimeError(f"server got an unexpected message (tag {tag}) from rank {src}")
+                last_heard, pause = time.monotonic(), 0.0
+                continue
+            self._collect_evals(self.evaluator.results())
+            if time.monotonic() - last_heard > self.timeout_s:
+                silent = sorted(self.training)
+                raise TimeoutWaiting(
+                    f"no message from any worker for {self.timeout_s:.0f} s; still training: ranks {silent}, "
+                    f"held: ranks {sorted(self.pending)}. A worker is stalled or gone; if commits are this slow "
+                    "legitimately, raise ps.timeout_s."
+                )
+            if pause:
+                time.sleep(pause)
+            pause = min(1e-3, pause * 2 if pause else 5e-5)
+        self.t_end_train = self.t_last_merge
+        self.commit_log.close()
+        self._collect_evals(self.evaluator.finish(self.timeout_s))
+
+    def close(self) -> None:
+        self.progress.close()
+
+    # -- summary -------------------------------------------------------------------------------------------
+    def group_times(self) -> dict:
+        """Mean per-commit times of each group, from the workers' records of this run segment."""
+        out = {}
+        for group in ("small", "large"):
+            recs = [r for r in self.records if r["group"] == group]
+            if recs:
+                out[group] = {
+                    key: float(np.mean([r[key] for r in recs]))
+                    for key in ("compute_s", "exchange_s", "wait_s", "commit_s")
+                }
+                out[group]["commits"] = len(recs)
+        return out
+
+    def final_figures(self) -> dict:
+        st = self.state
+        last = st.history[-1] if st.history else {}
+        final = last.get("test_acc")
+        return {
+            "final_top1": final,
+            "final_test_loss": last.get("test_loss"),
+            "best_top1": st.best_top1,
+            "train_time_s": self._elapsed_train(),
+            "eval_time_s": st.eval_time_s,
+            "commits_total": st.merged,
+            "commits_by_worker": dict(st.commits_by_worker),
+            "samples_by_group": dict(st.samples_by_group),
+            "epochs_completed": st.merged // self.n,
+            "group_commit_times": self.group_times(),
+            "restarts": list(st.restarts),
+        }

@@ -1,0 +1,109 @@
+"""A worker rank's commit loop (SPEC §4).
+
+Each commit: train round(d/B) steps on batches drawn from a fresh random permutation of the whole training
+set, push the full weights, receive the merged weights and the control state (epoch, LR, stop). The optimizer
+(momentum buffers) lives across commits: only the weights are replaced by the merged ones.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import torch
+from torch import nn
+
+from hdbl_mpi.comm.wire import (
+    PUSH, REPLY, TAG_PUSH_HEADER, TAG_PUSH_WEIGHTS, TAG_RECORD, TAG_REPLY_HEADER, TAG_REPLY_WEIGHTS,
+    FlatState, wait_bounded,
+)
+from hdbl_mpi.comm.world import World
+from hdbl_mpi.config import Config
+from hdbl_mpi.data import ArrayDataset
+from hdbl_mpi.engine import make_optimizer, set_lr, train_steps
+from hdbl_mpi.plan import Plan, lr_scale
+
+
+def push_and_pull(comm, flat: FlatState, header_out, header_in, timeout_s: float, what: str) -> float:
+    """One commit exchange: push header + weights, wait (bounded) for the reply header, then receive the merged
+    weights straight into the model's vector. Returns the round-trip seconds."""
+    start = time.perf_counter()
+    comm.Send(header_out, dest=0, tag=TAG_PUSH_HEADER)
+    comm.Send(flat.to_host(), dest=0, tag=TAG_PUSH_WEIGHTS)
+    wait_bounded(comm.Irecv(header_in, source=0, tag=TAG_REPLY_HEADER), timeout_s, what)
+    comm.Recv(flat.host, source=0, tag=TAG_REPLY_WEIGHTS)
+    flat.from_host()
+    return time.perf_counter() - start
+
+
+def run_worker(
+    world: World,
+    config: Config,
+    plan: Plan,
+    model: nn.Module,
+    flat: FlatState,
+    data: ArrayDataset,
+    resolution: int,
+    device: torch.device,
+    control: dict,
+    timeout_s: float,
+    verbose: bool,
+) -> None:
+    """Commit until the server says stop; every commit's record goes to the server (which owns the run dir)."""
+    comm = world.comm
+    group = world.role
+    _, batch, steps = plan.share(group)
+    scale = lr_scale(config.train.lr_scaling, batch, plan.batch_large)
+    optimizer = make_optimizer(model, control["lr"], config.train.momentum, config.train.weight_decay)
+    generator = torch.Generator().manual_seed(
+        config.train.seed * 1_000_003 + world.rank * 7919 + len(control["restarts"]) * 104_729
+    )
+    header_in = REPLY.empty()
+    lr, local = control["lr"], 0
+    host = socket.gethostname()
+    while True:
+        local += 1
+        if world.rank == config.debug.raise_on_rank and local >= config.debug.raise_at_commit:
+            raise RuntimeError(f"injected failure (debug.raise_on_rank={world.rank}) at local commit {local}")
+        set_lr(optimizer, lr * scale)
+        stats = train_steps(model, optimizer, data, steps, batch, resolution, config.data.augment, generator, device)
+        if world.rank == config.debug.slow_rank and config.debug.slow_seconds > 0:
+            time.sleep(config.debug.slow_seconds)
+        header_out = PUSH.pack(local_commit=local, samples=stats.samples, steps=stats.steps, loss_sum=stats.loss_sum,
+                               correct=stats.correct, compute_s=stats.seconds)
+        roundtrip = push_and_pull(comm, flat, header_out, header_in, timeout_s,
+                                  f"the server's reply to commit {local} of rank {world.rank}")
+        reply = REPLY.unpack(header_in)
+        held = reply["held_s"]
+        record = {
+            "worker": world.rank,
+            "group": group,
+            "host": host,
+            "global_commit": int(reply["global_commit"]),
+            "local_commit": local,
+            "epoch": int(reply["epoch"]),
+            "resolution": resolution,
+            "batch": batch,
+            "steps": stats.steps,
+            "samples": stats.samples,
+            "lr": lr * scale,
+            "train_loss": stats.loss_sum / stats.samples,
+            "train_acc": stats.correct / stats.samples,
+            "compute_s": stats.seconds,
+            "exchange_s": max(roundtrip - held, 0.0),
+            "wait_s": held,
+            "commit_s": stats.seconds + roundtrip,
+            "bytes": 2 * flat.nbytes + header_out.nbytes + header_in.nbytes,
+            "time": time.time(),
+        }
+        comm.send(record, dest=0, tag=TAG_RECORD)
+        if verbose:
+            print(
+                f"[rank {world.rank} {group}] commit {local} (global {record['global_commit']}) "
+                f"loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} compute {stats.seconds:.2f}s "
+                f"exchange {record['exchange_s']:.3f}s wait {held:.3f}s",
+                flush=True,
+            )
+        lr = reply["lr"]
+        if reply["stop"]:
+            return

