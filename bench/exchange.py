@@ -19,6 +19,8 @@ docs/BENCHMARKS.md with the command line used.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import statistics
 import sys
@@ -69,9 +71,39 @@ def raw_round_trips(comm, vector, repeats: int) -> list[float]:
     return times
 
 
+def serve_commits(world, config, plan, flat) -> float:
+    """Run the real server for config.train.epochs * workers commits; returns the seconds it served."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        server = Server(world, config, plan, flat.vector.clone(), Path(run_dir), NoEvaluation(), ServerState(),
+                        config.ps.timeout_s)
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):  # the per-epoch lines are noise here
+            server.serve()
+        seconds = time.perf_counter() - start
+        server.close()
+    return seconds
+
+
+def push_commits(comm, flat) -> list[float]:
+    """The worker side: the real push_and_pull until the server says stop, with a record per commit."""
+    header_in, times = REPLY.empty(), []
+    local = 0
+    while True:
+        local += 1
+        header_out = PUSH.pack(local_commit=local, samples=100, steps=1)
+        times.append(push_and_pull(comm, flat, header_out, header_in, 120.0, "bench reply"))
+        reply = REPLY.unpack(header_in)
+        comm.send({"worker": comm.rank, "group": "large", "global_commit": int(reply["global_commit"]),
+                   "compute_s": 0.0, "exchange_s": times[-1], "wait_s": reply["held_s"], "commit_s": times[-1]},
+                  dest=0, tag=TAG_RECORD)
+        if reply["stop"]:
+            return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--commits", type=int, default=40, help="commits per worker (and raw round trips)")
+    parser.add_argument("--commits", type=int, default=10, help="commits per worker and round (and raw round trips)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of (raw, merge, commit) measurements")
     parser.add_argument("--model", default="resnet18", choices=["resnet18", "resnet_small"])
     parser.add_argument("--json", help="also write the figures to this JSON file (rank 0)")
     args = parser.parse_args()
@@ -80,43 +112,30 @@ def main() -> None:
     if workers < 1:
         sys.exit("run with at least 2 ranks: mpirun -np 2 python bench/exchange.py")
     torch.set_num_threads(1)
-    model = build_model(args.model, 100, 3, 32, stem="cifar")
-    flat = FlatState(model)
-
-    raw = raw_round_trips(comm, flat.host, args.commits)
-    merge_times = []
-    if comm.rank == 0:
-        other = flat.vector.clone()
-        for _ in range(args.commits):
-            start = time.perf_counter()
-            flat.vector.lerp_(other, 0.5)
-            merge_times.append(time.perf_counter() - start)
-
+    flat = FlatState(build_model(args.model, 100, 3, 32, stem="cifar"))
+    world = make_world(workers, 0, comm)
+    plan = make_plan(workers * 1000, workers, 0, 100, None, None, 1.0)
     config = load_config(None, [f"dual.workers={workers}", f"train.epochs={args.commits}", "ps.timeout_s=120",
                                 "eval.every=0", "run.checkpoint_every=0"])
-    plan = make_plan(workers * 1000, workers, 0, 100, None, None, 1.0)
-    world = make_world(workers, 0, comm)
-    comm.Barrier()
+    other = flat.vector.clone()
+    raw: list[float] = []
+    merge_times: list[float] = []
     commit_times: list[float] = []
-    if world.is_server:
-        with tempfile.TemporaryDirectory() as run_dir:
-            server = Server(world, config, plan, flat.vector.clone(), Path(run_dir), NoEvaluation(), ServerState(),
-                            config.ps.timeout_s)
-            start = time.perf_counter()
-            server.serve()
-            serve_s = time.perf_counter() - start
-            server.close()
-    else:
-        header_in = REPLY.empty()
-        for local in range(1, 1_000_000):
-            header_out = PUSH.pack(local_commit=local, samples=100, steps=1)
-            commit_times.append(push_and_pull(comm, flat, header_out, header_in, 120.0, "bench reply"))
-            reply = REPLY.unpack(header_in)
-            comm.send({"worker": comm.rank, "group": "large", "global_commit": int(reply["global_commit"]),
-                       "compute_s": 0.0, "exchange_s": commit_times[-1], "wait_s": reply["held_s"],
-                       "commit_s": commit_times[-1]}, dest=0, tag=TAG_RECORD)
-            if reply["stop"]:
-                break
+    serve_s = 0.0
+    # Interleave the three measurements in rounds so that a noisy neighbour affects them alike.
+    for _ in range(args.rounds):
+        raw += raw_round_trips(comm, flat.host, args.commits)
+        if comm.rank == 0:
+            for _ in range(args.commits):
+                start = time.perf_counter()
+                flat.vector.lerp_(other, 0.5)
+                merge_times.append(time.perf_counter() - start)
+        comm.Barrier()
+        if world.is_server:
+            serve_s += serve_commits(world, config, plan, flat)
+        else:
+            commit_times += push_commits(comm, flat)
+        comm.Barrier()
     raw_all = comm.gather(raw, root=0)
     commits_all = comm.gather(commit_times, root=0)
     if comm.rank != 0:
@@ -125,22 +144,22 @@ def main() -> None:
     raw_s = statistics.median(raw_all[1])
     merge_s = statistics.median(merge_times)
     commit_s = statistics.median([t for per_worker in commits_all[1:] for t in per_worker])
-    commits_per_s = workers * args.commits / serve_s
+    commits_per_s = workers * args.commits * args.rounds / serve_s
     figures = {
         "model": args.model, "values": flat.numel, "bytes": nbytes, "workers": workers, "commits": args.commits,
-        "mpi_library": MPI.Get_library_version().splitlines()[0].strip(),
+        "rounds": args.rounds, "mpi_library": MPI.Get_library_version().splitlines()[0].strip(" \x00"),
         "raw_round_trip_ms": 1e3 * raw_s, "raw_GBps": 2 * nbytes / raw_s / 1e9,
         "merge_ms": 1e3 * merge_s,
         "commit_round_trip_ms": 1e3 * commit_s, "commit_GBps": 2 * nbytes / commit_s / 1e9,
         "server_commits_per_s": commits_per_s, "server_GBps": 2 * nbytes * commits_per_s / 1e9,
         "efficiency_vs_raw": raw_s / commit_s, "efficiency_vs_raw_plus_merge": (raw_s + merge_s) / commit_s,
     }
-    print(f"vector: {flat.numel:,} float32 ({nbytes / 1e6:.1f} MB), {workers} worker(s), {args.commits} commits each; "
-          f"{figures['mpi_library']}")
+    print(f"vector: {flat.numel:,} float32 ({nbytes / 1e6:.1f} MB), {workers} worker(s), "
+          f"{args.rounds} x {args.commits} commits each; {figures['mpi_library']}")
     print(f"raw Send/Recv round trip  {figures['raw_round_trip_ms']:8.2f} ms  ({figures['raw_GBps']:.2f} GB/s)")
     print(f"server merge (lerp_)      {figures['merge_ms']:8.2f} ms")
-    print(f"commit round trip         {figures['commit_round_trip_ms']:8.2f} ms  ({figures['commit_GBps']:.2f} GB/s); "
-          f"server {commits_per_s:.1f} commits/s")
+    print(f"commit round trip         {figures['commit_round_trip_ms']:8.2f} ms  ({figures['commit_GBps']:.2f} GB/s "
+          f"per worker); server {commits_per_s:.1f} commits/s = {figures['server_GBps']:.2f} GB/s")
     print(f"commit / raw: {figures['efficiency_vs_raw']:.3f}   commit / (raw + merge): "
           f"{figures['efficiency_vs_raw_plus_merge']:.3f}  (target >= 0.90)")
     if args.json:

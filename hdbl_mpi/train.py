@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import platform
 import socket
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,7 +71,7 @@ def _versions() -> dict:
         "torch": torch.__version__,
         "numpy": np.__version__,
         "mpi4py": mpi4py.__version__,
-        "mpi_library": MPI.Get_library_version().splitlines()[0].strip(),
+        "mpi_library": MPI.Get_library_version().splitlines()[0].strip(" \x00"),
         "mpi_standard": "{}.{}".format(*MPI.Get_version()),
     }
 
@@ -107,16 +106,19 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
     # 2. Local set-up on every rank, then agreement.
     world: World | None = None
     data: ArrayDataset | None = None
+    device = torch.device("cpu")
     failure: BaseException | None = None
     try:
         world = make_world(config.dual.workers, config.dual.small, comm)
         torch.set_num_threads(threads_per_rank(world.local_size, config.train.threads))
         torch.manual_seed(config.train.seed)
+        device = torch.device("cpu") if world.is_server else pick_device(config.train.device, world.local_rank)
         data = load_dataset(config.data.name, config.data.dir, config.data.download,
                             train=not world.is_server, test=world.is_server, synthetic=config.data.synthetic)
     except Exception as err:  # reported on every rank by _agree
         failure = err
-    sizes = _agree(comm, failure, None if data is None else (data.train_size, data.native_resolution))
+    sizes = _agree(comm, failure, None if data is None else
+                   (data.train_size, data.native_resolution, f"{socket.gethostname()}:{device}", torch.get_num_threads()))
     worker_sizes = {s[0] for s in sizes[1:]}
     if len(worker_sizes) != 1:
         raise HdblError(f"the workers see training sets of different sizes {sorted(worker_sizes)}; "
@@ -125,10 +127,9 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
     resolution = config.data.resolution or sizes[0][1]
     assert world is not None and data is not None
 
-    # 3. Plan, model and device: deterministic, so errors are identical on every rank.
+    # 3. Plan and model: deterministic, so errors are identical on every rank.
     plan = make_plan(dataset_size, config.dual.workers, config.dual.small, config.dual.batch_large,
                      config.dual.time_a, config.dual.time_b, config.dual.extra_time, config.dual.factor)
-    device = torch.device("cpu") if world.is_server else pick_device(config.train.device, world.local_rank)
     model = build_model(config.model.name, data.num_classes, data.channels, resolution, config.model.stem,
                         config.model.dropout, config.model.width).to(device)
     flat = FlatState(model)
@@ -146,6 +147,11 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
                                     f"{flat.numel}; resume with the run's own config.")
                 flat.vector.copy_(vector)
                 state = ServerState(**saved)
+                if state.merged >= config.train.epochs * config.dual.workers:
+                    raise HdblError(
+                        f"{chosen_dir} already finished its {state.merged // config.dual.workers} epochs; to train "
+                        f"longer, resume with --set train.epochs=N (N > {config.train.epochs})."
+                    )
                 state.restarts.append({"at_commit": state.merged, "epoch": state.merged // config.dual.workers,
                                        "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
             rundir.atomic_write_text(run_path / rundir.CONFIG, dump_config(config))
@@ -196,15 +202,13 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
         "plan": plan.to_dict(),
         "resume_policy": "global weights, server counters and epoch history come from the checkpoint; worker "
                          "momentum buffers restart from zero and worker RNGs are reseeded from (seed, rank, restarts)",
-        "device": {"server": "cpu", "workers": config.train.device, "threads_per_rank": torch.get_num_threads()},
+        "devices": {str(rank): {"device": info[2], "threads": info[3]} for rank, info in enumerate(sizes)},
         "host": socket.gethostname(),
         "versions": _versions(),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     rundir.write_json(run_path / rundir.SUMMARY, summary)
-    final = summary["final_top1"]
-    print(f"hdbl train: done: final top-1 {final:.4f}, best {summary['best_top1']:.4f}, train "
+    print(f"hdbl train: done: final top-1 {summary['final_top1']:.4f}, best {summary['best_top1']:.4f}, train "
           f"{summary['train_time_s']:.1f} s, eval {summary['eval_time_s']:.1f} s, wall {summary['wall_time_s']:.1f} s; "
           f"{summary['commits_total']} commits -> {run_path / rundir.SUMMARY}", flush=True)
-    sys.stdout.flush()
     return 0

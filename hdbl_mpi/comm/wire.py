@@ -111,25 +111,39 @@ PUSH = HeaderLayout(("local_commit", "samples", "steps", "loss_sum", "correct", 
 REPLY = HeaderLayout(("global_commit", "epoch", "lr", "stop", "merged", "held_s"))
 
 
-def wait_bounded(request, timeout_s: float, what: str, status=None) -> None:
-    """Wait for an MPI request without blocking forever and without spinning a core.
+class Backoff:
+    """Polling pace for waits on MPI: spin for a moment, then sleep a little longer each time, up to 1 ms.
 
-    Open MPI's blocking wait busy-polls, which steals a core from the training ranks on a shared host. Here we
-    test in a loop with a short, growing sleep (at most 1 ms, which is small next to a commit) and give up
-    after `timeout_s` with an error that says what was awaited.
+    Open MPI's blocking waits busy-poll, which would steal a core from the training ranks that share the host
+    for as long as a wait lasts (seconds in BSP/SSP). Spinning only for the first `spin_s` keeps the common
+    short waits (a reply a few ms after a push) at full speed; a longer wait costs at most ~1 ms of latency.
     """
-    deadline = time.monotonic() + timeout_s
-    pause = 0.0
-    while True:
-        done = request.Test(status) if status is not None else request.Test()
-        if done:
+
+    def __init__(self, spin_s: float = 2e-3, cap_s: float = 1e-3) -> None:
+        self.spin_s, self.cap_s = spin_s, cap_s
+        self.reset()
+
+    def reset(self) -> None:
+        self._since = time.perf_counter()
+        self._sleep = 0.0
+
+    def pause(self) -> None:
+        if time.perf_counter() - self._since < self.spin_s:
             return
+        self._sleep = min(self.cap_s, self._sleep * 2 if self._sleep else 5e-5)
+        time.sleep(self._sleep)
+
+
+def wait_bounded(request, timeout_s: float, what: str) -> None:
+    """Wait for an MPI request without blocking forever and without spinning a core for long; give up after
+    `timeout_s` with an error that says what was awaited."""
+    deadline = time.monotonic() + timeout_s
+    backoff = Backoff()
+    while not request.Test():
         if time.monotonic() > deadline:
             request.Cancel()
             raise TimeoutWaiting(
                 f"waited {timeout_s:.0f} s for {what}; the peer is gone or stalled. If commits are legitimately "
                 "slower, raise ps.timeout_s."
             )
-        if pause:
-            time.sleep(pause)
-        pause = min(1e-3, pause * 2 if pause else 5e-5)
+        backoff.pause()

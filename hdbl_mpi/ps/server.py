@@ -22,7 +22,7 @@ from torch import nn
 
 from hdbl_mpi.comm.wire import (
     PUSH, REPLY, TAG_PUSH_HEADER, TAG_PUSH_WEIGHTS, TAG_RECORD, TAG_REPLY_HEADER, TAG_REPLY_WEIGHTS,
-    FlatState, TimeoutWaiting,
+    Backoff, FlatState, TimeoutWaiting,
 )
 from hdbl_mpi.comm.world import SMALL, World, role_of
 from hdbl_mpi.config import Config
@@ -283,10 +283,8 @@ class Server:
     def serve(self) -> None:
         """Serve until every worker has been told to stop and has sent its last commit record."""
         self._records_before = {w: self.state.commits_by_worker[str(w)] for w in self.workers}
-        if self.state.merged >= self.total:
-            raise TimeoutWaiting("nothing to do: the run already made all its commits")
         status = MPI.Status()
-        last_heard, pause = time.monotonic(), 0.0
+        last_heard, backoff = time.monotonic(), Backoff()
         while not self._finished():
             if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
                 src, tag = status.Get_source(), status.Get_tag()
@@ -296,7 +294,8 @@ class Server:
                     self._on_record(src)
                 else:
                     raise RuntimeError(f"server got an unexpected message (tag {tag}) from rank {src}")
-                last_heard, pause = time.monotonic(), 0.0
+                last_heard = time.monotonic()
+                backoff.reset()
                 continue
             self._collect_evals(self.evaluator.results())
             if time.monotonic() - last_heard > self.timeout_s:
@@ -306,9 +305,7 @@ class Server:
                     f"held: ranks {sorted(self.pending)}. A worker is stalled or gone; if commits are this slow "
                     "legitimately, raise ps.timeout_s."
                 )
-            if pause:
-                time.sleep(pause)
-            pause = min(1e-3, pause * 2 if pause else 5e-5)
+            backoff.pause()
         self.t_end_train = self.t_last_merge
         self.commit_log.close()
         self._collect_evals(self.evaluator.finish(self.timeout_s))

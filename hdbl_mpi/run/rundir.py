@@ -36,15 +36,18 @@ def default_run_dir() -> Path:
     return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file + fsync + rename, so readers see the old or the new file, never a mix."""
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write via a temporary file (+ fsync when `durable`) + rename, so readers see the old or the new file,
+    never a mix. `durable=False` skips the fsync for small files rewritten often on the server's path
+    (epochs.csv): a process crash still leaves a whole file; only a power loss could lose the last rewrite."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -52,8 +55,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    atomic_write_bytes(path, text.encode(), durable)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -67,7 +70,7 @@ def write_epochs(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     for row in sorted(rows, key=lambda r: r["epoch"]):
         writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in EPOCH_COLUMNS})
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue(), durable=False)
 
 
 def read_epochs(path: Path) -> list[dict]:

@@ -124,6 +124,8 @@ def test_resume_after_a_crash(tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     ids = sorted(r["global_commit"] for r in resumed.commits())
     assert ids == list(range(1, 9))  # records after the checkpoint were dropped and redone, none duplicated
+    again = run_train(3, run_dir, [], resume=True, timeout=90)
+    assert again.returncode == 2 and "already finished its 4 epochs" in again.output
 
 
 @pytest.mark.parametrize("np_,overrides,message", [
