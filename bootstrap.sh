@@ -50,7 +50,7 @@ if ! "$venv/bin/python" -m pip install --disable-pip-version-check -e ".[$extras
   exit 1
 fi
 "$venv/bin/python" -c "import hdbl_mpi, torch, mpi4py; from mpi4py import MPI; \
-print('==> ready: torch', torch.__version__, '| mpi4py', mpi4py.__version__, '|', MPI.Get_library_version().splitlines()[0])"
+print('==> ready: torch', torch.__version__, '| mpi4py', mpi4py.__version__, '|', MPI.Get_library_version().splitlines()[0].strip(' \\x00'))"
 
 # 3. What was asked for.
 case "$what" in

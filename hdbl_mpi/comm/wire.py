@@ -134,11 +134,14 @@ class Backoff:
         time.sleep(self._sleep)
 
 
-def wait_bounded(request, timeout_s: float, what: str) -> None:
+def wait_bounded(request, timeout_s: float, what: str, spin_s: float = 0.02) -> None:
     """Wait for an MPI request without blocking forever and without spinning a core for long; give up after
-    `timeout_s` with an error that says what was awaited."""
+    `timeout_s` with an error that says what was awaited.
+
+    The default spin covers a reply that comes within a receive + merge + send of a large model (~20 ms), so
+    the reply is picked up at once; longer waits (BSP/SSP barriers) fall back to short sleeps."""
     deadline = time.monotonic() + timeout_s
-    backoff = Backoff()
+    backoff = Backoff(spin_s=spin_s)
     while not request.Test():
         if time.monotonic() > deadline:
             request.Cancel()
