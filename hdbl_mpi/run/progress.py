@@ -1,8 +1,11 @@
-"""Terminal output of the server: one progress bar and one stable line per epoch.
+"""Terminal output of the server: a progress bar line and one stable line per epoch.
 
-Workers print nothing unless --verbose; the server owns the terminal. On a terminal the bar shows epoch,
-commits/s, samples/s, ETA and the last test accuracy; in a log file (no TTY) the bar is replaced by the
-per-epoch lines alone, so CI logs and SLURM output stay readable.
+Workers print nothing unless --verbose; the server owns the terminal. mpirun forwards a rank's output line by
+line (Open MPI/PRRTE buffers until a newline), so a bar redrawn in place with carriage returns would stay
+invisible until the end. Instead, when the server's stdout is a terminal (an interactive `mpirun`; Open MPI
+gives ranks a pseudo-terminal then), a complete bar line - epoch, commits, commits/s, samples/s, ETA, last
+test accuracy - is printed at most every `interval_s` seconds. In a log file (no terminal) only the per-epoch
+lines are written, so CI logs and SLURM output stay short and parse-friendly.
 """
 
 from __future__ import annotations
@@ -15,34 +18,42 @@ from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, total_commits: int, done: int, commits_per_epoch: int, log_path: Path | None) -> None:
+    def __init__(self, total_commits: int, done: int, commits_per_epoch: int, log_path: Path | None,
+                 interval_s: float = 10.0, interactive: bool | None = None) -> None:
         self.commits_per_epoch = commits_per_epoch
         self.total = total_commits
+        self.done = done
+        self.interactive = sys.stdout.isatty() if interactive is None else interactive
+        self.interval_s = interval_s
         self._log = open(log_path, "a", buffering=1) if log_path else None
-        self._bar = tqdm(
-            total=total_commits, initial=done, unit="commit", dynamic_ncols=True, mininterval=0.5,
-            disable=not sys.stderr.isatty(), file=sys.stderr,
-        )
-        self._start = time.monotonic()
+        self._start = self._last_status = time.monotonic()
+        self._start_done = done
         self._samples = 0
         self._last_acc: float | None = None
 
-    def commit(self, merged: int, samples: int) -> None:
-        self._samples += samples
+    def status(self) -> str:
+        """The bar as one line: `epoch 3/8  37%|███▋    | 12/32 [01:40<02:47, 8.33s/commit, 2100 img/s]` (elapsed<ETA)."""
         elapsed = max(time.monotonic() - self._start, 1e-9)
-        epoch = merged // self.commits_per_epoch
-        post = {"epoch": f"{epoch}/{self.total // self.commits_per_epoch}", "img/s": f"{self._samples / elapsed:.0f}"}
+        rate = (self.done - self._start_done) / elapsed
+        epochs = self.total // self.commits_per_epoch
+        post = f"{self._samples / elapsed:.0f} img/s"
         if self._last_acc is not None:
-            post["test"] = f"{self._last_acc:.4f}"
-        self._bar.set_postfix(post, refresh=False)
-        self._bar.update(1)
+            post += f", test {self._last_acc:.4f}"
+        bar = tqdm.format_meter(self.done, self.total, elapsed, ncols=90, unit="commit", rate=rate or None,
+                                postfix=post)
+        return f"epoch {self.done // self.commits_per_epoch}/{epochs} {bar}"
+
+    def commit(self, merged: int, samples: int) -> None:
+        self.done = merged
+        self._samples += samples
+        now = time.monotonic()
+        if self.interactive and now - self._last_status >= self.interval_s:
+            self._last_status = now
+            print(self.status(), flush=True)
 
     def line(self, text: str) -> None:
-        """A line for the terminal and train.log (through tqdm so the bar is not torn)."""
-        if self._bar.disable:
-            print(text, flush=True)
-        else:
-            self._bar.write(text)
+        """A line for the terminal and train.log."""
+        print(text, flush=True)
         if self._log:
             self._log.write(text + "\n")
 
@@ -53,6 +64,5 @@ class Progress:
         self.line(f"Epoch[{epoch}] Train-loss={train_loss:.4f} Train-accuracy={train_acc:.4f}{valid} Time={wall_s:.2f}")
 
     def close(self) -> None:
-        self._bar.close()
         if self._log:
             self._log.close()
