@@ -7,7 +7,7 @@ import argparse
 import sys
 import traceback
 
-from hdbl_mpi.errors import HdblError
+from hdbl_mpi.errors import SetupError
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -18,11 +18,11 @@ def _train(args: argparse.Namespace) -> int:
     comm = MPI.COMM_WORLD
     try:
         return train(args.config, args.set, args.resume, args.run_dir, args.verbose)
-    except HdblError as err:
+    except SetupError as err:  # every rank raised it: each exits, rank 0 says why
         if comm.rank == 0:
             print(f"hdbl train: error: {err}", file=sys.stderr, flush=True)
         return err.exit_code
-    except BaseException as err:  # a bug or a lost peer: take the whole job down now, never hang
+    except BaseException as err:  # known to this rank only (a bug, a lost peer): abort the whole job, never hang
         kind = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         print(f"hdbl train: rank {comm.rank}/{comm.size} {kind}: {type(err).__name__}: {err}\n"
               f"{traceback.format_exc()}", file=sys.stderr, flush=True)

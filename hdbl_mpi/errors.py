@@ -29,3 +29,9 @@ class DataError(HdblError):
 
 class WorldSizeError(HdblError):
     """The MPI world size does not fit the configured server and worker groups."""
+
+
+class SetupError(HdblError):
+    """Set-up failed and every rank of the job knows it (the ranks agreed on it), so each can exit cleanly.
+
+    Any other error in an MPI job is known to one rank only and must abort the whole job instead."""

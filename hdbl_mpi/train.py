@@ -24,7 +24,7 @@ from hdbl_mpi.comm.world import World, make_world, threads_per_rank
 from hdbl_mpi.config import Config, config_from_dict, dump_config, load_config
 from hdbl_mpi.data import ArrayDataset, load_dataset
 from hdbl_mpi.engine import pick_device
-from hdbl_mpi.errors import HdblError
+from hdbl_mpi.errors import HdblError, SetupError
 from hdbl_mpi.models import build_model
 from hdbl_mpi.plan import Plan, make_plan
 from hdbl_mpi.ps.server import Evaluator, Server, ServerState, lr_at
@@ -58,9 +58,9 @@ def _agree(comm: MPI.Intracomm, error: BaseException | None, value) -> list:
         by_message: dict[str, list[int]] = {}
         for rank, msg in failures:
             by_message.setdefault(msg, []).append(rank)
-        lines = [msg if len(by_message) == 1 and len(ranks) == comm.size else f"(rank {', '.join(map(str, ranks))}) {msg}"
-                 for msg, ranks in by_message.items()]
-        raise HdblError("\n".join(lines))
+        everyone = len(by_message) == 1 and len(failures) == comm.size
+        lines = [msg if everyone else f"(rank {', '.join(map(str, ranks))}) {msg}" for msg, ranks in by_message.items()]
+        raise SetupError("\n".join(lines))
     return [v for _, v in gathered]
 
 
@@ -85,6 +85,31 @@ def _timeout(config: Config, plan: Plan) -> float:
     return 600.0 + 20.0 * predicted
 
 
+def _prepare_run_dir(run_path: Path, checkpoint: str | None, config: Config, plan: Plan,
+                     flat: FlatState) -> ServerState:
+    """Server only: create the run directory, load the checkpoint when resuming, write config and plan."""
+    state = ServerState()
+    run_path.mkdir(parents=True, exist_ok=True)
+    if checkpoint:
+        vector, saved = rundir.load_checkpoint(Path(checkpoint))
+        if vector.numel() != flat.numel:
+            raise HdblError(f"{checkpoint} holds {vector.numel()} weights but the configured model has "
+                            f"{flat.numel}; resume with the run's own config.")
+        flat.vector.copy_(vector)
+        state = ServerState(**saved)
+        n = config.dual.workers
+        if state.merged >= config.train.epochs * n:
+            raise HdblError(
+                f"{run_path} already finished its {state.merged // n} epochs; to train longer, resume with "
+                f"--set train.epochs=N (N > {config.train.epochs})."
+            )
+        state.restarts.append({"at_commit": state.merged, "epoch": state.merged // n,
+                               "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    rundir.atomic_write_text(run_path / rundir.CONFIG, dump_config(config))
+    rundir.write_json(run_path / rundir.PLAN, plan.to_dict())
+    return state
+
+
 def train(config_path: str | None, overrides: list[str], resume: str | None, run_dir: str | None,
           verbose: bool) -> int:
     comm = MPI.COMM_WORLD
@@ -100,8 +125,8 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
             payload = (str(err), None, None, None)
     error, tree, chosen_dir, checkpoint = comm.bcast(payload, root=0)
     if error:
-        raise HdblError(error)
-    config = config_from_dict(tree)
+        raise SetupError(error)
+    config = config_from_dict(tree)  # the tree is identical on every rank, and so is any error
 
     # 2. Local set-up on every rank, then agreement.
     world: World | None = None
@@ -117,58 +142,40 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
                             train=not world.is_server, test=world.is_server, synthetic=config.data.synthetic)
     except Exception as err:  # reported on every rank by _agree
         failure = err
-    sizes = _agree(comm, failure, None if data is None else
-                   (data.train_size, data.native_resolution, f"{socket.gethostname()}:{device}", torch.get_num_threads()))
+    mine = None if data is None else (data.train_size, data.native_resolution,
+                                      f"{socket.gethostname()}:{device}", torch.get_num_threads())
+    sizes = _agree(comm, failure, mine)
     worker_sizes = {s[0] for s in sizes[1:]}
     if len(worker_sizes) != 1:
-        raise HdblError(f"the workers see training sets of different sizes {sorted(worker_sizes)}; "
+        raise SetupError(f"the workers see training sets of different sizes {sorted(worker_sizes)}; "
                         "point data.dir at the same files on every host.")
     dataset_size = worker_sizes.pop()
     resolution = config.data.resolution or sizes[0][1]
     assert world is not None and data is not None
 
-    # 3. Plan and model: deterministic, so errors are identical on every rank.
-    plan = make_plan(dataset_size, config.dual.workers, config.dual.small, config.dual.batch_large,
-                     config.dual.time_a, config.dual.time_b, config.dual.extra_time, config.dual.factor)
-    model = build_model(config.model.name, data.num_classes, data.channels, resolution, config.model.stem,
-                        config.model.dropout, config.model.width).to(device)
-    flat = FlatState(model)
-
-    # 4. Server state: fresh, or from the checkpoint being resumed (rank 0 only, agreed by all).
+    # 3. Plan and model on every rank; the server also prepares the run directory and, when resuming, loads
+    #    the checkpoint. One more agreement, so a failure on any rank stops every rank cleanly.
     state, failure = ServerState(), None
-    if world.is_server:
-        try:
-            run_path = Path(chosen_dir)
-            run_path.mkdir(parents=True, exist_ok=True)
-            if checkpoint:
-                vector, saved = rundir.load_checkpoint(Path(checkpoint))
-                if vector.numel() != flat.numel:
-                    raise HdblError(f"{checkpoint} holds {vector.numel()} weights but the configured model has "
-                                    f"{flat.numel}; resume with the run's own config.")
-                flat.vector.copy_(vector)
-                state = ServerState(**saved)
-                if state.merged >= config.train.epochs * config.dual.workers:
-                    raise HdblError(
-                        f"{chosen_dir} already finished its {state.merged // config.dual.workers} epochs; to train "
-                        f"longer, resume with --set train.epochs=N (N > {config.train.epochs})."
-                    )
-                state.restarts.append({"at_commit": state.merged, "epoch": state.merged // config.dual.workers,
-                                       "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-            rundir.atomic_write_text(run_path / rundir.CONFIG, dump_config(config))
-            rundir.write_json(run_path / rundir.PLAN, plan.to_dict())
-        except Exception as err:
-            failure = err
+    plan = model = flat = None
+    try:
+        plan = make_plan(dataset_size, config.dual.workers, config.dual.small, config.dual.batch_large,
+                         config.dual.time_a, config.dual.time_b, config.dual.extra_time, config.dual.factor)
+        model = build_model(config.model.name, data.num_classes, data.channels, resolution, config.model.stem,
+                            config.model.dropout, config.model.width).to(device)
+        flat = FlatState(model)
+        if world.is_server:
+            state = _prepare_run_dir(Path(chosen_dir), checkpoint, config, plan, flat)
+    except Exception as err:
+        failure = err
     _agree(comm, failure, None)
+    assert plan is not None and model is not None and flat is not None
 
-    # 5. Everyone starts from the server's weights and control state.
+    # 4. Everyone starts from the server's weights and control state.
     comm.Bcast(flat.to_host(), root=0)
     flat.from_host()
     control = comm.bcast({"lr": lr_at(config, state.merged // config.dual.workers), "restarts": state.restarts}
                          if world.is_server else None, root=0)
     timeout_s = _timeout(config, plan)
-    mine = 0 if world.is_server else plan.share(world.role)[1]
-    if world.group_comm.allreduce(mine, op=MPI.MAX) != world.group_comm.allreduce(mine, op=MPI.MIN):
-        raise HdblError("workers of one group disagree on their batch size; run the same version everywhere.")
 
     if not world.is_server:
         run_worker(world, config, plan, model, flat, data, resolution, device, control, timeout_s, verbose)

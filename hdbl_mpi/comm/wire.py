@@ -102,7 +102,7 @@ class HeaderLayout:
         return np.array([float(values.get(f, 0.0)) for f in self.fields], dtype=np.float64)
 
     def unpack(self, array: np.ndarray) -> dict[str, float]:
-        return {f: float(v) for f, v in zip(self.fields, array)}
+        return {f: float(v) for f, v in zip(self.fields, array, strict=True)}
 
 
 # Worker -> server, before the pushed weights.

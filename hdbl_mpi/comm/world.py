@@ -52,7 +52,8 @@ def check_world_size(size: int, workers: int, small: int) -> None:
         raise WorldSizeError(
             f"this job has {size} MPI rank(s) but the config asks for 1 server + dual.workers={workers} workers "
             f"({small} small-batch, {workers - small} large-batch) = {workers + 1} ranks. Launch with "
-            f"`mpirun -np {workers + 1} ...`, or set --set dual.workers={size - 1} (and dual.small <= {max(size - 1, 0)})."
+            f"`mpirun -np {workers + 1} ...`, or set --set dual.workers={size - 1} "
+            f"(and dual.small <= {max(size - 1, 0)})."
         )
 
 

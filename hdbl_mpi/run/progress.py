@@ -32,7 +32,7 @@ class Progress:
         self._last_acc: float | None = None
 
     def status(self) -> str:
-        """The bar as one line: `epoch 3/8  37%|███▋    | 12/32 [01:40<02:47, 8.33s/commit, 2100 img/s]` (elapsed<ETA)."""
+        """The bar as one line: `epoch 3/8  37%|███▋  | 12/32 [01:40<02:47, 8.33s/commit, 2100 img/s]`."""
         elapsed = max(time.monotonic() - self._start, 1e-9)
         rate = (self.done - self._start_done) / elapsed
         epochs = self.total // self.commits_per_epoch

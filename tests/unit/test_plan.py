@@ -10,7 +10,8 @@ from hdbl_mpi.plan import feasible_extra_time, feasible_small_workers, make_plan
 EXAMPLE = dict(dataset_size=50_000, workers=4, batch_large=500, time_a=5.6607e-4, time_b=0.014041, extra_time=1.05)
 
 
-@pytest.mark.parametrize("small,d_small,b_small", [(1, 10_625, 84), (2, 11_875, 155), (3, 12_292, 205), (4, 12_500, 243)])
+@pytest.mark.parametrize("small,d_small,b_small",
+                         [(1, 10_625, 84), (2, 11_875, 155), (3, 12_292, 205), (4, 12_500, 243)])
 def test_spec_worked_example(small, d_small, b_small):
     plan = make_plan(small=small, **EXAMPLE)
     assert plan.d_large == 13_125
