@@ -85,6 +85,22 @@ def _timeout(config: Config, plan: Plan) -> float:
     return 600.0 + 20.0 * predicted
 
 
+def _load_data(world: World, config: Config) -> ArrayDataset:
+    """The server needs the test split, a worker the training split. A download (only when data.download is
+    set) is made by one rank per host while the host's other ranks wait, so they never race on the files."""
+    c = config.data
+    if c.download:
+        if world.local_rank == 0:
+            try:
+                load_dataset(c.name, c.dir, True, synthetic=c.synthetic)
+            finally:
+                world.local_comm.Barrier()
+        else:
+            world.local_comm.Barrier()
+    return load_dataset(c.name, c.dir, False, train=not world.is_server, test=world.is_server,
+                        synthetic=c.synthetic)
+
+
 def _prepare_run_dir(run_path: Path, checkpoint: str | None, config: Config, plan: Plan,
                      flat: FlatState) -> ServerState:
     """Server only: create the run directory, load the checkpoint when resuming, write config and plan."""
@@ -138,8 +154,7 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
         torch.set_num_threads(threads_per_rank(world.local_size, config.train.threads))
         torch.manual_seed(config.train.seed)
         device = torch.device("cpu") if world.is_server else pick_device(config.train.device, world.local_rank)
-        data = load_dataset(config.data.name, config.data.dir, config.data.download,
-                            train=not world.is_server, test=world.is_server, synthetic=config.data.synthetic)
+        data = _load_data(world, config)
     except Exception as err:  # reported on every rank by _agree
         failure = err
     mine = None if data is None else (data.train_size, data.native_resolution,

@@ -21,6 +21,7 @@ _COLORS = {SERVER: 0, SMALL: 1, LARGE: 2}
 class World:
     comm: MPI.Intracomm
     group_comm: MPI.Intracomm
+    local_comm: MPI.Intracomm  # the ranks on this host (shared memory), e.g. for one download per host
     rank: int
     size: int
     role: str
@@ -64,9 +65,7 @@ def make_world(workers: int, small: int, comm: MPI.Intracomm | None = None) -> W
     role = role_of(comm.rank, small)
     group = comm.Split(_COLORS[role], comm.rank)
     local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
-    world = World(comm, group, comm.rank, comm.size, role, local.rank, local.size)
-    local.Free()
-    return world
+    return World(comm, group, local, comm.rank, comm.size, role, local.rank, local.size)
 
 
 def threads_per_rank(local_size: int, requested: int = 0) -> int:
