@@ -17,6 +17,7 @@ setup(
         "mpi4py>=4.0",
         "PyYAML>=6.0",
         "tqdm>=4.60",
+        "matplotlib>=3.7",
     ],
     extras_require={
         # PyPI's Open MPI build; bootstrap.sh installs it only when no system MPI is found.

@@ -115,8 +115,8 @@ def main() -> None:
     flat = FlatState(build_model(args.model, 100, 3, 32, stem="cifar"))
     world = make_world(workers, 0, comm)
     plan = make_plan(workers * 1000, workers, 0, 100, None, None, 1.0)
-    config = load_config(None, [f"dual.workers={workers}", f"train.epochs={args.commits}", "ps.timeout_s=120",
-                                "eval.every=0", "run.checkpoint_every=0"])
+    config = load_config(None, ["dual.batch_large=100", f"dual.workers={workers}", f"train.epochs={args.commits}",
+                                "ps.timeout_s=120", "eval.every=0", "run.checkpoint_every=0"])
     other = flat.vector.clone()
     raw: list[float] = []
     merge_times: list[float] = []

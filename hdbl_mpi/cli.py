@@ -7,7 +7,7 @@ import argparse
 import sys
 import traceback
 
-from hdbl_mpi.errors import SetupError
+from hdbl_mpi.errors import HdblError, SetupError
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -30,6 +30,118 @@ def _train(args: argparse.Namespace) -> int:
         return 1
 
 
+def _numbers(text: str | None, kind: type, flag: str) -> list | None:
+    if text is None:
+        return None
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise HdblError(f"{flag} expects a comma-separated list of {kind.__name__} values, got {text!r}.") from None
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """`hdbl plan`: the dual-batch plan from explicit numbers or a profile; a stable interface for scripts."""
+    import json
+
+    from hdbl_mpi.plan import format_plan, plan_resolutions, plan_summary
+
+    try:
+        resolutions = _numbers(args.resolutions, int, "--resolutions")
+        batch_large = _numbers(args.batch_large, int, "--batch-large")
+        time_a = _numbers(args.time_a, float, "--time-a")
+        time_b = _numbers(args.time_b, float, "--time-b")
+        if args.profile:
+            from hdbl_mpi.profiles import load_profile, lookup
+
+            profile = load_profile(args.profile)
+            entries = [lookup(profile, args.model, r, args.precision, args.device) for r in resolutions]
+            batch_large = batch_large or [e["b_max"] for e in entries]
+            time_a = time_a or [e["a"] for e in entries]
+            time_b = time_b or [e["b"] for e in entries]
+        missing = [flag for flag, value in (("--batch-large", batch_large), ("--time-a", time_a),
+                                            ("--time-b", time_b)) if value is None]
+        if missing and not (args.small == 0 and missing == ["--time-a", "--time-b"]):
+            raise HdblError(f"hdbl plan needs {', '.join(missing)} (one value per resolution) or --profile FILE.")
+        time_a = time_a or [None] * len(resolutions)
+        time_b = time_b or [None] * len(resolutions)
+        plans = plan_resolutions(args.dataset_size, args.workers, args.small, args.extra_time, resolutions,
+                                 batch_large, time_a, time_b, args.factor)
+    except HdblError as err:
+        print(f"hdbl plan: error: {err}", file=sys.stderr)
+        return err.exit_code
+    if args.json:
+        print(json.dumps(plan_summary(plans, resolutions), indent=2))
+    else:
+        print(format_plan(plans, resolutions))
+    return 0
+
+
+def _under_mpi() -> bool:
+    """Started by an MPI launcher (Open MPI, MPICH/Hydra, PMIx, SLURM's srun)?"""
+    import os
+
+    return any(v in os.environ for v in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"))
+
+
+def _profile(args: argparse.Namespace) -> int:
+    """`hdbl profile`: measure tau(B) = a*B + b and B_max per resolution on this device (or, under mpirun, on
+    every rank's device, averaged) and store them in a profile file."""
+    import torch
+
+    from hdbl_mpi.comm.world import threads_per_rank
+    from hdbl_mpi.engine import pick_device
+    from hdbl_mpi.models import build_model
+    from hdbl_mpi.profile import parse_bytes, plot_profile, profile_resolution
+    from hdbl_mpi.profiles import average_entries, save_profile
+
+    comm, rank, local_rank, local_size = None, 0, 0, 1
+    if _under_mpi():
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+        rank, local_rank, local_size = comm.rank, local.rank, local.size
+    entries, error = [], None
+    try:
+        torch.set_num_threads(threads_per_rank(local_size, args.threads))
+        resolutions = _numbers(args.resolutions, int, "--resolutions")
+        batches = _numbers(args.batches, int, "--batches")
+        budget = parse_bytes(args.memory_budget) if args.memory_budget else None
+        device = pick_device(args.device, local_rank)
+        for r in resolutions:
+            def factory(r=r):
+                return build_model(args.model, args.classes, args.channels, r, args.stem)
+
+            entry = profile_resolution(factory, args.classes, args.channels, r, device, args.precision,
+                                       batches=batches, steps=args.steps, warmup=args.warmup, memory_budget=budget,
+                                       margin=args.margin, max_batch=args.max_batch)
+            entry["model"] = args.model
+            entries.append(entry)
+    except Exception as err:  # every rank reports; rank 0 prints
+        error = err if isinstance(err, HdblError) else HdblError(f"{type(err).__name__}: {err}")
+    mine = (entries, str(error) if error else None)
+    gathered = comm.gather(mine, root=0) if comm else [mine]
+    if rank != 0:
+        return 2 if error else 0
+    failures = [f"(rank {i}) {msg}" if len(gathered) > 1 else msg for i, (_, msg) in enumerate(gathered) if msg]
+    if failures:
+        print("hdbl profile: error: " + "\n".join(failures), file=sys.stderr)
+        return 2
+    per_resolution = list(zip(*[ranks_entries for ranks_entries, _ in gathered], strict=True))
+    averaged = [average_entries(list(same)) for same in per_resolution]
+    save_profile(args.output, averaged)
+    print(f"{'res':>4} {'a (s/sample)':>13} {'b (s/step)':>11} {'R2':>6} {'B_max':>6} {'predicted':>9}  "
+          f"memory  device ({averaged[0]['ranks']} rank(s))")
+    for e in averaged:
+        print(f"{e['resolution']:>4} {e['a']:>13.4g} {e['b']:>11.4g} {e['r2']:>6.3f} {e['b_max']:>6} "
+              f"{e['b_max_predicted']:>9}  {e['memory']['method']:<6}  {e['device']}")
+    print(f"profile written to {args.output}")
+    if args.plot:
+        plot_profile({"entries": {str(i): e for i, e in enumerate(averaged)}}, args.plot)
+        print(f"plot written to {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hdbl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +153,43 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     train.add_argument("--verbose", action="store_true", help="workers print one line per commit")
     train.set_defaults(func=_train)
+
+    plan = sub.add_parser("plan", help="the dual-batch plan (d_L, d_S, B_S, f per resolution) from a, b, B_L")
+    plan.add_argument("--dataset-size", type=int, required=True, metavar="D", help="training-set size")
+    plan.add_argument("--workers", type=int, required=True, metavar="n", help="workers (ranks minus the server)")
+    plan.add_argument("--small", type=int, required=True, metavar="n_S", help="small-batch workers")
+    plan.add_argument("--extra-time", type=float, default=1.05, metavar="t", help="t (default 1.05)")
+    plan.add_argument("--resolutions", required=True, metavar="r1,r2,...", help="image resolutions")
+    plan.add_argument("--batch-large", metavar="B1,B2,...", help="B_L per resolution (default: the profile's B_max)")
+    plan.add_argument("--time-a", metavar="a1,a2,...", help="seconds per sample per resolution (tau = a*B + b)")
+    plan.add_argument("--time-b", metavar="b1,b2,...", help="seconds per step per resolution")
+    plan.add_argument("--factor", choices=("ratio", "sqrt", "none"), default="ratio",
+                      help="model-update factor of small-batch pushes (default ratio = d_S/d_L)")
+    plan.add_argument("--profile", metavar="FILE", help="take a, b and B_max from this `hdbl profile` file")
+    plan.add_argument("--model", default="resnet18", help="model to look up in the profile (default resnet18)")
+    plan.add_argument("--precision", default="fp32", choices=("fp32", "amp"), help="precision to look up")
+    plan.add_argument("--device", help="device name to look up when the profile holds several")
+    plan.add_argument("--json", action="store_true", help="print one JSON object (a stable interface)")
+    plan.set_defaults(func=_plan)
+
+    prof = sub.add_parser("profile", help="measure step time tau(B) = a*B + b and B_max on this device")
+    prof.add_argument("--model", default="resnet18", help="model name (resnet18, resnet_small)")
+    prof.add_argument("--resolutions", required=True, metavar="r1,r2,...", help="image resolutions to profile")
+    prof.add_argument("--precision", default="fp32", choices=("fp32", "amp"), help="fp32, or amp (GPU only)")
+    prof.add_argument("--device", default="auto", help="auto (a GPU per local rank if any), cpu, cuda, cuda:N")
+    prof.add_argument("--classes", type=int, default=100, help="classifier outputs (default 100)")
+    prof.add_argument("--channels", type=int, default=3, help="input channels (default 3)")
+    prof.add_argument("--stem", default="auto", choices=("auto", "cifar", "imagenet"), help="ResNet stem")
+    prof.add_argument("--batches", metavar="B1,B2,...", help="batch sizes to time (default: spread up to B_max)")
+    prof.add_argument("--steps", type=int, default=20, help="timed steps per batch size (default 20)")
+    prof.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per batch size (default 2)")
+    prof.add_argument("--memory-budget", help="capacity for B_max on a CPU, e.g. 8GiB (GPUs use their memory)")
+    prof.add_argument("--margin", type=float, default=0.9, help="fraction of the capacity B_max may use (0.9)")
+    prof.add_argument("--max-batch", type=int, default=4096, help="never try batches above this (4096)")
+    prof.add_argument("--threads", type=int, default=0, help="torch threads (0: cores / ranks on this host)")
+    prof.add_argument("--output", default="profile.json", help="profile file to create or update")
+    prof.add_argument("--plot", metavar="FILE.png", help="also plot time vs batch with the fit (matplotlib)")
+    prof.set_defaults(func=_profile)
     return parser
 
 

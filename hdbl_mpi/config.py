@@ -57,11 +57,18 @@ class TrainConfig:
 class DualConfig:
     workers: int = 4  # n; the job needs 1 + n MPI ranks
     small: int = 0  # n_S small-batch workers (ranks 1..n_S)
-    batch_large: int = 256  # B_L
+    batch_large: int | None = None  # B_L; None: the profile's B_max
     extra_time: float = 1.05  # t
-    time_a: float | None = None  # step time tau(B) = a*B + b, seconds per sample / per step
+    time_a: float | None = None  # step time tau(B) = a*B + b, seconds per sample / per step; None: the profile's
     time_b: float | None = None
     factor: str = "ratio"  # model-update factor of small pushes: ratio (d_S/d_L) | sqrt | none
+    profile: str | None = None  # a `hdbl profile` file, or "auto": every worker profiles its device at start-up
+    profile_device: str | None = None  # device name to pick from a profile file that holds several
+    profile_steps: int = 5  # auto: timed steps per batch size (hdbl profile uses 20)
+    profile_max_batch: int = 1024  # auto: largest batch size tried
+    memory_budget: str | None = None  # auto on a CPU: memory a worker may use (e.g. 4GiB); None: RAM / ranks per host
+    replan: bool = False  # refit a, b from the commits and re-balance B_S when the groups drift apart
+    replan_threshold: float = 1.05  # ... when slowest / fastest group compute time exceeds this
 
 
 @dataclass
@@ -271,13 +278,28 @@ def validate(c: Config) -> None:
         0 <= c.dual.small <= c.dual.workers,
         f"dual.small is {c.dual.small}; it must be between 0 and dual.workers={c.dual.workers}.",
     )
-    _check(c.dual.batch_large >= 1, f"dual.batch_large is {c.dual.batch_large}; it must be >= 1.")
+    _check(
+        c.dual.batch_large is None or c.dual.batch_large >= 1,
+        f"dual.batch_large is {c.dual.batch_large}; it must be >= 1.",
+    )
+    _check(
+        c.dual.batch_large is not None or c.dual.profile is not None,
+        "dual.batch_large is not set: give the large batch B_L, or set dual.profile (a profile file or auto) so "
+        "that B_L is the profiled B_max.",
+    )
+    _check(c.dual.profile_steps >= 1, f"dual.profile_steps is {c.dual.profile_steps}; it must be >= 1.")
+    _check(c.dual.profile_max_batch >= 1, f"dual.profile_max_batch is {c.dual.profile_max_batch}; it must be >= 1.")
+    _check(
+        c.dual.replan_threshold > 1.0,
+        f"dual.replan_threshold is {c.dual.replan_threshold}; it must be > 1 (e.g. 1.05).",
+    )
     _check(c.dual.factor in FACTOR_RULES, f"dual.factor is {c.dual.factor!r}; use one of {', '.join(FACTOR_RULES)}.")
     if c.dual.small > 0:
         _check(
-            c.dual.time_a is not None and c.dual.time_b is not None,
-            "dual.small > 0 needs the step-time model: set dual.time_a and dual.time_b (seconds per sample and "
-            "per step on the workers' device, e.g. from `hdbl profile`), or set dual.small=0.",
+            (c.dual.time_a is not None and c.dual.time_b is not None) or c.dual.profile is not None,
+            "dual.small > 0 needs the step-time model: set dual.profile (a file from `hdbl profile`, or auto to "
+            "measure at start-up), or dual.time_a and dual.time_b (seconds per sample and per step on the "
+            "workers' device), or set dual.small=0.",
         )
     _check(c.ps.mode in ("asp", "bsp", "ssp"), f"ps.mode is {c.ps.mode!r}; use asp, bsp or ssp.")
     _check(

@@ -53,9 +53,11 @@ class Plan:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def group_of(self, worker_index: int) -> str:
-        """Group of worker `worker_index` (0-based among workers): the first `small` workers are small-batch."""
-        return "small" if worker_index < self.small else "large"
+    @property
+    def epoch_time(self) -> float | None:
+        """Predicted wall time of one epoch: every worker makes one commit per epoch, in parallel."""
+        times = [t for t in (self.commit_time_large, self.commit_time_small) if t is not None]
+        return max(times) if times else None
 
     def share(self, group: str) -> tuple[int, int, int]:
         """(samples per commit, batch size, steps per commit) of a worker group."""
@@ -165,9 +167,15 @@ def make_plan(
         return Plan(D, n, 0, 1.0, B_L, None, d_l, None, max(1, round_half_up(d_l / B_L)), None, factor, 1.0,
                     a, b, None, None, None)
     if a is None or b is None or a < 0 or b < 0 or a + b <= 0:
+        hint = ""
+        if b is not None and b < 0:
+            hint = (" A negative b means a training step has no measurable fixed cost on this device (typical of a "
+                    "CPU at one thread): a small batch is then not slower per sample and no B_S balances the groups. "
+                    "Use dual.small=0 there, or profile only the batch range you train with (dual.profile_max_batch,"
+                    " hdbl profile --max-batch).")
         raise PlanError(
             f"the step-time model tau(B)=a*B+b has a={a}, b={b}; both must be >= 0 and not both 0. "
-            "Measure them with `hdbl profile` or copy them from a profile."
+            f"Measure them with `hdbl profile` or copy them from a profile.{hint}"
         )
     T0 = (a + b / B_L) * D / n
     if n_s == 0:
@@ -201,3 +209,83 @@ def make_plan(
     steps_l, steps_s = max(1, round_half_up(d_l / B_L)), max(1, round_half_up(d_s / b_s))
     return Plan(D, n, n_s, t, B_L, b_s, d_l, d_s, steps_l, steps_s, factor, f, a, b, T0,
                 (a + b / B_L) * d_l, (a + b / b_s) * d_s)
+
+
+def plan_resolutions(
+    dataset_size: int,
+    workers: int,
+    small: int,
+    extra_time: float,
+    resolutions: list[int],
+    batch_large: list[int],
+    time_a: list[float | None],
+    time_b: list[float | None],
+    factor: str = "ratio",
+) -> list[Plan]:
+    """One plan per resolution (d_L and d_S do not depend on it; B_L, a, b and so B_S do)."""
+    lengths = {len(resolutions), len(batch_large), len(time_a), len(time_b)}
+    if len(lengths) != 1:
+        raise PlanError(
+            f"resolutions {resolutions}, batch_large {batch_large}, time_a {time_a} and time_b {time_b} must "
+            "have one value per resolution each."
+        )
+    plans = []
+    for r, B_L, a, b in zip(resolutions, batch_large, time_a, time_b, strict=True):
+        try:
+            plans.append(make_plan(dataset_size, workers, small, B_L, a, b, extra_time, factor))
+        except PlanError as err:
+            raise PlanError(f"at resolution {r}: {err}") from None
+    return plans
+
+
+def plan_summary(plans: list[Plan], resolutions: list[int]) -> dict:
+    """The stable JSON form of `hdbl plan --json`: lists aligned with `resolutions`."""
+    first = plans[0]
+    return {
+        "dataset_size": first.dataset_size,
+        "workers": first.workers,
+        "small": first.small,
+        "large": first.large,
+        "extra_time": first.extra_time,
+        "factor_rule": first.factor_rule,
+        "factor": first.factor_small,
+        "resolutions": list(resolutions),
+        "d_large": [p.d_large for p in plans],
+        "d_small": [p.d_small for p in plans],
+        "batch_large": [p.batch_large for p in plans],
+        "batch_small": [p.batch_small for p in plans],
+        "steps_large": [p.steps_large for p in plans],
+        "steps_small": [p.steps_small for p in plans],
+        "time_a": [p.time_a for p in plans],
+        "time_b": [p.time_b for p in plans],
+        "commit_time_large": [p.commit_time_large for p in plans],
+        "commit_time_small": [p.commit_time_small for p in plans],
+        "epoch_time": [p.epoch_time for p in plans],
+        "baseline_epoch_time": [p.baseline_commit_time for p in plans],
+    }
+
+
+def _fmt(value: float | int | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_plan(plans: list[Plan], resolutions: list[int]) -> str:
+    """A readable table of the plan, one row per resolution."""
+    p = plans[0]
+    head = (f"Dual-batch plan: D={p.dataset_size}, n={p.workers} workers ({p.small} small-batch, {p.large} "
+            f"large-batch), t={p.extra_time}, factor {p.factor_rule} (f={p.factor_small:.4f})")
+    columns = ("res", "B_L", "d_L", "steps_L", "B_S", "d_S", "steps_S", "commit_L_s", "commit_S_s",
+               "epoch_s", "baseline_s", "vs_base")
+    rows = []
+    for r, q in zip(resolutions, plans, strict=True):
+        ratio = q.epoch_time / q.baseline_commit_time if q.epoch_time and q.baseline_commit_time else None
+        rows.append((str(r), str(q.batch_large), str(q.d_large), str(q.steps_large), _fmt(q.batch_small, "d"),
+                     _fmt(q.d_small, "d"), _fmt(q.steps_small, "d"), _fmt(q.commit_time_large, ".4g"),
+                     _fmt(q.commit_time_small, ".4g"), _fmt(q.epoch_time, ".4g"),
+                     _fmt(q.baseline_commit_time, ".4g"), _fmt(ratio, ".3f")))
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
+    lines = [head, "  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    lines.append("Times are in the unit of a and b (seconds when they come from `hdbl profile`); an epoch is one "
+                 "commit per worker, in parallel.")
+    return "\n".join(lines)

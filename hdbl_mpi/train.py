@@ -27,24 +27,36 @@ from hdbl_mpi.engine import pick_device
 from hdbl_mpi.errors import HdblError, SetupError
 from hdbl_mpi.models import build_model
 from hdbl_mpi.plan import Plan, make_plan
+from hdbl_mpi.profiles import average_entries, lookup, save_profile
 from hdbl_mpi.ps.server import Evaluator, Server, ServerState, lr_at
 from hdbl_mpi.ps.worker import run_worker
 from hdbl_mpi.run import rundir
 
 
 def _read_config(config_path: str | None, overrides: list[str], resume: str | None, run_dir: str | None):
-    """Rank 0 only: the config tree, the run directory and the checkpoint to resume from (if any)."""
+    """Rank 0 only: the config tree, the run directory, the checkpoint to resume from (if any) and the stored
+    profile the run uses (if any): a resumed `profile: auto` run reuses its own profile, so its plan stays put."""
+    checkpoint = None
     if resume:
         resume_dir = Path(resume)
         saved = resume_dir / rundir.CONFIG
         if not saved.is_file():
             raise HdblError(f"--resume {resume}: no {rundir.CONFIG} there; pass the run directory of an earlier run.")
         config = load_config(saved, overrides)
-        return config.to_dict(), str(resume_dir), resume_dir / rundir.CHECKPOINT
-    config = load_config(config_path, overrides)  # no file: the defaults plus --set overrides
-    chosen = run_dir or config.run.dir or str(rundir.default_run_dir())
-    config.run.dir = chosen
-    return config.to_dict(), chosen, None
+        chosen, checkpoint = str(resume_dir), resume_dir / rundir.CHECKPOINT
+    else:
+        config = load_config(config_path, overrides)  # no file: the defaults plus --set overrides
+        chosen = run_dir or config.run.dir or str(rundir.default_run_dir())
+        config.run.dir = chosen
+    profile = None
+    source = config.dual.profile
+    if source == "auto" and resume and (Path(chosen) / rundir.PROFILE).is_file():
+        source = str(Path(chosen) / rundir.PROFILE)
+    if source not in (None, "auto"):
+        from hdbl_mpi.profiles import load_profile
+
+        profile = load_profile(source)
+    return config.to_dict(), chosen, checkpoint, profile
 
 
 def _agree(comm: MPI.Intracomm, error: BaseException | None, value) -> list:
@@ -101,11 +113,47 @@ def _load_data(world: World, config: Config) -> ArrayDataset:
                         synthetic=c.synthetic)
 
 
+def _auto_profile(config: Config, data: ArrayDataset, resolution: int, device: torch.device,
+                  ranks_on_host: int) -> dict:
+    """`profile: auto`: measure tau(B) and B_max of this worker's device at the run's resolution. All workers
+    do it at once, so the timings include the contention of the real run on shared hosts."""
+    import os
+
+    from hdbl_mpi.profile import parse_bytes, profile_resolution
+
+    budget = None
+    if device.type == "cpu":
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        budget = parse_bytes(config.dual.memory_budget) if config.dual.memory_budget else total // ranks_on_host
+    c = config.model
+    entry = profile_resolution(
+        lambda: build_model(c.name, data.num_classes, data.channels, resolution, c.stem, c.dropout, c.width),
+        data.num_classes, data.channels, resolution, device, "fp32", steps=config.dual.profile_steps, warmup=1,
+        memory_budget=budget, max_batch=min(config.dual.profile_max_batch, config.dual.batch_large or 1 << 30),
+    )
+    entry["model"] = c.name
+    return entry
+
+
+def _make_plan(config: Config, dataset_size: int, profile_entry: dict | None) -> Plan:
+    """Explicit config values win; the profile fills in B_L (its B_max), a and b."""
+    d = config.dual
+
+    def pick(value, key: str):
+        return value if value is not None or profile_entry is None else profile_entry[key]
+
+    return make_plan(dataset_size, d.workers, d.small, pick(d.batch_large, "b_max"), pick(d.time_a, "a"),
+                     pick(d.time_b, "b"), d.extra_time, d.factor)
+
+
 def _prepare_run_dir(run_path: Path, checkpoint: str | None, config: Config, plan: Plan,
-                     flat: FlatState) -> ServerState:
-    """Server only: create the run directory, load the checkpoint when resuming, write config and plan."""
+                     flat: FlatState, measured_profile: dict | None) -> ServerState:
+    """Server only: create the run directory, load the checkpoint when resuming, write config, plan and the
+    profile measured at start-up."""
     state = ServerState()
     run_path.mkdir(parents=True, exist_ok=True)
+    if measured_profile is not None:
+        save_profile(run_path / rundir.PROFILE, [measured_profile])
     if checkpoint:
         vector, saved = rundir.load_checkpoint(Path(checkpoint))
         if vector.numel() != flat.numel:
@@ -132,14 +180,14 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
     t_wall = time.perf_counter()
 
     # 1. Rank 0 reads the config (or the run it resumes) and broadcasts it: files need exist on one host only.
-    payload: tuple = (None, None, None, None)
+    payload: tuple = (None, None, None, None, None)
     if comm.rank == 0:
         try:
-            tree, chosen_dir, checkpoint = _read_config(config_path, overrides, resume, run_dir)
-            payload = (None, tree, chosen_dir, str(checkpoint) if checkpoint else None)
+            tree, chosen_dir, checkpoint, stored_profile = _read_config(config_path, overrides, resume, run_dir)
+            payload = (None, tree, chosen_dir, str(checkpoint) if checkpoint else None, stored_profile)
         except HdblError as err:
-            payload = (str(err), None, None, None)
-    error, tree, chosen_dir, checkpoint = comm.bcast(payload, root=0)
+            payload = (str(err), None, None, None, None)
+    error, tree, chosen_dir, checkpoint, stored_profile = comm.bcast(payload, root=0)
     if error:
         raise SetupError(error)
     config = config_from_dict(tree)  # the tree is identical on every rank, and so is any error
@@ -168,24 +216,38 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
     resolution = config.data.resolution or sizes[0][1]
     assert world is not None and data is not None
 
-    # 3. Plan and model on every rank; the server also prepares the run directory and, when resuming, loads
+    # 3. The step-time model: measured now by every worker (profile: auto), or from a stored profile.
+    profile_entry = None
+    if config.dual.profile == "auto" and stored_profile is None:
+        local, failure = None, None
+        if not world.is_server:
+            try:
+                local = _auto_profile(config, data, resolution, device, world.local_size)
+            except Exception as err:
+                failure = err
+        profile_entry = average_entries([e for e in _agree(comm, failure, local) if e is not None])
+
+    # 4. Plan and model on every rank; the server also prepares the run directory and, when resuming, loads
     #    the checkpoint. One more agreement, so a failure on any rank stops every rank cleanly.
     state, failure = ServerState(), None
     plan = model = flat = None
     try:
-        plan = make_plan(dataset_size, config.dual.workers, config.dual.small, config.dual.batch_large,
-                         config.dual.time_a, config.dual.time_b, config.dual.extra_time, config.dual.factor)
+        if stored_profile is not None:
+            profile_entry = lookup(stored_profile, config.model.name, resolution, "fp32", config.dual.profile_device,
+                                   torch.__version__)
+        plan = _make_plan(config, dataset_size, profile_entry)
         model = build_model(config.model.name, data.num_classes, data.channels, resolution, config.model.stem,
                             config.model.dropout, config.model.width).to(device)
         flat = FlatState(model)
         if world.is_server:
-            state = _prepare_run_dir(Path(chosen_dir), checkpoint, config, plan, flat)
+            state = _prepare_run_dir(Path(chosen_dir), checkpoint, config, plan, flat,
+                                     profile_entry if stored_profile is None else None)
     except Exception as err:
         failure = err
     _agree(comm, failure, None)
     assert plan is not None and model is not None and flat is not None
 
-    # 4. Everyone starts from the server's weights and control state.
+    # 5. Everyone starts from the server's weights and control state.
     comm.Bcast(flat.to_host(), root=0)
     flat.from_host()
     control = comm.bcast({"lr": lr_at(config, state.merged // config.dual.workers), "restarts": state.restarts}
@@ -199,7 +261,7 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
     run_path = Path(chosen_dir)
     evaluator = Evaluator(model, data, resolution, config.eval.batch_size)
     weights = flat.vector.clone()  # the global model; the model's own vector becomes the eval staging area
-    server = Server(world, config, plan, weights, run_path, evaluator, state, timeout_s)
+    server = Server(world, config, plan, weights, run_path, evaluator, state, timeout_s, resolution)
     server.progress.line(
         f"hdbl train: {world.size} ranks (1 server, {plan.small} small-batch, {plan.large} large-batch workers), "
         f"mode {config.ps.mode}, D={dataset_size}, d_L={plan.d_large} B_L={plan.batch_large}"

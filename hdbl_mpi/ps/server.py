@@ -28,7 +28,8 @@ from hdbl_mpi.comm.world import SMALL, World, role_of
 from hdbl_mpi.config import Config
 from hdbl_mpi.data import ArrayDataset
 from hdbl_mpi.engine import evaluate
-from hdbl_mpi.plan import Plan
+from hdbl_mpi.errors import PlanError
+from hdbl_mpi.plan import Plan, make_plan
 from hdbl_mpi.ps.merge import merge_weight
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.progress import Progress
@@ -109,6 +110,52 @@ class ServerState:
     eval_time_s: float = 0.0
     wall_time_s: float = 0.0
     restarts: list = field(default_factory=list)
+    batch_small: int | None = None  # current B_S (changes with dual.replan)
+    replans: list = field(default_factory=list)
+
+
+class Balance:
+    """Watches the groups' measured compute time per commit and re-plans B_S when they drift apart.
+
+    Each commit gives one point of the step-time line: (batch, compute seconds / steps). Large-batch commits
+    sit at B_L and small-batch ones at B_S, so a window of recent commits of both groups determines a and b by
+    least squares; the plan formula then gives the B_S that balances them again (d_L, d_S and f do not
+    depend on a and b, so only B_S changes).
+    """
+
+    def __init__(self, plan: Plan, config: Config, window: int = 4) -> None:
+        self.plan, self.threshold, self.window = plan, config.dual.replan_threshold, window
+        self.samples: dict[str, list[tuple[int, float, float]]] = {"small": [], "large": []}
+
+    def observe(self, group: str, batch: int, compute_s: float, steps: int, batch_small: int) -> dict | None:
+        points = self.samples[group]
+        points.append((batch, compute_s / max(steps, 1), compute_s))
+        del points[: -self.window]
+        small = [p for p in self.samples["small"] if p[0] == batch_small]
+        large = self.samples["large"]
+        if len(small) < 2 or len(large) < 2:
+            return None
+        t_small = float(np.median([p[2] for p in small]))
+        t_large = float(np.median([p[2] for p in large]))
+        imbalance = max(t_small, t_large) / min(t_small, t_large)
+        if imbalance <= self.threshold:
+            return None
+        xs = [p[0] for p in small + large]
+        ys = [p[1] for p in small + large]
+        a, b = (float(v) for v in np.polyfit(xs, ys, 1, w=1.0 / np.asarray(ys)))  # relative errors
+        if a <= 0 or b <= 0:
+            return None  # the points do not describe a usable line (noise); keep the current plan
+        try:
+            new = make_plan(self.plan.dataset_size, self.plan.workers, self.plan.small, self.plan.batch_large,
+                            a, b, self.plan.extra_time, self.plan.factor_rule)
+        except PlanError:
+            return None
+        if new.batch_small == batch_small:
+            return None
+        self.samples["small"].clear()
+        self.samples["large"].clear()
+        return {"a": a, "b": b, "imbalance": imbalance, "compute_small_s": t_small, "compute_large_s": t_large,
+                "previous_batch_small": batch_small, "batch_small": new.batch_small}
 
 
 class Server:
@@ -122,8 +169,10 @@ class Server:
         evaluator: Evaluator,
         state: ServerState,
         timeout_s: float,
+        resolution: int = 0,
     ) -> None:
         self.world, self.config, self.plan, self.run_dir = world, config, plan, run_dir
+        self.resolution = resolution
         self.comm = world.comm
         self.W = weights  # the global model, float32 on the CPU, shared with self.W_np
         self.W_np = weights.numpy()
@@ -142,6 +191,9 @@ class Server:
         self.stopped: set[int] = set()
         self.records_seen = {w: 0 for w in self.workers}
         self.records: list[dict] = []
+        if self.state.batch_small is None:
+            self.state.batch_small = plan.batch_small
+        self.balance = Balance(plan, config) if config.dual.replan and plan.small else None
         self.bsp_sum = torch.zeros_like(weights) if self.mode == "bsp" else None
         self.bsp_factor = 0.0
         self.commit_log = rundir.CommitLog(run_dir / rundir.COMMITS, keep_up_to=state.merged)
@@ -182,6 +234,8 @@ class Server:
         st.epoch_correct += info["correct"]
         st.epoch_samples += info["samples"]
         self.progress.commit(st.merged, int(info["samples"]))
+        if self.balance is not None:
+            self._maybe_replan(role_of(src, self.plan.small), info)
         self.pending[src] = (st.merged, arrived)
         if self.mode == "bsp":
             if len(self.pending) == self.n - len(self.stopped):
@@ -209,14 +263,32 @@ class Server:
     def _reply(self, w: int, stop: bool) -> None:
         global_id, arrived = self.pending.pop(w)
         st = self.state
+        batch = st.batch_small if role_of(w, self.plan.small) == SMALL else self.plan.batch_large
         header = REPLY.pack(global_commit=global_id, epoch=st.merged // self.n, lr=self._lr(), stop=float(stop),
-                            merged=st.merged, held_s=time.perf_counter() - arrived)
+                            merged=st.merged, held_s=time.perf_counter() - arrived, batch=batch)
         self.comm.Send(header, dest=w, tag=TAG_REPLY_HEADER)
         self.comm.Send(self.W_np, dest=w, tag=TAG_REPLY_WEIGHTS)
         if stop:
             self.stopped.add(w)
         else:
             self.training.add(w)
+
+    def _maybe_replan(self, group: str, info: dict[str, float]) -> None:
+        """Feed the commit's timing to the balance monitor; when it asks for a new B_S, small-batch workers get
+        it with their next reply (a commit in progress keeps its batch)."""
+        change = self.balance.observe(group, int(info["batch"]), info["compute_s"], int(info["steps"]),
+                                      self.state.batch_small)
+        if change is None:
+            return
+        change["at_commit"] = self.state.merged
+        self.state.replans.append(change)
+        self.state.batch_small = change["batch_small"]
+        self.progress.line(
+            f"replan at commit {self.state.merged}: compute time small {change['compute_small_s']:.3f} s vs large "
+            f"{change['compute_large_s']:.3f} s (imbalance {change['imbalance']:.3f} > "
+            f"{self.config.dual.replan_threshold}); refit a={change['a']:.4g} b={change['b']:.4g}; "
+            f"B_S {change['previous_batch_small']} -> {change['batch_small']}"
+        )
 
     def _on_record(self, src: int) -> None:
         record = self.comm.recv(source=src, tag=TAG_RECORD)
@@ -345,4 +417,22 @@ class Server:
             "epochs_completed": st.merged // self.n,
             "group_commit_times": self.group_times(),
             "restarts": list(st.restarts),
+            "balance": [self.balance_report()],
+            "replans": list(st.replans),
+            "batch_small_final": st.batch_small,
         }
+
+    def balance_report(self) -> dict:
+        """Predicted vs measured per-commit time of each group (this run segment) and the imbalance."""
+        times = self.group_times()
+        predicted = {"large": self.plan.commit_time_large, "small": self.plan.commit_time_small}
+        report: dict = {"resolution": self.resolution, "predicted_compute_s": {}, "measured_compute_s": {},
+                        "measured_commit_s": {}}
+        for group, measured in times.items():
+            report["predicted_compute_s"][group] = predicted[group]
+            report["measured_compute_s"][group] = measured["compute_s"]
+            report["measured_commit_s"][group] = measured["commit_s"]
+        for kind in ("compute", "commit"):
+            values = list(report[f"measured_{kind}_s"].values())
+            report[f"imbalance_{kind}"] = max(values) / min(values) if len(values) == 2 else None
+        return report

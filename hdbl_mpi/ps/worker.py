@@ -21,7 +21,7 @@ from hdbl_mpi.comm.world import World
 from hdbl_mpi.config import Config
 from hdbl_mpi.data import ArrayDataset
 from hdbl_mpi.engine import make_optimizer, set_lr, train_steps
-from hdbl_mpi.plan import Plan, lr_scale
+from hdbl_mpi.plan import Plan, lr_scale, round_half_up
 
 
 def push_and_pull(comm, flat: FlatState, header_out, header_in, timeout_s: float, what: str) -> float:
@@ -52,7 +52,7 @@ def run_worker(
     """Commit until the server says stop; every commit's record goes to the server (which owns the run dir)."""
     comm = world.comm
     group = world.role
-    _, batch, steps = plan.share(group)
+    share, batch, steps = plan.share(group)
     scale = lr_scale(config.train.lr_scaling, batch, plan.batch_large)
     optimizer = make_optimizer(model, control["lr"], config.train.momentum, config.train.weight_decay)
     generator = torch.Generator().manual_seed(
@@ -69,8 +69,8 @@ def run_worker(
         stats = train_steps(model, optimizer, data, steps, batch, resolution, config.data.augment, generator, device)
         if world.rank == config.debug.slow_rank and config.debug.slow_seconds > 0:
             time.sleep(config.debug.slow_seconds)
-        header_out = PUSH.pack(local_commit=local, samples=stats.samples, steps=stats.steps, loss_sum=stats.loss_sum,
-                               correct=stats.correct, compute_s=stats.seconds)
+        header_out = PUSH.pack(local_commit=local, samples=stats.samples, steps=stats.steps, batch=batch,
+                               loss_sum=stats.loss_sum, correct=stats.correct, compute_s=stats.seconds)
         roundtrip = push_and_pull(comm, flat, header_out, header_in, timeout_s,
                                   f"the server's reply to commit {local} of rank {world.rank}")
         reply = REPLY.unpack(header_in)
@@ -107,3 +107,7 @@ def run_worker(
         lr = reply["lr"]
         if reply["stop"]:
             return
+        if int(reply["batch"]) != batch:  # the server re-balanced the groups (dual.replan)
+            batch = int(reply["batch"])
+            steps = max(1, round_half_up(share / batch))
+            scale = lr_scale(config.train.lr_scaling, batch, plan.batch_large)

@@ -9,7 +9,7 @@ from hdbl_mpi.errors import ConfigError
 
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("train:\n  epochs: 7\n  lr: 1e-3\ndual:\n  workers: 3\n")
+    path.write_text("train:\n  epochs: 7\n  lr: 1e-3\ndual:\n  workers: 3\n  batch_large: 128\n")
     config = load_config(path, ["train.epochs=9", "dual.small=0", "train.lr_milestones=[3, 6]", "data.dir=/x"])
     assert config.train.epochs == 9  # the command line wins over the file
     assert config.train.lr == pytest.approx(1e-3)  # YAML 1.1 reads 1e-3 as a string; floats accept it
@@ -18,16 +18,17 @@ def test_yaml_then_overrides(tmp_path):
 
 
 def test_resolved_config_round_trips():
-    config = load_config(None, ["train.epochs=4", "dual.small=1", "dual.time_a=0.001", "dual.time_b=0.01"])
+    config = load_config(None, ["dual.batch_large=256", "train.epochs=4", "dual.small=1", "dual.time_a=0.001",
+                                "dual.time_b=0.01"])
     again = config_from_dict(yaml.safe_load(dump_config(config)))
     assert again == config
 
 
 def test_unknown_key_names_the_closest_one():
     with pytest.raises(ConfigError, match="unknown config key 'train.epoch'. Did you mean 'epochs'"):
-        load_config(None, ["train.epoch=3"])
+        load_config(None, ["dual.batch_large=256", "train.epoch=3"])
     with pytest.raises(ConfigError, match="unknown config key 'trian'"):
-        load_config(None, ["trian.epochs=3"])
+        load_config(None, ["dual.batch_large=256", "trian.epochs=3"])
 
 
 @pytest.mark.parametrize("assignment,message", [
@@ -45,12 +46,18 @@ def test_unknown_key_names_the_closest_one():
 ])
 def test_bad_values_say_what_to_do(assignment, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        load_config(None, [assignment])
+        load_config(None, ["dual.batch_large=256", assignment])
+
+
+def test_large_batch_comes_from_a_value_or_a_profile():
+    with pytest.raises(ConfigError, match="dual.batch_large is not set"):
+        load_config(None, ["dual.small=0"])
+    assert load_config(None, ["dual.profile=auto", "dual.small=2"]).dual.batch_large is None
 
 
 def test_small_workers_need_the_time_model():
     with pytest.raises(ConfigError, match="dual.time_a and dual.time_b"):
-        load_config(None, ["dual.small=2"])
+        load_config(None, ["dual.batch_large=256", "dual.small=2"])
 
 
 def test_missing_and_malformed_files(tmp_path):
@@ -61,7 +68,7 @@ def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
     with pytest.raises(ConfigError, match="--set expects key.sub=value"):
-        load_config(None, ["train.epochs"])
+        load_config(None, ["dual.batch_large=256", "train.epochs"])
 
 
 def test_demo_config_is_valid():

@@ -44,7 +44,8 @@ def test_nonfinite_loss_says_lower_the_lr():
 
 
 def test_lr_milestones_and_eval_schedule():
-    config = load_config(None, ["train.epochs=10", "train.lr=0.2", "train.lr_milestones=[4, 8]", "eval.every=3"])
+    config = load_config(None, ["dual.batch_large=256", "train.epochs=10", "train.lr=0.2",
+                                "train.lr_milestones=[4, 8]", "eval.every=3"])
     assert [round(lr_at(config, e), 6) for e in (0, 3, 4, 7, 8, 9)] == [0.2, 0.2, 0.02, 0.02, 0.002, 0.002]
     assert [e for e in range(1, 11) if eval_due(config, e)] == [3, 6, 9, 10]
 
