@@ -258,11 +258,9 @@ def validate(c: Config) -> None:
     _check(0 <= c.train.momentum < 1, f"train.momentum is {c.train.momentum}; it must be in [0, 1).")
     _check(c.train.weight_decay >= 0, f"train.weight_decay is {c.train.weight_decay}; it must be >= 0.")
     _check(c.train.lr_gamma > 0, f"train.lr_gamma is {c.train.lr_gamma}; it must be > 0.")
-    _check(
-        all(0 < m < c.train.epochs for m in c.train.lr_milestones)
-        and c.train.lr_milestones == sorted(set(c.train.lr_milestones)),
-        f"train.lr_milestones is {c.train.lr_milestones}; it must be increasing epochs between 1 and "
-        f"train.epochs-1={c.train.epochs - 1}.",
+    _check(  # milestones at or past train.epochs are allowed (a shortened run simply never reaches them)
+        all(m >= 1 for m in c.train.lr_milestones) and c.train.lr_milestones == sorted(set(c.train.lr_milestones)),
+        f"train.lr_milestones is {c.train.lr_milestones}; it must list increasing epochs >= 1.",
     )
     _check(
         c.train.lr_scaling in LR_SCALINGS,

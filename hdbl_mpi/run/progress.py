@@ -2,14 +2,16 @@
 
 Workers print nothing unless --verbose; the server owns the terminal. mpirun forwards a rank's output line by
 line (Open MPI/PRRTE buffers until a newline), so a bar redrawn in place with carriage returns would stay
-invisible until the end. Instead, when the server's stdout is a terminal (an interactive `mpirun`; Open MPI
-gives ranks a pseudo-terminal then), a complete bar line - epoch, commits, commits/s, samples/s, ETA, last
-test accuracy - is printed at most every `interval_s` seconds. In a log file (no terminal) only the per-epoch
-lines are written, so CI logs and SLURM output stay short and parse-friendly.
+invisible until the end. Instead a complete bar line - epoch, commits, commits/s, samples/s, ETA, last test
+accuracy - is printed at most every `interval_s` seconds when the server's stdout is a terminal. Open MPI
+gives ranks a pseudo-terminal even when mpirun's own output goes to a file, so set HDBL_PROGRESS=lines for
+epoch lines only (HDBL_PROGRESS=bar forces the bar lines). Without a terminal (srun, MPICH, a plain pipe)
+only the per-epoch lines are written, so logs stay short and parse-friendly.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,7 +25,10 @@ class Progress:
         self.commits_per_epoch = commits_per_epoch
         self.total = total_commits
         self.done = done
-        self.interactive = sys.stdout.isatty() if interactive is None else interactive
+        if interactive is None:
+            mode = os.environ.get("HDBL_PROGRESS", "auto")
+            interactive = mode == "bar" or (mode == "auto" and sys.stdout.isatty())
+        self.interactive = interactive
         self.interval_s = interval_s
         self._log = open(log_path, "a", buffering=1) if log_path else None
         self._start = self._last_status = time.monotonic()

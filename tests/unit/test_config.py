@@ -40,7 +40,8 @@ def test_unknown_key_names_the_closest_one():
     ("ps.merge=mean", "ps.merge is 'mean'"),
     ("dual.factor=half", "dual.factor is 'half'"),
     ("dual.small=5", "dual.small is 5"),
-    ("train.lr_milestones=[20]", "train.lr_milestones is [20]"),
+    ("train.lr_milestones=[5, 3]", "train.lr_milestones is [5, 3]"),
+    ("train.lr_milestones=[0]", "train.lr_milestones is [0]"),
     ("train.device=tpu", "train.device is 'tpu'"),
     ("ps.staleness=0", "ps.staleness is 0"),
 ])

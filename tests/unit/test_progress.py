@@ -22,3 +22,10 @@ def test_logs_get_epoch_lines_only(capsys):
         progress.commit(i, 100)
     progress.epoch(1, 0.5, None, 2.0, 1.0)
     assert capsys.readouterr().out.splitlines() == ["Epoch[1] Train-loss=1.0000 Train-accuracy=0.5000 Time=2.00"]
+
+
+def test_environment_chooses_the_mode(monkeypatch):
+    monkeypatch.setenv("HDBL_PROGRESS", "lines")
+    assert not Progress(8, 0, 4, None).interactive
+    monkeypatch.setenv("HDBL_PROGRESS", "bar")
+    assert Progress(8, 0, 4, None).interactive
