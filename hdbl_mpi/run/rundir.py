@@ -10,6 +10,8 @@ Only the server rank writes here, so a cluster needs no shared file system for t
     checkpoint.pt    last checkpoint (global weights, server counters, history); replaced atomically
     train.log        what the server printed
     profile.json     with `profile: auto`: the step-time and memory profile measured at start-up
+    trace.json       Chrome-trace / Perfetto timeline of every commit (compute, exchange, wait per worker)
+    tensorboard/     TensorBoard scalars per epoch, when the tensorboard extra is installed
 
 Every whole-file write goes to a temporary file in the same directory and is renamed over the target, so a
 crash never leaves a half-written file under the documented name.
@@ -26,9 +28,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-CONFIG, PLAN, COMMITS, EPOCHS, SUMMARY, CHECKPOINT, LOG, PROFILE = (
+CONFIG, PLAN, COMMITS, EPOCHS, SUMMARY, CHECKPOINT, LOG, PROFILE, TRACE, TENSORBOARD = (
     "config.yaml", "plan.json", "commits.jsonl", "epochs.csv", "summary.json", "checkpoint.pt", "train.log",
-    "profile.json",
+    "profile.json", "trace.json", "tensorboard",
 )
 EPOCH_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "wall_s", "train_time_s")
 CHECKPOINT_FORMAT = 1
