@@ -238,6 +238,15 @@ def plan_resolutions(
     return plans
 
 
+# JSON key -> Plan attribute, for the values that can differ between resolutions.
+_PER_RESOLUTION = (
+    ("d_large", "d_large"), ("d_small", "d_small"), ("batch_large", "batch_large"), ("batch_small", "batch_small"),
+    ("steps_large", "steps_large"), ("steps_small", "steps_small"), ("time_a", "time_a"), ("time_b", "time_b"),
+    ("commit_time_large", "commit_time_large"), ("commit_time_small", "commit_time_small"),
+    ("epoch_time", "epoch_time"), ("baseline_epoch_time", "baseline_commit_time"),
+)
+
+
 def plan_summary(plans: list[Plan], resolutions: list[int]) -> dict:
     """The stable JSON form of `hdbl plan --json`: lists aligned with `resolutions`."""
     first = plans[0]
@@ -250,18 +259,7 @@ def plan_summary(plans: list[Plan], resolutions: list[int]) -> dict:
         "factor_rule": first.factor_rule,
         "factor": first.factor_small,
         "resolutions": list(resolutions),
-        "d_large": [p.d_large for p in plans],
-        "d_small": [p.d_small for p in plans],
-        "batch_large": [p.batch_large for p in plans],
-        "batch_small": [p.batch_small for p in plans],
-        "steps_large": [p.steps_large for p in plans],
-        "steps_small": [p.steps_small for p in plans],
-        "time_a": [p.time_a for p in plans],
-        "time_b": [p.time_b for p in plans],
-        "commit_time_large": [p.commit_time_large for p in plans],
-        "commit_time_small": [p.commit_time_small for p in plans],
-        "epoch_time": [p.epoch_time for p in plans],
-        "baseline_epoch_time": [p.baseline_commit_time for p in plans],
+        **{key: [getattr(p, attr) for p in plans] for key, attr in _PER_RESOLUTION},
     }
 
 
