@@ -57,3 +57,21 @@ def test_replan_rebalances_a_wrong_step_model(tmp_path):
     large = sorted(r["compute_s"] for r in records if r["group"] == "large")
     after = [r["compute_s"] for r in records if r["group"] == "small" and r["batch"] == change["batch_small"]]
     assert max(after) / large[len(large) // 2] < change["imbalance"] / 2
+
+
+def test_hdbl_profile_under_mpirun_averages_the_ranks(tmp_path):
+    import subprocess
+
+    from hdbl_mpi.launch.commands import hdbl_program, local_mpirun
+
+    out = tmp_path / "profile.json"
+    argv, env = local_mpirun(2, hdbl_program() + [
+        "profile", "--model", "resnet_small", "--resolutions", "16", "--classes", "10", "--channels", "1",
+        "--memory-budget", "4GiB", "--max-batch", "32", "--steps", "3", "--warmup", "1", "--output", str(out)])
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (entry,) = json.loads(out.read_text())["entries"].values()
+    assert entry["ranks"] == 2 and len(entry["per_rank"]) == 2
+    assert entry["a"] == pytest.approx(sum(r["a"] for r in entry["per_rank"]) / 2)
+    assert entry["b_max"] == min(r["b_max"] for r in entry["per_rank"]) == 32
+    assert "2 rank(s)" in result.stdout and result.stdout.count("profile written to") == 1
