@@ -250,7 +250,8 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
     # 5. Everyone starts from the server's weights and control state.
     comm.Bcast(flat.to_host(), root=0)
     flat.from_host()
-    control = comm.bcast({"lr": lr_at(config, state.merged // config.dual.workers), "restarts": state.restarts}
+    control = comm.bcast({"lr": lr_at(config, state.merged // config.dual.workers), "restarts": state.restarts,
+                          "batch_small": state.batch_small or plan.batch_small}  # a resumed run keeps its replan
                          if world.is_server else None, root=0)
     timeout_s = _timeout(config, plan)
 

@@ -53,6 +53,9 @@ def run_worker(
     comm = world.comm
     group = world.role
     share, batch, steps = plan.share(group)
+    if group == "small" and control["batch_small"] != batch:  # resuming after a dual.replan
+        batch = control["batch_small"]
+        steps = max(1, round_half_up(share / batch))
     scale = lr_scale(config.train.lr_scaling, batch, plan.batch_large)
     optimizer = make_optimizer(model, control["lr"], config.train.momentum, config.train.weight_decay)
     generator = torch.Generator().manual_seed(
