@@ -175,6 +175,18 @@ def _plot_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schedule(args: argparse.Namespace) -> int:
+    """`hdbl schedule PRESET`: print a cyclic progressive schedule's stage table (no torch, no MPI)."""
+    from hdbl_mpi.schedule import format_schedule, preset
+
+    try:
+        print(format_schedule(preset(args.preset)))
+    except HdblError as err:
+        print(f"hdbl schedule: error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hdbl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -234,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     plot.add_argument("-o", "--output", required=True, metavar="FILE.png")
     plot.set_defaults(func=_plot_cmd)
+
+    schedule = sub.add_parser("schedule", help="print the stage table of a cyclic progressive schedule preset")
+    schedule.add_argument("preset", help="cifar-paper, imagenet-paper or demo")
+    schedule.set_defaults(func=_schedule)
     return parser
 
 
