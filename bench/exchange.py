@@ -40,12 +40,13 @@ from hdbl_mpi.models import build_model  # noqa: E402
 from hdbl_mpi.plan import make_plan  # noqa: E402
 from hdbl_mpi.ps.server import Server, ServerState  # noqa: E402
 from hdbl_mpi.ps.worker import push_and_pull  # noqa: E402
+from hdbl_mpi.schedule import single_resolution  # noqa: E402
 
 
 class NoEvaluation:
     """The benchmark measures the exchange; the server's evaluator is replaced by one that evaluates nothing."""
 
-    def submit(self, epoch, snapshot):
+    def submit(self, epoch, snapshot, resolution):
         pass
 
     def results(self):
@@ -74,8 +75,9 @@ def raw_round_trips(comm, vector, repeats: int) -> list[float]:
 def serve_commits(world, config, plan, flat) -> float:
     """Run the real server for config.train.epochs * workers commits; returns the seconds it served."""
     with tempfile.TemporaryDirectory() as run_dir:
-        server = Server(world, config, plan, flat.vector.clone(), Path(run_dir), NoEvaluation(), ServerState(),
-                        config.ps.timeout_s)
+        schedule = single_resolution(config.train.epochs, config.train.lr, [], 0.1, 32, 0.0)
+        server = Server(world, config, schedule, {32: plan}, flat.vector.clone(), Path(run_dir), NoEvaluation(),
+                        ServerState(), config.ps.timeout_s)
         start = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):  # the per-epoch lines are noise here
             server.serve()

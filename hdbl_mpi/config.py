@@ -54,13 +54,27 @@ class TrainConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    """Cyclic progressive schedule. Unset: one stage per LR interval of train.lr_milestones, at one resolution.
+    Set (a preset, or phases for the generic form): it defines the epochs, LRs, resolutions and dropout, and
+    train.epochs / train.lr / train.lr_milestones / model.dropout / data.resolution are not used."""
+
+    preset: str | None = None  # cifar-paper | imagenet-paper | demo
+    phases: list[int] = field(default_factory=list)  # generic form: epochs of each LR phase ...
+    lrs: list[float] = field(default_factory=list)  # ... its learning rate ...
+    resolutions: list[int] = field(default_factory=list)  # ... and the low-to-high resolution cycle in each
+    dropouts: list[float] = field(default_factory=list)  # dropout per resolution
+    splits: list[float] = field(default_factory=list)  # fraction of each phase per resolution (default equal)
+
+
+@dataclass
 class DualConfig:
     workers: int = 4  # n; the job needs 1 + n MPI ranks
     small: int = 0  # n_S small-batch workers (ranks 1..n_S)
-    batch_large: int | None = None  # B_L; None: the profile's B_max
+    batch_large: int | list[int] | None = None  # B_L (one, or one per resolution); None: the profile's B_max
     extra_time: float = 1.05  # t
-    time_a: float | None = None  # step time tau(B) = a*B + b, seconds per sample / per step; None: the profile's
-    time_b: float | None = None
+    time_a: float | list[float] | None = None  # tau(B) = a*B + b: seconds per sample (one, or one per resolution)
+    time_b: float | list[float] | None = None  # seconds per step; None: the profile's
     factor: str = "ratio"  # model-update factor of small pushes: ratio (d_S/d_L) | sqrt | none
     profile: str | None = None  # a `hdbl profile` file, or "auto": every worker profiles its device at start-up
     profile_device: str | None = None  # device name to pick from a profile file that holds several
@@ -106,6 +120,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     dual: DualConfig = field(default_factory=DualConfig)
     ps: PSConfig = field(default_factory=PSConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -277,7 +292,7 @@ def validate(c: Config) -> None:
         f"dual.small is {c.dual.small}; it must be between 0 and dual.workers={c.dual.workers}.",
     )
     _check(
-        c.dual.batch_large is None or c.dual.batch_large >= 1,
+        c.dual.batch_large is None or min(_as_list(c.dual.batch_large)) >= 1,
         f"dual.batch_large is {c.dual.batch_large}; it must be >= 1.",
     )
     _check(
@@ -314,6 +329,10 @@ def validate(c: Config) -> None:
         c.data.resolution is None or c.data.resolution >= 8,
         f"data.resolution is {c.data.resolution}; use at least 8 px, or leave it unset for the native size.",
     )
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 def dump_config(config: Config) -> str:

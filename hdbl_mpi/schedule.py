@@ -116,3 +116,26 @@ def format_schedule(schedule: Schedule) -> str:
         lines.append(f"{i:>5}  {f'{s.start}-{s.end}':>9}  {s.resolution:>10}  {s.lr:>8g}  {s.dropout:>7g}")
     lines.append(f"{schedule.epochs} epochs, resolutions {', '.join(map(str, schedule.resolutions))}")
     return "\n".join(lines)
+
+
+def single_resolution(epochs: int, lr: float, milestones: list[int], gamma: float, resolution: int,
+                      dropout: float) -> Schedule:
+    """The schedule of a run without cyclic progressive learning: one stage per LR interval (multistep)."""
+    edges = [0] + [m for m in milestones if 0 < m < epochs] + [epochs]
+    return validate_stages([Stage(start, end, resolution, lr * gamma**i, dropout)
+                            for i, (start, end) in enumerate(zip(edges, edges[1:], strict=False))])
+
+
+def from_config(config, native_resolution: int) -> Schedule:
+    """The run's schedule: `schedule.preset`, the generic form (`schedule.phases` ...), or else one resolution
+    (data.resolution or the data set's native one) with train.lr_milestones."""
+    s = config.schedule
+    if s.preset is not None:
+        if s.phases:
+            raise ConfigError("set either schedule.preset or schedule.phases (the generic form), not both.")
+        return preset(s.preset)
+    if s.phases:
+        return cyclic(s.phases, s.lrs, s.resolutions, s.dropouts, s.splits or None)
+    t = config.train
+    return single_resolution(t.epochs, t.lr, t.lr_milestones, t.lr_gamma,
+                             config.data.resolution or native_resolution, config.model.dropout)

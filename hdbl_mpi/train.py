@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import socket
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,11 +25,13 @@ from hdbl_mpi.comm.world import World, make_world, threads_per_rank
 from hdbl_mpi.config import Config, config_from_dict, dump_config, load_config
 from hdbl_mpi.data import ArrayDataset, load_dataset
 from hdbl_mpi.engine import pick_device
-from hdbl_mpi.errors import HdblError, SetupError
+from hdbl_mpi.errors import ConfigError, HdblError, SetupError
 from hdbl_mpi.models import build_model
-from hdbl_mpi.plan import Plan, make_plan
+from hdbl_mpi.plan import Plan, make_plan, plan_summary
 from hdbl_mpi.profiles import average_entries, lookup, save_profile
-from hdbl_mpi.ps.server import Evaluator, Server, ServerState, lr_at
+from hdbl_mpi.ps.server import Evaluator, Server, ServerState
+from hdbl_mpi.schedule import Schedule
+from hdbl_mpi.schedule import from_config as schedule_from_config
 from hdbl_mpi.ps.worker import run_worker
 from hdbl_mpi.run import rundir
 
@@ -88,13 +91,12 @@ def _versions() -> dict:
     }
 
 
-def _timeout(config: Config, plan: Plan) -> float:
-    """Longest wait for any message: the configured one, else 600 s plus 20 planned commit times."""
+def _timeout(config: Config, plans: dict[int, Plan]) -> float:
+    """Longest wait for any message: the configured one, else 600 s plus 20 of the longest planned commits."""
     if config.ps.timeout_s > 0:
         return config.ps.timeout_s
-    predicted = max(t for t in (plan.commit_time_large, plan.commit_time_small) if t is not None) \
-        if plan.commit_time_large is not None else 0.0
-    return 600.0 + 20.0 * predicted
+    predicted = [p.epoch_time for p in plans.values() if p.epoch_time is not None]
+    return 600.0 + 20.0 * max(predicted, default=0.0)
 
 
 def _load_data(world: World, config: Config) -> ArrayDataset:
@@ -114,9 +116,9 @@ def _load_data(world: World, config: Config) -> ArrayDataset:
 
 
 def _auto_profile(config: Config, data: ArrayDataset, resolution: int, device: torch.device,
-                  ranks_on_host: int) -> dict:
-    """`profile: auto`: measure tau(B) and B_max of this worker's device at the run's resolution. All workers
-    do it at once, so the timings include the contention of the real run on shared hosts."""
+                  ranks_on_host: int, model_resolution: int) -> dict:
+    """`profile: auto`: measure tau(B) and B_max of this worker's device at one of the run's resolutions. All
+    workers do it at once, so the timings include the contention of the real run on shared hosts."""
     import os
 
     from hdbl_mpi.profile import parse_bytes, profile_resolution
@@ -127,7 +129,7 @@ def _auto_profile(config: Config, data: ArrayDataset, resolution: int, device: t
         budget = parse_bytes(config.dual.memory_budget) if config.dual.memory_budget else total // ranks_on_host
     c = config.model
     entry = profile_resolution(
-        lambda: build_model(c.name, data.num_classes, data.channels, resolution, c.stem, c.dropout, c.width),
+        lambda: build_model(c.name, data.num_classes, data.channels, model_resolution, c.stem, c.dropout, c.width),
         data.num_classes, data.channels, resolution, device, "fp32", steps=config.dual.profile_steps, warmup=1,
         memory_budget=budget, max_batch=min(config.dual.profile_max_batch, config.dual.batch_large or 1 << 30),
     )
@@ -135,25 +137,31 @@ def _auto_profile(config: Config, data: ArrayDataset, resolution: int, device: t
     return entry
 
 
-def _make_plan(config: Config, dataset_size: int, profile_entry: dict | None) -> Plan:
-    """Explicit config values win; the profile fills in B_L (its B_max), a and b."""
+def _make_plan(config: Config, dataset_size: int, profile_entry: dict | None, index: int, count: int) -> Plan:
+    """The plan of the `index`-th of `count` resolutions. Explicit config values win (one value for every
+    resolution, or a list with one per resolution); the profile fills in B_L (its B_max), a and b."""
     d = config.dual
 
     def pick(value, key: str):
+        if isinstance(value, list):
+            if len(value) != count:
+                raise ConfigError(f"dual.{'batch_large' if key == 'b_max' else 'time_' + key} has {len(value)} "
+                                  f"values but the schedule has {count} resolutions; give one per resolution.")
+            return value[index]
         return value if value is not None or profile_entry is None else profile_entry[key]
 
     return make_plan(dataset_size, d.workers, d.small, pick(d.batch_large, "b_max"), pick(d.time_a, "a"),
                      pick(d.time_b, "b"), d.extra_time, d.factor)
 
 
-def _prepare_run_dir(run_path: Path, checkpoint: str | None, config: Config, plan: Plan,
-                     flat: FlatState, measured_profile: dict | None) -> ServerState:
+def _prepare_run_dir(run_path: Path, checkpoint: str | None, config: Config, schedule: Schedule,
+                     plans: dict[int, Plan], flat: FlatState, measured_profile: list[dict]) -> ServerState:
     """Server only: create the run directory, load the checkpoint when resuming, write config, plan and the
     profile measured at start-up."""
     state = ServerState()
     run_path.mkdir(parents=True, exist_ok=True)
-    if measured_profile is not None:
-        save_profile(run_path / rundir.PROFILE, [measured_profile])
+    if measured_profile:
+        save_profile(run_path / rundir.PROFILE, measured_profile)
     if checkpoint:
         vector, saved = rundir.load_checkpoint(Path(checkpoint))
         if vector.numel() != flat.numel:
@@ -162,15 +170,16 @@ def _prepare_run_dir(run_path: Path, checkpoint: str | None, config: Config, pla
         flat.vector.copy_(vector)
         state = ServerState(**saved)
         n = config.dual.workers
-        if state.merged >= config.train.epochs * n:
+        if state.merged >= schedule.epochs * n:
             raise HdblError(
                 f"{run_path} already finished its {state.merged // n} epochs; to train longer, resume with "
-                f"--set train.epochs=N (N > {config.train.epochs})."
+                f"--set train.epochs=N (N > {schedule.epochs})."
             )
         state.restarts.append({"at_commit": state.merged, "epoch": state.merged // n,
                                "time": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     rundir.atomic_write_text(run_path / rundir.CONFIG, dump_config(config))
-    rundir.write_json(run_path / rundir.PLAN, plan.to_dict())
+    resolutions = sorted(plans)
+    rundir.write_json(run_path / rundir.PLAN, plan_summary([plans[r] for r in resolutions], resolutions))
     return state
 
 
@@ -213,61 +222,72 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
         raise SetupError(f"the workers see training sets of different sizes {sorted(worker_sizes)}; "
                         "point data.dir at the same files on every host.")
     dataset_size = worker_sizes.pop()
-    resolution = config.data.resolution or sizes[0][1]
     assert world is not None and data is not None
+    try:
+        schedule = schedule_from_config(config, sizes[0][1])
+    except HdblError as err:  # identical on every rank
+        raise SetupError(str(err)) from None
+    resolutions = schedule.resolutions
+    top = resolutions[-1]  # the model's stem is chosen for the top resolution; final evaluation happens there
 
-    # 3. The step-time model: measured now by every worker (profile: auto), or from a stored profile.
-    profile_entry = None
+    # 3. The step-time model per resolution: measured now by every worker (profile: auto), or from a profile.
+    entries: list[dict | None] = [None] * len(resolutions)
     if config.dual.profile == "auto" and stored_profile is None:
         local, failure = None, None
         if not world.is_server:
             try:
-                local = _auto_profile(config, data, resolution, device, world.local_size)
+                local = [_auto_profile(config, data, r, device, world.local_size, top) for r in resolutions]
             except Exception as err:
                 failure = err
-        profile_entry = average_entries([e for e in _agree(comm, failure, local) if e is not None])
+        per_rank = [e for e in _agree(comm, failure, local) if e is not None]
+        entries = [average_entries([rank_entries[i] for rank_entries in per_rank]) for i in range(len(resolutions))]
 
-    # 4. Plan and model on every rank; the server also prepares the run directory and, when resuming, loads
+    # 4. Plans and model on every rank; the server also prepares the run directory and, when resuming, loads
     #    the checkpoint. One more agreement, so a failure on any rank stops every rank cleanly.
     state, failure = ServerState(), None
-    plan = model = flat = None
+    plans: dict[int, Plan] = {}
+    model = flat = None
     try:
         if stored_profile is not None:
-            profile_entry = lookup(stored_profile, config.model.name, resolution, "fp32", config.dual.profile_device,
-                                   torch.__version__)
-        plan = _make_plan(config, dataset_size, profile_entry)
-        model = build_model(config.model.name, data.num_classes, data.channels, resolution, config.model.stem,
+            entries = [lookup(stored_profile, config.model.name, r, "fp32", config.dual.profile_device,
+                              torch.__version__) for r in resolutions]
+        plans = {r: _make_plan(config, dataset_size, entries[i], i, len(resolutions))
+                 for i, r in enumerate(resolutions)}
+        model = build_model(config.model.name, data.num_classes, data.channels, top, config.model.stem,
                             config.model.dropout, config.model.width).to(device)
         flat = FlatState(model)
         if world.is_server:
-            state = _prepare_run_dir(Path(chosen_dir), checkpoint, config, plan, flat,
-                                     profile_entry if stored_profile is None else None)
+            state = _prepare_run_dir(Path(chosen_dir), checkpoint, config, schedule, plans, flat,
+                                     [e for e in entries if e is not None] if stored_profile is None else [])
     except Exception as err:
         failure = err
     _agree(comm, failure, None)
-    assert plan is not None and model is not None and flat is not None
+    assert plans and model is not None and flat is not None
+    plan = plans[top]
 
     # 5. Everyone starts from the server's weights and control state.
     comm.Bcast(flat.to_host(), root=0)
     flat.from_host()
-    control = comm.bcast({"lr": lr_at(config, state.merged // config.dual.workers), "restarts": state.restarts,
-                          "batch_small": state.batch_small or plan.batch_small}  # a resumed run keeps its replan
+    control = comm.bcast({"epoch": state.merged // config.dual.workers, "restarts": state.restarts,
+                          "batch_small": {str(r): state.batch_small.get(str(r), p.batch_small)  # keeps replans
+                                          for r, p in plans.items()}}
                          if world.is_server else None, root=0)
-    timeout_s = _timeout(config, plan)
+    timeout_s = _timeout(config, plans)
 
     if not world.is_server:
-        run_worker(world, config, plan, model, flat, data, resolution, device, control, timeout_s, verbose)
+        run_worker(world, config, schedule, plans, model, flat, data, device, control, timeout_s, verbose)
         return 0
 
     run_path = Path(chosen_dir)
-    evaluator = Evaluator(model, data, resolution, config.eval.batch_size)
+    evaluator = Evaluator(model, data, config.eval.batch_size)
     weights = flat.vector.clone()  # the global model; the model's own vector becomes the eval staging area
-    server = Server(world, config, plan, weights, run_path, evaluator, state, timeout_s, resolution)
+    server = Server(world, config, schedule, plans, weights, run_path, evaluator, state, timeout_s)
     server.progress.line(
         f"hdbl train: {world.size} ranks (1 server, {plan.small} small-batch, {plan.large} large-batch workers), "
         f"mode {config.ps.mode}, D={dataset_size}, d_L={plan.d_large} B_L={plan.batch_large}"
         + (f", d_S={plan.d_small} B_S={plan.batch_small} f={plan.factor_small:.4f}" if plan.small else "")
-        + f", {config.train.epochs} epochs, run dir {run_path}"
+        + f", {schedule.epochs} epochs in {len(schedule.stages)} stage(s) at {'/'.join(map(str, resolutions))} px"
+        + f", run dir {run_path}"
     )
     try:
         server.serve()
@@ -280,11 +300,13 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
         "mode": config.ps.mode,
         "merge": config.ps.merge,
         "world_size": world.size,
-        "resolution": resolution,
+        "resolutions": resolutions,
+        "schedule": [asdict(s) for s in schedule.stages],
         "dataset": {"name": data.name, "train_size": dataset_size, "test_size": len(data.y_test),
                     "source": data.source},
         "model": {"name": config.model.name, "parameters_and_buffers": flat.numel, "bytes": flat.nbytes},
-        "plan": plan.to_dict(),
+        "plan": plan.to_dict(),  # at the top resolution; "plans" has every resolution
+        "plans": plan_summary([plans[r] for r in resolutions], resolutions),
         "resume_policy": "global weights, server counters and epoch history come from the checkpoint; worker "
                          "momentum buffers restart from zero and worker RNGs are reseeded from (seed, rank, restarts)",
         "devices": {str(rank): {"device": info[2], "threads": info[3]} for rank, info in enumerate(sizes)},

@@ -106,9 +106,10 @@ class HeaderLayout:
 
 
 # Worker -> server, before the pushed weights.
-PUSH = HeaderLayout(("local_commit", "samples", "steps", "batch", "loss_sum", "correct", "compute_s"))
+PUSH = HeaderLayout(("local_commit", "samples", "steps", "batch", "resolution", "loss_sum", "correct", "compute_s"))
 # Server -> worker, before the merged weights (and, with epoch = -1, at start-up).
-REPLY = HeaderLayout(("global_commit", "epoch", "lr", "stop", "merged", "held_s", "batch"))
+REPLY = HeaderLayout(("global_commit", "epoch", "lr", "stop", "merged", "held_s", "batch", "stage", "resolution",
+                      "dropout"))
 
 
 class Backoff:

@@ -35,26 +35,22 @@ from hdbl_mpi.run import rundir
 from hdbl_mpi.run.progress import Progress
 from hdbl_mpi.run.scalars import Scalars
 from hdbl_mpi.run.trace import write_trace
+from hdbl_mpi.schedule import Schedule
 
 
-def lr_at(config: Config, epoch: int) -> float:
-    """Learning rate for commits made after `epoch` completed epochs (multistep milestones)."""
-    drops = sum(1 for m in config.train.lr_milestones if epoch >= m)
-    return config.train.lr * config.train.lr_gamma**drops
-
-
-def eval_due(config: Config, epoch: int) -> bool:
+def eval_due(config: Config, epochs: int, epoch: int) -> bool:
+    """Evaluate after `epoch` (1-based) every eval.every epochs, and always after the last of `epochs`."""
     every = config.eval.every
-    return epoch == config.train.epochs or (every > 0 and epoch % every == 0)
+    return epoch == epochs or (every > 0 and epoch % every == 0)
 
 
 class Evaluator:
     """Evaluates snapshots of the global weights in a background thread (no MPI calls in the thread)."""
 
-    def __init__(self, model: nn.Module, data: ArrayDataset, resolution: int, batch_size: int) -> None:
+    def __init__(self, model: nn.Module, data: ArrayDataset, batch_size: int) -> None:
         self._model = model
         self._flat = FlatState(model)
-        self._data, self._resolution, self._batch = data, resolution, batch_size
+        self._data, self._batch = data, batch_size
         self._todo: queue.Queue = queue.Queue()
         self._done: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="hdbl-eval", daemon=True)
@@ -65,19 +61,20 @@ class Evaluator:
             item = self._todo.get()
             if item is None:
                 return
-            epoch, snapshot = item
+            epoch, snapshot, resolution = item
             try:
                 start = time.perf_counter()
                 self._flat.vector.copy_(snapshot)
-                loss, acc = evaluate(self._model, self._data, self._resolution, self._batch, torch.device("cpu"))
-                self._done.put((epoch, loss, acc, time.perf_counter() - start))
+                loss, acc = evaluate(self._model, self._data, resolution, self._batch, torch.device("cpu"))
+                self._done.put((epoch, loss, acc, time.perf_counter() - start, resolution))
             except BaseException as err:  # surfaced in the main thread by results()
                 self._done.put(err)
 
-    def submit(self, epoch: int, snapshot: torch.Tensor) -> None:
-        self._todo.put((epoch, snapshot))
+    def submit(self, epoch: int, snapshot: torch.Tensor, resolution: int) -> None:
+        """Evaluate `snapshot` at `resolution`; epoch 0 marks the final evaluation at the top resolution."""
+        self._todo.put((epoch, snapshot, resolution))
 
-    def results(self) -> list[tuple[int, float, float, float]]:
+    def results(self) -> list[tuple[int, float, float, float, int]]:
         out = []
         while True:
             try:
@@ -88,7 +85,7 @@ class Evaluator:
                 raise item
             out.append(item)
 
-    def finish(self, timeout_s: float) -> list[tuple[int, float, float, float]]:
+    def finish(self, timeout_s: float) -> list[tuple[int, float, float, float, int]]:
         self._todo.put(None)
         self._thread.join(timeout_s)
         if self._thread.is_alive():
@@ -112,7 +109,9 @@ class ServerState:
     eval_time_s: float = 0.0
     wall_time_s: float = 0.0
     restarts: list = field(default_factory=list)
-    batch_small: int | None = None  # current B_S (changes with dual.replan)
+    batch_small: dict = field(default_factory=dict)  # current B_S per resolution (str), after dual.replan
+    final_top1: float | None = None  # at the top resolution
+    final_loss: float | None = None
     replans: list = field(default_factory=list)
 
 
@@ -165,16 +164,16 @@ class Server:
         self,
         world: World,
         config: Config,
-        plan: Plan,
+        schedule: Schedule,
+        plans: dict[int, Plan],
         weights: torch.Tensor,
         run_dir: Path,
         evaluator: Evaluator,
         state: ServerState,
         timeout_s: float,
-        resolution: int = 0,
     ) -> None:
-        self.world, self.config, self.plan, self.run_dir = world, config, plan, run_dir
-        self.resolution = resolution
+        self.world, self.config, self.schedule, self.plans, self.run_dir = world, config, schedule, plans, run_dir
+        self.plan = plans[max(plans)]  # d_L, d_S, n_S and f are the same at every resolution
         self.comm = world.comm
         self.W = weights  # the global model, float32 on the CPU, shared with self.W_np
         self.W_np = weights.numpy()
@@ -182,7 +181,7 @@ class Server:
         self.recv_np = self.recv.numpy()
         self.evaluator, self.state, self.timeout_s = evaluator, state, timeout_s
         self.n = config.dual.workers
-        self.total = config.train.epochs * self.n
+        self.total = schedule.epochs * self.n
         self.mode = config.ps.mode
         self.workers = list(range(1, self.n + 1))
         for w in self.workers:
@@ -193,9 +192,10 @@ class Server:
         self.stopped: set[int] = set()
         self.records_seen = {w: 0 for w in self.workers}
         self.records: list[dict] = []
-        if self.state.batch_small is None:
-            self.state.batch_small = plan.batch_small
-        self.balance = Balance(plan, config) if config.dual.replan and plan.small else None
+        for r, p in plans.items():
+            self.state.batch_small.setdefault(str(r), p.batch_small)
+        self.balances = {r: Balance(p, config) for r, p in plans.items()} if config.dual.replan and self.plan.small \
+            else None
         self.bsp_sum = torch.zeros_like(weights) if self.mode == "bsp" else None
         self.bsp_factor = 0.0
         self.commit_log = rundir.CommitLog(run_dir / rundir.COMMITS, keep_up_to=state.merged)
@@ -209,8 +209,9 @@ class Server:
     def _factor(self, rank: int) -> float:
         return self.plan.factor_small if role_of(rank, self.plan.small) == SMALL else 1.0
 
-    def _lr(self) -> float:
-        return lr_at(self.config, self.state.merged // self.n)
+    def _stage(self) -> int:
+        """Stage of the commits a reply starts: decided by the global commit count, the same for every worker."""
+        return self.schedule.index_at(self.state.merged // self.n)
 
     def _elapsed_train(self) -> float:
         return self.state.train_time_s + (self.t_last_merge - self.t_start)
@@ -238,7 +239,7 @@ class Server:
         st.epoch_correct += info["correct"]
         st.epoch_samples += info["samples"]
         self.progress.commit(st.merged, int(info["samples"]))
-        if self.balance is not None:
+        if self.balances is not None:
             self._maybe_replan(role_of(src, self.plan.small), info)
         self.pending[src] = (st.merged, arrived)
         if self.mode == "bsp":
@@ -267,9 +268,13 @@ class Server:
     def _reply(self, w: int, stop: bool) -> None:
         global_id, arrived = self.pending.pop(w)
         st = self.state
-        batch = st.batch_small if role_of(w, self.plan.small) == SMALL else self.plan.batch_large
-        header = REPLY.pack(global_commit=global_id, epoch=st.merged // self.n, lr=self._lr(), stop=float(stop),
-                            merged=st.merged, held_s=time.perf_counter() - arrived, batch=batch)
+        index = self._stage()
+        stage = self.schedule.stages[index]
+        r = stage.resolution
+        batch = st.batch_small[str(r)] if role_of(w, self.plan.small) == SMALL else self.plans[r].batch_large
+        header = REPLY.pack(global_commit=global_id, epoch=st.merged // self.n, lr=stage.lr, stop=float(stop),
+                            merged=st.merged, held_s=time.perf_counter() - arrived, batch=batch, stage=index,
+                            resolution=r, dropout=stage.dropout)
         self.comm.Send(header, dest=w, tag=TAG_REPLY_HEADER)
         self.comm.Send(self.W_np, dest=w, tag=TAG_REPLY_WEIGHTS)
         if stop:
@@ -280,18 +285,20 @@ class Server:
     def _maybe_replan(self, group: str, info: dict[str, float]) -> None:
         """Feed the commit's timing to the balance monitor; when it asks for a new B_S, small-batch workers get
         it with their next reply (a commit in progress keeps its batch)."""
-        change = self.balance.observe(group, int(info["batch"]), info["compute_s"], int(info["steps"]),
-                                      self.state.batch_small)
+        r = int(info["resolution"])
+        change = self.balances[r].observe(group, int(info["batch"]), info["compute_s"], int(info["steps"]),
+                                          self.state.batch_small[str(r)])
         if change is None:
             return
         change["at_commit"] = self.state.merged
+        change["resolution"] = r
         self.state.replans.append(change)
-        self.state.batch_small = change["batch_small"]
+        self.state.batch_small[str(r)] = change["batch_small"]
         self.progress.line(
             f"replan at commit {self.state.merged}: compute time small {change['compute_small_s']:.3f} s vs large "
             f"{change['compute_large_s']:.3f} s (imbalance {change['imbalance']:.3f} > "
             f"{self.config.dual.replan_threshold}); refit a={change['a']:.4g} b={change['b']:.4g}; "
-            f"B_S {change['previous_batch_small']} -> {change['batch_small']}"
+            f"B_S at {r} px {change['previous_batch_small']} -> {change['batch_small']}"
         )
 
     def _on_record(self, src: int) -> None:
@@ -306,9 +313,12 @@ class Server:
         if st.merged % self.n:
             return
         epoch = st.merged // self.n
+        stage = self.schedule.at(epoch - 1)
         row = {
             "epoch": epoch,
-            "lr": lr_at(self.config, epoch - 1),
+            "stage": self.schedule.index_at(epoch - 1),
+            "resolution": stage.resolution,
+            "lr": stage.lr,
             "train_loss": st.epoch_loss_sum / max(st.epoch_samples, 1),
             "train_acc": st.epoch_correct / max(st.epoch_samples, 1),
             "test_loss": None,
@@ -323,14 +333,17 @@ class Server:
                           "time/train_s": row["train_time_s"]}, epoch)
         self.t_epoch = now
         st.epoch_loss_sum = st.epoch_correct = st.epoch_samples = 0.0
-        due_eval = eval_due(self.config, epoch)
+        due_eval = eval_due(self.config, self.schedule.epochs, epoch)
         every = self.config.run.checkpoint_every
-        due_ckpt = epoch == self.config.train.epochs or (every > 0 and epoch % every == 0)
+        last = epoch == self.schedule.epochs
+        due_ckpt = last or (every > 0 and epoch % every == 0)
         snapshot = self.W.clone() if (due_eval or due_ckpt) else None
         if due_eval:
-            self.evaluator.submit(epoch, snapshot)
+            self.evaluator.submit(epoch, snapshot, stage.resolution)  # at the stage's resolution
         else:
             self.progress.epoch(epoch, row["train_acc"], None, row["wall_s"], row["train_loss"])
+        if last:
+            self.evaluator.submit(0, snapshot, self.schedule.resolutions[-1])  # the final model at the top one
         if due_ckpt:
             self._checkpoint(snapshot)
         rundir.write_epochs(self.run_dir / rundir.EPOCHS, st.history)
@@ -342,14 +355,19 @@ class Server:
         st["eval_time_s"] = self.state.eval_time_s
         rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT, snapshot, st)
 
-    def _collect_evals(self, results: list[tuple[int, float, float, float]]) -> None:
+    def _collect_evals(self, results: list[tuple[int, float, float, float, int]]) -> None:
         if not results:
             return
         st = self.state
-        for epoch, loss, acc, seconds in results:
+        for epoch, loss, acc, seconds, resolution in results:
+            st.eval_time_s += seconds
+            if epoch == 0:  # the final model at the top resolution
+                st.final_top1, st.final_loss = acc, loss
+                st.best_top1 = acc if st.best_top1 is None else max(st.best_top1, acc)
+                self.progress.line(f"Final Valid-accuracy={acc:.4f} at {resolution} px")
+                continue
             row = next(r for r in st.history if r["epoch"] == epoch)
             row["test_loss"], row["test_acc"] = loss, acc
-            st.eval_time_s += seconds
             st.best_top1 = acc if st.best_top1 is None else max(st.best_top1, acc)
             self.scalars.add({"test/loss": loss, "test/accuracy": acc}, epoch)
             self.progress.epoch(epoch, row["train_acc"], acc, row["wall_s"], row["train_loss"])
@@ -400,11 +418,12 @@ class Server:
         self.scalars.close()
 
     # -- summary -------------------------------------------------------------------------------------------
-    def group_times(self) -> dict:
-        """Mean per-commit times of each group, from the workers' records of this run segment."""
+    def group_times(self, resolution: int | None = None) -> dict:
+        """Mean per-commit times of each group (at one resolution, or all), from this run segment's records."""
         out = {}
         for group in ("small", "large"):
-            recs = [r for r in self.records if r["group"] == group]
+            recs = [r for r in self.records if r["group"] == group
+                    and (resolution is None or r["resolution"] == resolution)]
             if recs:
                 out[group] = {
                     key: float(np.mean([r[key] for r in recs]))
@@ -416,10 +435,10 @@ class Server:
     def final_figures(self) -> dict:
         st = self.state
         last = st.history[-1] if st.history else {}
-        final = last.get("test_acc")
         return {
-            "final_top1": final,
-            "final_test_loss": last.get("test_loss"),
+            "final_top1": st.final_top1,  # the final model at the top resolution
+            "final_test_loss": st.final_loss,
+            "final_top1_stage_resolution": last.get("test_acc"),  # the last epoch's evaluation, at its stage's
             "best_top1": st.best_top1,
             "train_time_s": self._elapsed_train(),
             "eval_time_s": st.eval_time_s,
@@ -429,17 +448,18 @@ class Server:
             "epochs_completed": st.merged // self.n,
             "group_commit_times": self.group_times(),
             "restarts": list(st.restarts),
-            "balance": [self.balance_report()],
+            "balance": [self.balance_report(r) for r in sorted(self.plans)],
             "replans": list(st.replans),
             "batch_small_final": st.batch_small,
             "tensorboard": self.scalars.status,
         }
 
-    def balance_report(self) -> dict:
-        """Predicted vs measured per-commit time of each group (this run segment) and the imbalance."""
-        times = self.group_times()
-        predicted = {"large": self.plan.commit_time_large, "small": self.plan.commit_time_small}
-        report: dict = {"resolution": self.resolution, "predicted_compute_s": {}, "measured_compute_s": {},
+    def balance_report(self, resolution: int) -> dict:
+        """Predicted vs measured per-commit time of each group at one resolution, and the imbalance."""
+        times = self.group_times(resolution)
+        plan = self.plans[resolution]
+        predicted = {"large": plan.commit_time_large, "small": plan.commit_time_small}
+        report: dict = {"resolution": resolution, "predicted_compute_s": {}, "measured_compute_s": {},
                         "measured_commit_s": {}}
         for group, measured in times.items():
             report["predicted_compute_s"][group] = predicted[group]

@@ -21,7 +21,9 @@ from hdbl_mpi.comm.world import World
 from hdbl_mpi.config import Config
 from hdbl_mpi.data import ArrayDataset
 from hdbl_mpi.engine import make_optimizer, set_lr, train_steps
+from hdbl_mpi.models import set_dropout
 from hdbl_mpi.plan import Plan, lr_scale, round_half_up
+from hdbl_mpi.schedule import Schedule
 
 
 def push_and_pull(comm, flat: FlatState, header_out, header_in, timeout_s: float, what: str) -> float:
@@ -39,41 +41,48 @@ def push_and_pull(comm, flat: FlatState, header_out, header_in, timeout_s: float
 def run_worker(
     world: World,
     config: Config,
-    plan: Plan,
+    schedule: Schedule,
+    plans: dict[int, Plan],
     model: nn.Module,
     flat: FlatState,
     data: ArrayDataset,
-    resolution: int,
     device: torch.device,
     control: dict,
     timeout_s: float,
     verbose: bool,
 ) -> None:
-    """Commit until the server says stop; every commit's record goes to the server (which owns the run dir)."""
+    """Commit until the server says stop; every commit's record goes to the server (which owns the run dir).
+
+    Each reply carries the stage of the next commit (derived by the server from the global commit count), so
+    every worker switches resolution, batch size, dropout and LR together at the same global epoch."""
     comm = world.comm
     group = world.role
-    share, batch, steps = plan.share(group)
-    if group == "small" and control["batch_small"] != batch:  # resuming after a dual.replan
-        batch = control["batch_small"]
-        steps = max(1, round_half_up(share / batch))
-    scale = lr_scale(config.train.lr_scaling, batch, plan.batch_large)
-    optimizer = make_optimizer(model, control["lr"], config.train.momentum, config.train.weight_decay)
+    stage_index = schedule.index_at(control["epoch"])
+    stage = schedule.stages[stage_index]
+    resolution, lr, dropout = stage.resolution, stage.lr, stage.dropout
+    batch = control["batch_small"][str(resolution)] if group == "small" else plans[resolution].batch_large
+    optimizer = make_optimizer(model, lr, config.train.momentum, config.train.weight_decay)
     generator = torch.Generator().manual_seed(
         config.train.seed * 1_000_003 + world.rank * 7919 + len(control["restarts"]) * 104_729
     )
     header_in = REPLY.empty()
-    lr, local = control["lr"], 0
+    local = 0
     host = socket.gethostname()
     while True:
         local += 1
         if world.rank == config.debug.raise_on_rank and local >= config.debug.raise_at_commit:
             raise RuntimeError(f"injected failure (debug.raise_on_rank={world.rank}) at local commit {local}")
-        set_lr(optimizer, lr * scale)
+        share = plans[resolution].share(group)[0]
+        steps = max(1, round_half_up(share / batch))
+        scaled_lr = lr * lr_scale(config.train.lr_scaling, batch, plans[resolution].batch_large)
+        set_lr(optimizer, scaled_lr)
+        set_dropout(model, dropout)
         stats = train_steps(model, optimizer, data, steps, batch, resolution, config.data.augment, generator, device)
         if world.rank == config.debug.slow_rank and config.debug.slow_seconds > 0:
             time.sleep(config.debug.slow_seconds)
         header_out = PUSH.pack(local_commit=local, samples=stats.samples, steps=stats.steps, batch=batch,
-                               loss_sum=stats.loss_sum, correct=stats.correct, compute_s=stats.seconds)
+                               resolution=resolution, loss_sum=stats.loss_sum, correct=stats.correct,
+                               compute_s=stats.seconds)
         roundtrip = push_and_pull(comm, flat, header_out, header_in, timeout_s,
                                   f"the server's reply to commit {local} of rank {world.rank}")
         reply = REPLY.unpack(header_in)
@@ -85,11 +94,13 @@ def run_worker(
             "global_commit": int(reply["global_commit"]),
             "local_commit": local,
             "epoch": int(reply["epoch"]),
+            "stage": stage_index,
             "resolution": resolution,
             "batch": batch,
             "steps": stats.steps,
             "samples": stats.samples,
-            "lr": lr * scale,
+            "lr": scaled_lr,
+            "dropout": dropout,
             "train_loss": stats.loss_sum / stats.samples,
             "train_acc": stats.correct / stats.samples,
             "compute_s": stats.seconds,
@@ -102,15 +113,13 @@ def run_worker(
         comm.send(record, dest=0, tag=TAG_RECORD)
         if verbose:
             print(
-                f"[rank {world.rank} {group}] commit {local} (global {record['global_commit']}) "
-                f"loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} compute {stats.seconds:.2f}s "
-                f"exchange {record['exchange_s']:.3f}s wait {held:.3f}s",
+                f"[rank {world.rank} {group}] commit {local} (global {record['global_commit']}) stage {stage_index} "
+                f"{resolution}px B={batch} loss {record['train_loss']:.4f} acc {record['train_acc']:.4f} "
+                f"compute {stats.seconds:.2f}s exchange {record['exchange_s']:.3f}s wait {held:.3f}s",
                 flush=True,
             )
-        lr = reply["lr"]
         if reply["stop"]:
             return
-        if int(reply["batch"]) != batch:  # the server re-balanced the groups (dual.replan)
-            batch = int(reply["batch"])
-            steps = max(1, round_half_up(share / batch))
-            scale = lr_scale(config.train.lr_scaling, batch, plan.batch_large)
+        # The next commit's setting, as the server decided it (stage switch and/or re-planned B_S).
+        stage_index, resolution = int(reply["stage"]), int(reply["resolution"])
+        batch, lr, dropout = int(reply["batch"]), reply["lr"], reply["dropout"]

@@ -32,7 +32,8 @@ CONFIG, PLAN, COMMITS, EPOCHS, SUMMARY, CHECKPOINT, LOG, PROFILE, TRACE, TENSORB
     "config.yaml", "plan.json", "commits.jsonl", "epochs.csv", "summary.json", "checkpoint.pt", "train.log",
     "profile.json", "trace.json", "tensorboard",
 )
-EPOCH_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "wall_s", "train_time_s")
+EPOCH_COLUMNS = ("epoch", "stage", "resolution", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "wall_s",
+                 "train_time_s")
 CHECKPOINT_FORMAT = 1
 
 
@@ -82,7 +83,8 @@ def read_epochs(path: Path) -> list[dict]:
     rows = []
     with open(path, newline="") as handle:
         for raw in csv.DictReader(handle):
-            rows.append({k: (None if v == "" else (int(v) if k == "epoch" else float(v))) for k, v in raw.items()})
+            rows.append({k: (None if v == "" else (int(v) if k in ("epoch", "stage", "resolution") else float(v)))
+                         for k, v in raw.items()})
     return rows
 
 

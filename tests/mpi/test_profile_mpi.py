@@ -50,8 +50,9 @@ def test_replan_rebalances_a_wrong_step_model(tmp_path):
     assert "replan at commit" in run.output
     small_batches = [r["batch"] for r in sorted(run.commits(), key=lambda r: r["global_commit"])
                      if r["group"] == "small"]
-    assert small_batches[0] == summary["plan"]["batch_small"] and small_batches[-1] == summary["batch_small_final"]
-    assert summary["batch_small_final"] != summary["plan"]["batch_small"]
+    final = summary["batch_small_final"]["16"]
+    assert small_batches[0] == summary["plan"]["batch_small"] and small_batches[-1] == final
+    assert final != summary["plan"]["batch_small"] and change["resolution"] == 16
     # After the change the groups are much closer than before it.
     records = run.commits()
     large = sorted(r["compute_s"] for r in records if r["group"] == "large")

@@ -8,7 +8,8 @@ from hdbl_mpi.data import load_dataset
 from hdbl_mpi.engine import evaluate, make_optimizer, sample_indices, train_steps
 from hdbl_mpi.models import build_model
 from hdbl_mpi.plan import lr_scale
-from hdbl_mpi.ps.server import eval_due, lr_at
+from hdbl_mpi.ps.server import eval_due
+from hdbl_mpi.schedule import from_config
 
 
 def test_each_commit_draws_a_fresh_permutation():
@@ -46,8 +47,10 @@ def test_nonfinite_loss_says_lower_the_lr():
 def test_lr_milestones_and_eval_schedule():
     config = load_config(None, ["dual.batch_large=256", "train.epochs=10", "train.lr=0.2",
                                 "train.lr_milestones=[4, 8]", "eval.every=3"])
-    assert [round(lr_at(config, e), 6) for e in (0, 3, 4, 7, 8, 9)] == [0.2, 0.2, 0.02, 0.02, 0.002, 0.002]
-    assert [e for e in range(1, 11) if eval_due(config, e)] == [3, 6, 9, 10]
+    schedule = from_config(config, native_resolution=28)  # no cyclic schedule: one stage per LR interval at 28 px
+    assert [(s.start, s.end, s.resolution) for s in schedule.stages] == [(0, 4, 28), (4, 8, 28), (8, 10, 28)]
+    assert [round(schedule.at(e).lr, 6) for e in (0, 3, 4, 7, 8, 9)] == [0.2, 0.2, 0.02, 0.02, 0.002, 0.002]
+    assert [e for e in range(1, 11) if eval_due(config, schedule.epochs, e)] == [3, 6, 9, 10]
 
 
 def test_lr_scaling_per_group():

@@ -223,7 +223,9 @@ def test_peak_memory_on_the_cpu_grows_with_the_batch(monkeypatch):
 @pytest.fixture(scope="module")
 def cpu_entry():
     torch.manual_seed(0)
-    return profile_resolution(small_model, 10, 1, 16, CPU, batches=(4, 8, 16, 32), steps=3, warmup=1,
+    # A 16x spread of batch sizes keeps the fitted slope positive even when a busy machine makes single steps
+    # twice as slow; a narrower spread failed under load.
+    return profile_resolution(small_model, 10, 1, 16, CPU, batches=(4, 16, 64), steps=3, warmup=1,
                               memory_budget=8 * GiB, max_batch=64)
 
 
@@ -235,7 +237,7 @@ def test_profile_resolution_on_the_cpu(cpu_entry):
     assert e["device"] == device_name(CPU) and e["torch"] == torch.__version__
     assert (e["steps"], e["warmup"]) == (3, 1)
     s = e["samples"]
-    assert s["batch"] == [4, 8, 16, 32] and len(s["step_s"]) == 4 and all(len(t) == 3 for t in s["step_s"])
+    assert s["batch"] == [4, 16, 64] and len(s["step_s"]) == 3 and all(len(t) == 3 for t in s["step_s"])
     assert s["median_s"] == [sorted(t)[1] for t in s["step_s"]]
     assert Fit(e["a"], e["b"], e["r2"]) == fit_line(s["batch"], s["median_s"], relative=True)
     m = e["memory"]
