@@ -23,12 +23,14 @@ from hdbl_mpi.errors import ConfigError
 
 @dataclass
 class DataConfig:
-    name: str = "fashion-mnist"  # fashion-mnist | mnist | cifar10 | cifar100 | synthetic
+    name: str = "fashion-mnist"  # fashion-mnist | mnist | cifar10 | cifar100 | synthetic | folder
     dir: str | None = None  # where to look for local files first; None: the loaders' default places
     download: bool = False  # only when asked, and only when online
     resolution: int | None = None  # training/eval resolution; None: the data set's native size
     augment: bool = True  # random crop with padding + horizontal flip
     synthetic: dict = field(default_factory=dict)  # options of the synthetic set (train_size, classes, ...)
+    decoder: str = "auto"  # folder: auto (DALI when installed, else torchvision) | dali | torchvision
+    threads: int = 2  # folder: decoding threads per rank
 
 
 @dataclass
@@ -325,6 +327,9 @@ def validate(c: Config) -> None:
     _check(c.eval.every >= 0, f"eval.every is {c.eval.every}; use 0 (end only) or a number of epochs.")
     _check(c.eval.batch_size >= 1, f"eval.batch_size is {c.eval.batch_size}; it must be >= 1.")
     _check(c.run.checkpoint_every >= 0, f"run.checkpoint_every is {c.run.checkpoint_every}; it must be >= 0.")
+    _check(c.data.decoder in ("auto", "dali", "torchvision"),
+           f"data.decoder is {c.data.decoder!r}; use auto, dali or torchvision.")
+    _check(c.data.threads >= 0, f"data.threads is {c.data.threads}; use 0 or more decoding threads.")
     _check(
         c.data.resolution is None or c.data.resolution >= 8,
         f"data.resolution is {c.data.resolution}; use at least 8 px, or leave it unset for the native size.",

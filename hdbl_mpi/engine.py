@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hdbl_mpi.data import ArrayDataset, eval_batches, make_batch
 
 
 def pick_device(requested: str, local_rank: int) -> torch.device:
@@ -52,40 +51,23 @@ class StepStats:
     seconds: float
 
 
-def sample_indices(dataset_size: int, count: int, generator: torch.Generator) -> torch.Tensor:
-    """`count` indices from fresh random permutations of the whole set (SPEC §4: no fixed partition), chaining
-    permutations when a commit needs more than one pass."""
-    chunks, left = [], count
-    while left > 0:
-        perm = torch.randperm(dataset_size, generator=generator)
-        chunks.append(perm[:left])
-        left -= len(chunks[-1])
-    return torch.cat(chunks)
-
-
 def train_steps(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    data: ArrayDataset,
+    source,
     steps: int,
     batch_size: int,
     resolution: int,
-    augment: bool,
-    generator: torch.Generator,
     device: torch.device,
 ) -> StepStats:
-    """Run `steps` SGD steps of `batch_size` samples drawn from a fresh permutation; loss and accuracy are
-    accumulated on the device and read once at the end (no per-step host sync on a GPU)."""
+    """Run `steps` SGD steps of `batch_size` samples from `source` (see hdbl_mpi.data.sources); loss and
+    accuracy are accumulated on the device and read once at the end (no per-step host sync on a GPU)."""
     start = time.perf_counter()
     model.train()
-    index = sample_indices(data.train_size, steps * batch_size, generator)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    for step in range(steps):
-        idx = index[step * batch_size : (step + 1) * batch_size]
-        inputs = make_batch(data.x_train, idx, resolution, data.mean, data.std, augment=augment,
-                            generator=generator, device=device)
-        labels = data.y_train[idx].to(device, non_blocking=True)
+    done = samples = 0
+    for inputs, labels in source.batches(steps, batch_size, resolution):
         logits = model(inputs)
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
@@ -93,25 +75,23 @@ def train_steps(
         optimizer.step()
         loss_sum += loss.detach() * labels.numel()
         correct += (logits.detach().argmax(1) == labels).sum()
-    samples = steps * batch_size
+        done += 1
+        samples += labels.numel()
     loss_value, correct_value = float(loss_sum), int(correct)
     if not torch.isfinite(torch.tensor(loss_value)):
         raise FloatingPointError(
             f"training loss became {loss_value} at batch size {batch_size}, lr {optimizer.param_groups[0]['lr']}; "
             "lower train.lr."
         )
-    return StepStats(steps, samples, loss_value, correct_value, time.perf_counter() - start)
+    return StepStats(done, samples, loss_value, correct_value, time.perf_counter() - start)
 
 
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, data: ArrayDataset, resolution: int, batch_size: int, device: torch.device
-) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy on the test split."""
+def evaluate(model: nn.Module, source, resolution: int, batch_size: int, device: torch.device) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy on the test split of `source`."""
     model.eval()
     loss_sum, correct, total = 0.0, 0, 0
-    for inputs, labels in eval_batches(data.x_test, data.y_test, batch_size, resolution, data.mean, data.std,
-                                       device=device):
+    for inputs, labels in source.batches(None, batch_size, resolution):
         logits = model(inputs)
         labels = labels.to(device)
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))

@@ -137,5 +137,7 @@ def from_config(config, native_resolution: int) -> Schedule:
     if s.phases:
         return cyclic(s.phases, s.lrs, s.resolutions, s.dropouts, s.splits or None)
     t = config.train
+    if config.data.resolution is None and native_resolution is None:
+        raise ConfigError("image folders have no native resolution: set data.resolution (e.g. 224) or a schedule.")
     return single_resolution(t.epochs, t.lr, t.lr_milestones, t.lr_gamma,
                              config.data.resolution or native_resolution, config.model.dropout)

@@ -23,7 +23,8 @@ from hdbl_mpi import __version__
 from hdbl_mpi.comm.wire import FlatState
 from hdbl_mpi.comm.world import World, make_world, threads_per_rank
 from hdbl_mpi.config import Config, config_from_dict, dump_config, load_config
-from hdbl_mpi.data import ArrayDataset, load_dataset
+from hdbl_mpi.data import load_dataset
+from hdbl_mpi.data.sources import DataInfo, open_source
 from hdbl_mpi.engine import pick_device
 from hdbl_mpi.errors import ConfigError, HdblError, SetupError
 from hdbl_mpi.models import build_model
@@ -99,11 +100,11 @@ def _timeout(config: Config, plans: dict[int, Plan]) -> float:
     return 600.0 + 20.0 * max(predicted, default=0.0)
 
 
-def _load_data(world: World, config: Config) -> ArrayDataset:
+def _load_data(world: World, config: Config, device: torch.device, seed: int) -> tuple[DataInfo, object]:
     """The server needs the test split, a worker the training split. A download (only when data.download is
     set) is made by one rank per host while the host's other ranks wait, so they never race on the files."""
     c = config.data
-    if c.download:
+    if c.download and c.name.lower() != "folder":
         if world.local_rank == 0:
             try:
                 load_dataset(c.name, c.dir, True, synthetic=c.synthetic)
@@ -111,11 +112,10 @@ def _load_data(world: World, config: Config) -> ArrayDataset:
                 world.local_comm.Barrier()
         else:
             world.local_comm.Barrier()
-    return load_dataset(c.name, c.dir, False, train=not world.is_server, test=world.is_server,
-                        synthetic=c.synthetic)
+    return open_source(config, train=not world.is_server, device=device, seed=seed)
 
 
-def _auto_profile(config: Config, data: ArrayDataset, resolution: int, device: torch.device,
+def _auto_profile(config: Config, data: DataInfo, resolution: int, device: torch.device,
                   ranks_on_host: int, model_resolution: int) -> dict:
     """`profile: auto`: measure tau(B) and B_max of this worker's device at one of the run's resolutions. All
     workers do it at once, so the timings include the contention of the real run on shared hosts."""
@@ -203,7 +203,8 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
 
     # 2. Local set-up on every rank, then agreement.
     world: World | None = None
-    data: ArrayDataset | None = None
+    data: DataInfo | None = None
+    source = None
     device = torch.device("cpu")
     failure: BaseException | None = None
     try:
@@ -211,11 +212,13 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
         torch.set_num_threads(threads_per_rank(world.local_size, config.train.threads))
         torch.manual_seed(config.train.seed)
         device = torch.device("cpu") if world.is_server else pick_device(config.train.device, world.local_rank)
-        data = _load_data(world, config)
+        seed = config.train.seed * 1_000_003 + comm.rank * 7919 + (1 if resume else 0) * 104_729
+        data, source = _load_data(world, config, device, seed)
     except Exception as err:  # reported on every rank by _agree
         failure = err
     mine = None if data is None else (data.train_size, data.native_resolution,
-                                      f"{socket.gethostname()}:{device}", torch.get_num_threads())
+                                      f"{socket.gethostname()}:{device}", torch.get_num_threads(), data.decoder,
+                                      data.skipped)
     sizes = _agree(comm, failure, mine)
     worker_sizes = {s[0] for s in sizes[1:]}
     if len(worker_sizes) != 1:
@@ -275,11 +278,11 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
     timeout_s = _timeout(config, plans)
 
     if not world.is_server:
-        run_worker(world, config, schedule, plans, model, flat, data, device, control, timeout_s, verbose)
+        run_worker(world, config, schedule, plans, model, flat, source, device, control, timeout_s, verbose)
         return 0
 
     run_path = Path(chosen_dir)
-    evaluator = Evaluator(model, data, config.eval.batch_size)
+    evaluator = Evaluator(model, source, config.eval.batch_size)
     weights = flat.vector.clone()  # the global model; the model's own vector becomes the eval staging area
     server = Server(world, config, schedule, plans, weights, run_path, evaluator, state, timeout_s)
     server.progress.line(
@@ -302,13 +305,16 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
         "world_size": world.size,
         "resolutions": resolutions,
         "schedule": [asdict(s) for s in schedule.stages],
-        "dataset": {"name": data.name, "train_size": dataset_size, "test_size": len(data.y_test),
-                    "source": data.source},
+        "dataset": {"name": data.name, "train_size": dataset_size, "test_size": data.test_size,
+                    "source": data.source, "classes": data.num_classes},
+        "decoding": {str(rank): info[4] for rank, info in enumerate(sizes)},  # in-memory, dali-*, torchvision
+        "skipped_files": sorted({f for info in sizes for f in info[5]}),
         "model": {"name": config.model.name, "parameters_and_buffers": flat.numel, "bytes": flat.nbytes},
         "plan": plan.to_dict(),  # at the top resolution; "plans" has every resolution
         "plans": plan_summary([plans[r] for r in resolutions], resolutions),
         "resume_policy": "global weights, server counters and epoch history come from the checkpoint; worker "
-                         "momentum buffers restart from zero and worker RNGs are reseeded from (seed, rank, restarts)",
+                         "momentum buffers restart from zero and worker RNGs are reseeded from (seed, rank, "
+                         "resumed or not)",
         "devices": {str(rank): {"device": info[2], "threads": info[3]} for rank, info in enumerate(sizes)},
         "host": socket.gethostname(),
         "versions": _versions(),

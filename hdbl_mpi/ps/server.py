@@ -26,7 +26,6 @@ from hdbl_mpi.comm.wire import (
 )
 from hdbl_mpi.comm.world import SMALL, World, role_of
 from hdbl_mpi.config import Config
-from hdbl_mpi.data import ArrayDataset
 from hdbl_mpi.engine import evaluate
 from hdbl_mpi.errors import PlanError
 from hdbl_mpi.plan import Plan, make_plan
@@ -47,10 +46,10 @@ def eval_due(config: Config, epochs: int, epoch: int) -> bool:
 class Evaluator:
     """Evaluates snapshots of the global weights in a background thread (no MPI calls in the thread)."""
 
-    def __init__(self, model: nn.Module, data: ArrayDataset, batch_size: int) -> None:
+    def __init__(self, model: nn.Module, source, batch_size: int) -> None:
         self._model = model
         self._flat = FlatState(model)
-        self._data, self._batch = data, batch_size
+        self._source, self._batch = source, batch_size
         self._todo: queue.Queue = queue.Queue()
         self._done: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="hdbl-eval", daemon=True)
@@ -65,7 +64,7 @@ class Evaluator:
             try:
                 start = time.perf_counter()
                 self._flat.vector.copy_(snapshot)
-                loss, acc = evaluate(self._model, self._data, resolution, self._batch, torch.device("cpu"))
+                loss, acc = evaluate(self._model, self._source, resolution, self._batch, torch.device("cpu"))
                 self._done.put((epoch, loss, acc, time.perf_counter() - start, resolution))
             except BaseException as err:  # surfaced in the main thread by results()
                 self._done.put(err)

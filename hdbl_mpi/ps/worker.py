@@ -19,7 +19,6 @@ from hdbl_mpi.comm.wire import (
 )
 from hdbl_mpi.comm.world import World
 from hdbl_mpi.config import Config
-from hdbl_mpi.data import ArrayDataset
 from hdbl_mpi.engine import make_optimizer, set_lr, train_steps
 from hdbl_mpi.models import set_dropout
 from hdbl_mpi.plan import Plan, lr_scale, round_half_up
@@ -45,7 +44,7 @@ def run_worker(
     plans: dict[int, Plan],
     model: nn.Module,
     flat: FlatState,
-    data: ArrayDataset,
+    source,
     device: torch.device,
     control: dict,
     timeout_s: float,
@@ -62,9 +61,6 @@ def run_worker(
     resolution, lr, dropout = stage.resolution, stage.lr, stage.dropout
     batch = control["batch_small"][str(resolution)] if group == "small" else plans[resolution].batch_large
     optimizer = make_optimizer(model, lr, config.train.momentum, config.train.weight_decay)
-    generator = torch.Generator().manual_seed(
-        config.train.seed * 1_000_003 + world.rank * 7919 + len(control["restarts"]) * 104_729
-    )
     header_in = REPLY.empty()
     local = 0
     host = socket.gethostname()
@@ -77,7 +73,7 @@ def run_worker(
         scaled_lr = lr * lr_scale(config.train.lr_scaling, batch, plans[resolution].batch_large)
         set_lr(optimizer, scaled_lr)
         set_dropout(model, dropout)
-        stats = train_steps(model, optimizer, data, steps, batch, resolution, config.data.augment, generator, device)
+        stats = train_steps(model, optimizer, source, steps, batch, resolution, device)
         if world.rank == config.debug.slow_rank and config.debug.slow_seconds > 0:
             time.sleep(config.debug.slow_seconds)
         header_out = PUSH.pack(local_commit=local, samples=stats.samples, steps=stats.steps, batch=batch,

@@ -5,7 +5,8 @@ import torch
 
 from hdbl_mpi.config import load_config
 from hdbl_mpi.data import load_dataset
-from hdbl_mpi.engine import evaluate, make_optimizer, sample_indices, train_steps
+from hdbl_mpi.data.sources import ArraySource, sample_indices
+from hdbl_mpi.engine import evaluate, make_optimizer, train_steps
 from hdbl_mpi.models import build_model
 from hdbl_mpi.plan import lr_scale
 from hdbl_mpi.ps.server import eval_due
@@ -27,10 +28,12 @@ def test_training_steps_learn_and_evaluate():
                                                 "classes": 4})
     model = build_model("resnet_small", 4, 1, 16, width=8)
     opt = make_optimizer(model, 0.05, 0.9, 1e-4)
-    g = torch.Generator().manual_seed(1)
-    _, before = evaluate(model, data, 16, 128, torch.device("cpu"))
-    stats = train_steps(model, opt, data, 60, 32, 16, True, g, torch.device("cpu"))
-    _, after = evaluate(model, data, 16, 128, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    train = ArraySource(data, True, True, torch.Generator().manual_seed(1), cpu)
+    test = ArraySource(data, False, False, None, cpu)
+    _, before = evaluate(model, test, 16, 128, cpu)
+    stats = train_steps(model, opt, train, 60, 32, 16, cpu)
+    _, after = evaluate(model, test, 16, 128, cpu)
     assert stats.steps == 60 and stats.samples == 1920 and stats.seconds > 0
     assert 0 <= stats.correct <= 1920 and stats.loss_sum > 0
     assert after > max(before, 0.8)
@@ -41,7 +44,8 @@ def test_nonfinite_loss_says_lower_the_lr():
     model = build_model("resnet_small", 10, 1, 16, width=4)
     opt = make_optimizer(model, 1e12, 0.9, 0.0)
     with pytest.raises(FloatingPointError, match="lower train.lr"):
-        train_steps(model, opt, data, 20, 16, 16, False, torch.Generator().manual_seed(0), torch.device("cpu"))
+        source = ArraySource(data, True, False, torch.Generator().manual_seed(0), torch.device("cpu"))
+        train_steps(model, opt, source, 20, 16, 16, torch.device("cpu"))
 
 
 def test_lr_milestones_and_eval_schedule():
