@@ -176,11 +176,22 @@ def _plot_cmd(args: argparse.Namespace) -> int:
 
 
 def _schedule(args: argparse.Namespace) -> int:
-    """`hdbl schedule PRESET`: print a cyclic progressive schedule's stage table (no torch, no MPI)."""
-    from hdbl_mpi.schedule import format_schedule, preset
+    """`hdbl schedule CONFIG|PRESET`: print the resolved stage table of a config (after --set overrides) or of
+    a preset (no torch, no MPI)."""
+    from pathlib import Path
+
+    from hdbl_mpi.config import load_config
+    from hdbl_mpi.schedule import NATIVE_RESOLUTIONS, format_schedule, from_config, preset
 
     try:
-        print(format_schedule(preset(args.preset)))
+        if Path(args.target).is_file():
+            config = load_config(args.target, args.set)
+            native = NATIVE_RESOLUTIONS.get(config.data.name.lower())
+            if config.data.name.lower() == "synthetic":
+                native = int(config.data.synthetic.get("size", 16))
+            print(format_schedule(from_config(config, native)))
+        else:
+            print(format_schedule(preset(args.target)))
     except HdblError as err:
         print(f"hdbl schedule: error: {err}", file=sys.stderr)
         return err.exit_code
@@ -247,8 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("-o", "--output", required=True, metavar="FILE.png")
     plot.set_defaults(func=_plot_cmd)
 
-    schedule = sub.add_parser("schedule", help="print the stage table of a cyclic progressive schedule preset")
-    schedule.add_argument("preset", help="cifar-paper, imagenet-paper or demo")
+    schedule = sub.add_parser("schedule", help="print the resolved stage table of a config or a schedule preset")
+    schedule.add_argument("target", metavar="CONFIG|PRESET", help="a YAML config, or cifar-paper, imagenet-paper, demo")
+    schedule.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     schedule.set_defaults(func=_schedule)
     return parser
 

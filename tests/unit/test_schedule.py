@@ -66,3 +66,15 @@ def test_hdbl_schedule_command(capsys):
     out = capsys.readouterr().out
     assert "    8    100-105         288     0.002      0.3" in out
     assert main(["schedule", "nope"]) == 2 and "unknown schedule preset" in capsys.readouterr().err
+
+
+def test_hdbl_schedule_resolves_a_config(capsys, tmp_path):
+    from hdbl_mpi.cli import main
+
+    config = tmp_path / "c.yaml"
+    config.write_text("dual:\n  batch_large: 64\ntrain:\n  epochs: 6\n  lr: 0.1\n  lr_milestones: [4]\n")
+    assert main(["schedule", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "    0        0-4          28       0.1        0" in out and "    1        4-6          28      0.01" in out
+    assert main(["schedule", str(config), "--set", "schedule.preset=cifar-paper"]) == 0
+    assert "140 epochs, resolutions 24, 32" in capsys.readouterr().out
