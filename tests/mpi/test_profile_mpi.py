@@ -50,13 +50,15 @@ def test_replan_rebalances_a_wrong_step_model(tmp_path):
     assert "replan at commit" in run.output
     small_batches = [r["batch"] for r in sorted(run.commits(), key=lambda r: r["global_commit"])
                      if r["group"] == "small"]
-    final = summary["batch_small_final"]["16"]
-    assert small_batches[0] == summary["plan"]["batch_small"] and small_batches[-1] == final
-    assert final != summary["plan"]["batch_small"] and change["resolution"] == 16
+    # The small worker starts at the planned B_S and then uses only batch sizes the server sent it; the last
+    # replan may come after its last commit, so the summary's final B_S is the last replan's.
+    assert small_batches[0] == 2 and set(small_batches) <= {2} | {c["batch_small"] for c in summary["replans"]}
+    assert any(b != 2 for b in small_batches) and change["resolution"] == 16
+    assert summary["batch_small_final"]["16"] == summary["replans"][-1]["batch_small"]
     # After the change the groups are much closer than before it.
     records = run.commits()
     large = sorted(r["compute_s"] for r in records if r["group"] == "large")
-    after = [r["compute_s"] for r in records if r["group"] == "small" and r["batch"] == change["batch_small"]]
+    after = [r["compute_s"] for r in records if r["group"] == "small" and r["batch"] != 2]
     assert max(after) / large[len(large) // 2] < change["imbalance"] / 2
 
 
