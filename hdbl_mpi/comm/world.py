@@ -32,11 +32,6 @@ class World:
     def is_server(self) -> bool:
         return self.role == SERVER
 
-    @property
-    def worker_index(self) -> int:
-        """0-based index among workers (rank - 1)."""
-        return self.rank - 1
-
     def describe(self) -> str:
         return f"rank {self.rank}/{self.size} ({self.role}{'' if self.is_server else '-batch worker'})"
 
