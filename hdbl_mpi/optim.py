@@ -1,0 +1,331 @@
+"""Optimizers, learning-rate schedule and early stopping of the data-parallel study (SPEC §7).
+
+The study compares SGD with momentum and AdamW against the large-batch optimizers LARS and LAMB, with a linear
+LR warm-up followed by a step or cosine schedule, and stops a run early when validation accuracy stalls. Every
+training mode (parameter server, allreduce baseline, LocalSGD) builds its optimizer and LR through this module,
+so a comparison between modes never hides a difference in the update rule.
+
+LARS and LAMB are written out here (torch has neither) with the update formula in each docstring, because
+published implementations differ in details (where weight decay enters, what happens at zero norms, which
+parameters are adapted) that change results; the tests pin the formulas to hand-computed numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from hdbl_mpi.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "sgdm", "adamw", "lars", "lamb")
+LR_SCHEDULES = ("multistep", "cosine", "constant")
+EARLY_STOPPING_MODES = ("max", "min")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Split trainable parameters into a decayed, trust-ratio-adapted group and a plain group.
+
+    Parameters with ndim <= 1 (all biases, BatchNorm/LayerNorm scales and shifts) get no weight decay and
+    ``adapt=False``: decaying them only fights the normalisation, and their norms are too small and noisy for a
+    meaningful LARS/LAMB trust ratio (the usual practice since Goyal et al. 2017 and You et al. 2017/2019).
+    Frozen parameters are left out so an optimizer never holds state for them; empty groups are dropped
+    because torch rejects a group without parameters.
+    """
+    decay: list[nn.Parameter] = []
+    plain: list[nn.Parameter] = []
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        (plain if param.ndim <= 1 else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "adapt": True},
+        {"params": plain, "weight_decay": 0.0, "adapt": False},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def _check_hyper(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+class LARS(torch.optim.Optimizer):
+    """Layer-wise Adaptive Rate Scaling (You, Gitman and Ginsburg 2017) with heavy-ball momentum.
+
+    For every parameter tensor ``w`` with gradient ``g`` in a group with ``adapt=True``::
+
+        local_lr = trust_coefficient * ||w|| / (||g|| + weight_decay * ||w|| + eps)   (1.0 if ||w|| or ||g|| is 0)
+        d        = (g + weight_decay * w) * local_lr
+        v        = momentum * v + d        (v = d on the first step)
+        w        = w - lr * v
+
+    In a group with ``adapt=False`` the same update runs with ``local_lr = 1`` (plain SGD with momentum and
+    coupled weight decay). The layer-wise ratio is what lets LARS keep large batches stable: each layer moves
+    by about ``lr * trust_coefficient`` of its own norm whatever the scale of its gradient. The zero-norm
+    fallback keeps freshly zero-initialised layers and layers without gradient signal from being frozen
+    (ratio 0) or blown up (division by 0). Norms stay on the device, so a step never waits for the host.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float = 1e-9,
+    ) -> None:
+        _check_hyper(lr > 0, f"LARS lr is {lr}; it must be > 0.")
+        _check_hyper(0 <= momentum < 1, f"LARS momentum is {momentum}; it must be in [0, 1).")
+        _check_hyper(weight_decay >= 0, f"LARS weight_decay is {weight_decay}; it must be >= 0.")
+        _check_hyper(trust_coefficient > 0, f"LARS trust_coefficient is {trust_coefficient}; it must be > 0.")
+        _check_hyper(eps >= 0, f"LARS eps is {eps}; it must be >= 0.")
+        defaults = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient, eps=eps,
+            adapt=True,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            wd, momentum = group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if g.is_sparse:
+                    raise RuntimeError("LARS does not support sparse gradients.")
+                d = g.add(p, alpha=wd) if wd != 0 else g.clone()
+                if group["adapt"]:
+                    w_norm = torch.linalg.vector_norm(p)
+                    g_norm = torch.linalg.vector_norm(g)
+                    ratio = group["trust_coefficient"] * w_norm / (g_norm + wd * w_norm + group["eps"])
+                    d.mul_(torch.where((w_norm > 0) & (g_norm > 0), ratio, 1.0))
+                if momentum != 0:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = d
+                    else:
+                        d = state["momentum_buffer"].mul_(momentum).add_(d)
+                p.add_(d, alpha=-group["lr"])
+        return loss
+
+
+class LAMB(torch.optim.Optimizer):
+    """Layer-wise Adaptive Moments for Batch training (You et al. 2019, arXiv:1904.00962 v3, Algorithm 2).
+
+    For every parameter tensor ``w`` with gradient ``g``, at step ``t`` (1-based)::
+
+        m     = beta1 * m + (1 - beta1) * g
+        v     = beta2 * v + (1 - beta2) * g**2
+        m_hat = m / (1 - beta1**t)
+        v_hat = v / (1 - beta2**t)
+        r     = m_hat / (sqrt(v_hat) + eps) + weight_decay * w
+        trust = ||w|| / ||r||                     (1.0 if ||w|| or ||r|| is 0; adapt=False groups: always 1.0)
+        w     = w - lr * trust * r
+
+    The paper's scaling function phi is the identity here (no clipping of ||w||). Weight decay is decoupled
+    from the moments (as in AdamW) but sits inside the trust ratio, as in the paper. The ratio makes every
+    layer move by ``lr`` times its own norm per step, which is what keeps very large batches trainable.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+    ) -> None:
+        _check_hyper(lr > 0, f"LAMB lr is {lr}; it must be > 0.")
+        _check_hyper(all(0 <= b < 1 for b in betas), f"LAMB betas are {betas}; each must be in [0, 1).")
+        _check_hyper(eps >= 0, f"LAMB eps is {eps}; it must be >= 0.")
+        _check_hyper(weight_decay >= 0, f"LAMB weight_decay is {weight_decay}; it must be >= 0.")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, adapt=True)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            wd = group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if g.is_sparse:
+                    raise RuntimeError("LAMB does not support sparse gradients.")
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = state["step"]
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(beta1).add_(g, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (v / (1 - beta2**t)).sqrt_().add_(group["eps"])
+                r = (m / (1 - beta1**t)).div_(denom)
+                if wd != 0:
+                    r.add_(p, alpha=wd)
+                if group["adapt"]:
+                    w_norm = torch.linalg.vector_norm(p)
+                    r_norm = torch.linalg.vector_norm(r)
+                    r.mul_(torch.where((w_norm > 0) & (r_norm > 0), w_norm / r_norm, 1.0))
+                p.add_(r, alpha=-group["lr"])
+        return loss
+
+
+def make_optimizer(
+    name: str,
+    params: Iterable[dict[str, Any]] | Iterable[torch.Tensor],
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float | None = None,
+    trust_coefficient: float = 0.001,
+) -> torch.optim.Optimizer:
+    """Build the optimizer the config names, so every training mode uses the same update rule.
+
+    ``params`` is normally :func:`param_groups` output; a group's own ``weight_decay`` wins over the
+    ``weight_decay`` argument (torch semantics), which only fills groups that lack one. ``sgd`` and ``sgdm``
+    are both SGD with ``momentum`` (the study's SGDM; momentum 0 gives plain SGD). ``momentum`` is used by
+    sgd/sgdm/lars, ``betas`` by adamw/lamb, ``trust_coefficient`` by lars. ``eps`` None keeps each optimizer's
+    usual default (AdamW 1e-8, LAMB 1e-6, LARS 1e-9). The groups' ``adapt`` key is only read by LARS and LAMB;
+    torch's SGD and AdamW keep it as an inert extra key, which also survives their state_dict round trip.
+    """
+    key = name.lower()
+    # torch writes its defaults (eps, betas, ...) into the group dicts it is given; copies keep the caller's
+    # groups clean, so building a second optimizer from them does not inherit the first one's settings.
+    params = [dict(group) if isinstance(group, dict) else group for group in params]
+    if key in ("sgd", "sgdm"):
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if key == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=1e-8 if eps is None else eps,
+                                 weight_decay=weight_decay)
+    if key == "lars":
+        return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                    trust_coefficient=trust_coefficient, eps=1e-9 if eps is None else eps)
+    if key == "lamb":
+        return LAMB(params, lr=lr, betas=betas, eps=1e-6 if eps is None else eps, weight_decay=weight_decay)
+    raise ConfigError(f"train.optimizer is {name!r}; choose one of {', '.join(OPTIMIZERS)} (case-insensitive).")
+
+
+def lr_at(
+    epoch: float,
+    base_lr: float,
+    *,
+    schedule: str,
+    total_epochs: int,
+    warmup_epochs: float = 0.0,
+    milestones: Sequence[int] = (),
+    gamma: float = 0.1,
+    min_lr: float = 0.0,
+    warmup_start: float = 0.0,
+) -> float:
+    """The learning rate at a fractional epoch (epochs completed, e.g. 2.25 a quarter into the third epoch).
+
+    Computed from the epoch rather than stepped like a torch scheduler, so a resumed run, a LocalSGD round
+    starting mid-epoch and a plot all get the same value without replaying scheduler state.
+
+    - Warm-up, for ``epoch < warmup_epochs``: linear from ``warmup_start * base_lr`` at epoch 0 to ``base_lr`` at
+      ``warmup_epochs`` (Goyal et al. 2017; large-batch LARS/LAMB runs need it). It overrides the schedule.
+    - ``constant``: ``base_lr``.
+    - ``multistep``: ``base_lr * gamma ** (number of milestones <= epoch)``; milestones count from epoch 0.
+    - ``cosine``: ``min_lr + (base_lr - min_lr) * (1 + cos(pi * p)) / 2`` with
+      ``p = (epoch - warmup_epochs) / (total_epochs - warmup_epochs)`` clamped to [0, 1], so it starts at
+      ``base_lr`` when warm-up ends and stays at ``min_lr`` from ``total_epochs`` on.
+    """
+    if epoch < 0:
+        raise ValueError(f"lr_at needs a non-negative epoch, got {epoch}.")
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(f"train.lr_schedule is {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}.")
+    if total_epochs < 1:
+        raise ConfigError(f"train.epochs is {total_epochs}; it must be >= 1.")
+    if warmup_epochs < 0:
+        raise ConfigError(f"train.warmup_epochs is {warmup_epochs}; it must be >= 0 (0 disables warm-up).")
+    if not 0 <= warmup_start <= 1:
+        raise ConfigError(f"train.warmup_start is {warmup_start}; it must be a fraction of train.lr in [0, 1].")
+    if schedule == "cosine" and warmup_epochs >= total_epochs:
+        raise ConfigError(
+            f"train.warmup_epochs is {warmup_epochs} but train.epochs is {total_epochs}; the cosine schedule "
+            "needs epochs left after warm-up."
+        )
+    if schedule == "cosine" and not 0 <= min_lr <= base_lr:
+        raise ConfigError(f"train.min_lr is {min_lr}; it must be in [0, train.lr={base_lr}].")
+    if warmup_epochs > 0 and epoch < warmup_epochs:
+        return base_lr * (warmup_start + (1 - warmup_start) * epoch / warmup_epochs)
+    if schedule == "constant":
+        return base_lr
+    if schedule == "multistep":
+        return base_lr * gamma ** sum(1 for m in milestones if m <= epoch)
+    progress = min(1.0, (epoch - warmup_epochs) / (total_epochs - warmup_epochs))
+    return min_lr + (base_lr - min_lr) * (1 + math.cos(math.pi * progress)) / 2
+
+
+class EarlyStopping:
+    """Stop a run whose monitored metric has not improved for ``patience`` consecutive updates.
+
+    An update improves when it beats the best so far by more than ``min_delta`` (``mode="max"`` for accuracy,
+    ``"min"`` for a loss); a NaN never improves. ``patience=0`` disables stopping (the study's default) but still
+    tracks the best value, which the run summary reports. The counters round-trip through
+    :meth:`state_dict` so a resumed run stops at the same update as an uninterrupted one.
+    """
+
+    def __init__(self, patience: int, min_delta: float = 0.0, mode: str = "max") -> None:
+        if patience < 0:
+            raise ConfigError(f"train.patience is {patience}; it must be >= 0 (0 disables early stopping).")
+        if min_delta < 0:
+            raise ConfigError(f"train.min_delta is {min_delta}; it must be >= 0.")
+        if mode not in EARLY_STOPPING_MODES:
+            raise ConfigError(f"early stopping mode is {mode!r}; choose one of {', '.join(EARLY_STOPPING_MODES)}.")
+        self.patience = patience
+        self.min_delta = min_delta
+        self.mode = mode
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.bad_updates = 0
+        self.updates = 0
+
+    def _improves(self, value: float) -> bool:
+        if self.best is None:
+            return not math.isnan(value)
+        if self.mode == "max":
+            return value > self.best + self.min_delta
+        return value < self.best - self.min_delta
+
+    def update(self, value: float) -> bool:
+        """Record one evaluation; True when the run should stop now."""
+        if self._improves(value):
+            self.best, self.best_epoch, self.bad_updates = value, self.updates, 0
+        else:
+            self.bad_updates += 1
+        self.updates += 1
+        return self.patience > 0 and self.bad_updates >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "best": self.best, "best_epoch": self.best_epoch, "bad_updates": self.bad_updates,
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state["best"]
+        self.best_epoch = state["best_epoch"]
+        self.bad_updates = state["bad_updates"]
+        self.updates = state["updates"]
