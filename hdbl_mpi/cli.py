@@ -198,6 +198,16 @@ def _schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _launch(args: argparse.Namespace) -> int:
+    from hdbl_mpi.launch.job import launch
+
+    try:
+        return launch(args)
+    except HdblError as err:
+        print(f"hdbl launch: error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hdbl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -262,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("target", metavar="CONFIG|PRESET", help="a YAML config, or cifar-paper, imagenet-paper, demo")
     schedule.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     schedule.set_defaults(func=_schedule)
+
+    from hdbl_mpi.launch.job import add_arguments
+
+    launch = sub.add_parser("launch", help="start a command on hosts with mpirun, horovodrun or srun (checked first)")
+    add_arguments(launch)
+    launch.set_defaults(func=_launch)
     return parser
 
 

@@ -93,6 +93,7 @@ class PSConfig:
     staleness: int = 2  # SSP bound s
     merge: str = "journal"  # journal | conference
     timeout_s: float = 0.0  # longest wait for any message; 0: 600 s + 20 planned commit times
+    device: str = "cpu"  # the server's evaluation device (cpu | auto | cuda | cuda:N); it merges on the host
 
 
 @dataclass
@@ -284,10 +285,9 @@ def validate(c: Config) -> None:
         f"train.lr_scaling is {c.train.lr_scaling!r}; use one of {', '.join(LR_SCALINGS)}.",
     )
     _check(c.train.threads >= 0, f"train.threads is {c.train.threads}; use 0 for automatic or a positive count.")
-    _check(
-        c.train.device in ("auto", "cpu", "cuda") or c.train.device.startswith("cuda:"),
-        f"train.device is {c.train.device!r}; use auto, cpu, cuda or cuda:N.",
-    )
+    for key, device in (("train.device", c.train.device), ("ps.device", c.ps.device)):
+        _check(device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()),
+               f"{key} is {device!r}; use auto, cpu, cuda or cuda:N.")
     _check(c.dual.workers >= 1, f"dual.workers is {c.dual.workers}; at least 1 worker is needed.")
     _check(
         0 <= c.dual.small <= c.dual.workers,
@@ -334,6 +334,12 @@ def validate(c: Config) -> None:
         c.data.resolution is None or c.data.resolution >= 8,
         f"data.resolution is {c.data.resolution}; use at least 8 px, or leave it unset for the native size.",
     )
+
+
+def required_ranks(config: Config) -> int:
+    """The MPI ranks a config needs: one server plus dual.workers workers. Launchers check their slots
+    against this before starting anything."""
+    return 1 + config.dual.workers
 
 
 def _as_list(value) -> list:

@@ -15,8 +15,37 @@ from torch import nn
 
 
 
-def pick_device(requested: str, local_rank: int) -> torch.device:
-    """`auto` gives each rank on a host its own GPU (by local rank) when there are GPUs, else the CPU."""
+# Where launchers put a rank's index among the ranks of its host: Open MPI, MPICH/Hydra and Intel MPI, SLURM's
+# srun, Cray PALS, MVAPICH.
+LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "PALS_LOCAL_RANKID",
+                        "MV2_COMM_WORLD_LOCAL_RANK")
+
+
+def launcher_local_rank(environ: dict[str, str]) -> tuple[int, str] | None:
+    """(local rank, variable) as the launcher numbered this rank on its host, or None outside a launcher that
+    says. The launcher's numbering is the one its CPU binding and `--gpus-per-task` follow."""
+    for name in LOCAL_RANK_VARIABLES:
+        value = environ.get(name, "")
+        if value.isdigit():
+            return int(value), name
+    return None
+
+
+def wants_gpu(requested: str) -> bool:
+    """Whether a rank with this device setting takes one of its host's GPUs in turn (cuda:N names its own)."""
+    return requested in ("auto", "cuda") and torch.cuda.is_available()
+
+
+def gpu_slot(local_rank: int, peers: list[tuple[int, bool]]) -> int:
+    """This rank's turn among the ranks of its host that take a GPU: peers are (local rank, wants a GPU) of
+    every rank on the host. Counting only GPU takers keeps a CPU server from leaving GPU 0 idle and GPU 0
+    doubly used by the last worker."""
+    return sum(1 for rank, wants in peers if wants and rank < local_rank)
+
+
+def pick_device(requested: str, slot: int) -> torch.device:
+    """`auto`/`cuda` give the rank GPU `slot` (modulo the GPUs this rank sees, so one GPU per task under
+    SLURM's --gpus-per-task works too), `auto` falls back to the CPU without GPUs, `cuda:N` is taken as is."""
     if requested == "cpu":
         return torch.device("cpu")
     if requested.startswith("cuda") or requested == "auto":
@@ -25,10 +54,10 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
                 return torch.device("cpu")
             from hdbl_mpi.errors import ConfigError
 
-            raise ConfigError(f"train.device is {requested!r} but torch sees no CUDA device; use auto or cpu.")
+            raise ConfigError(f"device {requested!r} was asked for but torch sees no CUDA device; use auto or cpu.")
         if ":" in requested:
             return torch.device(requested)
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
+        return torch.device("cuda", slot % torch.cuda.device_count())
     return torch.device(requested)
 
 

@@ -7,6 +7,7 @@ in a collective. After set-up, an exception on any rank aborts the whole job (se
 
 from __future__ import annotations
 
+import os
 import platform
 import socket
 import time
@@ -25,7 +26,7 @@ from hdbl_mpi.comm.world import World, make_world, threads_per_rank
 from hdbl_mpi.config import Config, config_from_dict, dump_config, load_config
 from hdbl_mpi.data import load_dataset
 from hdbl_mpi.data.sources import DataInfo, open_source
-from hdbl_mpi.engine import pick_device
+from hdbl_mpi.engine import gpu_slot, launcher_local_rank, pick_device, wants_gpu
 from hdbl_mpi.errors import ConfigError, HdblError, SetupError
 from hdbl_mpi.models import build_model
 from hdbl_mpi.plan import Plan, make_plan, plan_summary
@@ -92,6 +93,17 @@ def _versions() -> dict:
     }
 
 
+def _place(world: World, config: Config) -> tuple[torch.device, str]:
+    """This rank's device and where its local rank came from. Workers use train.device, the server ps.device
+    (CPU by default: it only merges, and evaluates). Ranks that take a GPU in turn share out their host's GPUs
+    in the order of the launcher's local ranks."""
+    requested = config.ps.device if world.is_server else config.train.device
+    found = launcher_local_rank(dict(os.environ))
+    local_rank, source = found if found else (world.local_rank, "MPI shared-memory split")
+    peers = world.local_comm.allgather((local_rank, wants_gpu(requested)))
+    return pick_device(requested, gpu_slot(local_rank, peers)), source
+
+
 def _timeout(config: Config, plans: dict[int, Plan]) -> float:
     """Longest wait for any message: the configured one, else 600 s plus 20 of the longest planned commits."""
     if config.ps.timeout_s > 0:
@@ -119,8 +131,6 @@ def _auto_profile(config: Config, data: DataInfo, resolution: int, device: torch
                   ranks_on_host: int, model_resolution: int) -> dict:
     """`profile: auto`: measure tau(B) and B_max of this worker's device at one of the run's resolutions. All
     workers do it at once, so the timings include the contention of the real run on shared hosts."""
-    import os
-
     from hdbl_mpi.profile import parse_bytes, profile_resolution
 
     budget = None
@@ -211,14 +221,14 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
         world = make_world(config.dual.workers, config.dual.small, comm)
         torch.set_num_threads(threads_per_rank(world.local_size, config.train.threads))
         torch.manual_seed(config.train.seed)
-        device = torch.device("cpu") if world.is_server else pick_device(config.train.device, world.local_rank)
+        device, local_source = _place(world, config)
         seed = config.train.seed * 1_000_003 + comm.rank * 7919 + (1 if resume else 0) * 104_729
         data, source = _load_data(world, config, device, seed)
     except Exception as err:  # reported on every rank by _agree
         failure = err
     mine = None if data is None else (data.train_size, data.native_resolution,
                                       f"{socket.gethostname()}:{device}", torch.get_num_threads(), data.decoder,
-                                      data.skipped)
+                                      data.skipped, local_source)
     sizes = _agree(comm, failure, mine)
     worker_sizes = {s[0] for s in sizes[1:]}
     if len(worker_sizes) != 1:
@@ -282,8 +292,10 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
         return 0
 
     run_path = Path(chosen_dir)
-    evaluator = Evaluator(model, source, config.eval.batch_size)
-    weights = flat.vector.clone()  # the global model; the model's own vector becomes the eval staging area
+    evaluator = Evaluator(model, source, config.eval.batch_size, device)
+    # The global model lives on the host, where MPI receives and merges; the model's own vector (on ps.device)
+    # becomes the evaluator's staging area.
+    weights = flat.vector.detach().to("cpu", copy=True)
     server = Server(world, config, schedule, plans, weights, run_path, evaluator, state, timeout_s)
     server.progress.line(
         f"hdbl train: {world.size} ranks (1 server, {plan.small} small-batch, {plan.large} large-batch workers), "
@@ -315,7 +327,8 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
         "resume_policy": "global weights, server counters and epoch history come from the checkpoint; worker "
                          "momentum buffers restart from zero and worker RNGs are reseeded from (seed, rank, "
                          "resumed or not)",
-        "devices": {str(rank): {"device": info[2], "threads": info[3]} for rank, info in enumerate(sizes)},
+        "devices": {str(rank): {"device": info[2], "threads": info[3], "local_rank_from": info[6]}
+                    for rank, info in enumerate(sizes)},
         "host": socket.gethostname(),
         "versions": _versions(),
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -46,8 +46,8 @@ def eval_due(config: Config, epochs: int, epoch: int) -> bool:
 class Evaluator:
     """Evaluates snapshots of the global weights in a background thread (no MPI calls in the thread)."""
 
-    def __init__(self, model: nn.Module, source, batch_size: int) -> None:
-        self._model = model
+    def __init__(self, model: nn.Module, source, batch_size: int, device: torch.device) -> None:
+        self._model, self._device = model, device
         self._flat = FlatState(model)
         self._source, self._batch = source, batch_size
         self._todo: queue.Queue = queue.Queue()
@@ -64,7 +64,7 @@ class Evaluator:
             try:
                 start = time.perf_counter()
                 self._flat.vector.copy_(snapshot)
-                loss, acc = evaluate(self._model, self._source, resolution, self._batch, torch.device("cpu"))
+                loss, acc = evaluate(self._model, self._source, resolution, self._batch, self._device)
                 self._done.put((epoch, loss, acc, time.perf_counter() - start, resolution))
             except BaseException as err:  # surfaced in the main thread by results()
                 self._done.put(err)

@@ -1,0 +1,141 @@
+"""`hdbl launch`: from a config and a place to run, the one launcher command that starts the job.
+
+The launch is checked before anything starts: the config says how many ranks it needs (1 server + n workers),
+the hosts (-H, a hostfile or the SLURM allocation) say how many slots there are, and a mismatch is an error
+that says what to change, instead of a job that fails minutes later on its first collective.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from hdbl_mpi.config import load_config, required_ranks
+from hdbl_mpi.launch.commands import LAUNCHERS, Launch, LaunchError, build_command, hdbl_program, local_cores
+from hdbl_mpi.launch.hosts import Hosts, hosts_from_slurm, parse_hostfile, parse_hosts_arg
+from hdbl_mpi.run import rundir
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="mpirun", help="mpirun (default), horovodrun or srun")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("-H", "--hosts", metavar="HOST:SLOTS,...", help="hosts and slots, e.g. node01:4,node02:4")
+    where.add_argument("--hostfile", metavar="FILE", help="Open MPI ('host slots=N'), MPICH ('host:N') or Horovod")
+    parser.add_argument("--np", type=int, help="ranks to start (default: what the config needs)")
+    parser.add_argument("--oversubscribe", action="store_true", help="allow more ranks than slots on a host")
+    parser.add_argument("--iface", metavar="IF|CIDR", help="network for MPI traffic, e.g. ib0 or 10.0.0.0/24")
+    parser.add_argument("--rsh-agent", metavar="CMD", help="what starts remote daemons instead of ssh")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="set for every rank")
+    parser.add_argument("--launcher-args", default="", metavar="'ARGS'", help="more arguments for the launcher")
+    parser.add_argument("--mpirun", metavar="PATH", help="the mpirun/mpiexec to use (default: the venv's, then PATH)")
+    parser.add_argument("--python", metavar="PATH", help="the Python every rank runs (default: this one; the same "
+                        "path must exist on every host)")
+    parser.add_argument("--dry-run", action="store_true", help="print the command and the checks, start nothing")
+    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...",
+                        help="what every rank runs: train CONFIG [--set k=v ...], doctor, profile ..., evaluate ...")
+
+
+def _hosts(args: argparse.Namespace, environ: dict[str, str]) -> Hosts | None:
+    if args.hosts:
+        return parse_hosts_arg(args.hosts)
+    if args.hostfile:
+        return parse_hostfile(args.hostfile)
+    if environ.get("SLURM_JOB_NODELIST"):
+        return hosts_from_slurm(environ)
+    return None
+
+
+def ranks_for(command: list[str], np: int | None, hosts: Hosts | None) -> tuple[int, str]:
+    """(ranks, why) for the hdbl subcommand: `train` needs what its config says; `doctor` runs once per host;
+    anything else needs --np."""
+    if command[0] == "train":
+        from hdbl_mpi.cli import build_parser
+
+        train = build_parser().parse_args(command)
+        if train.resume:
+            saved = Path(train.resume) / rundir.CONFIG
+            if not saved.is_file():
+                raise LaunchError(f"--resume {train.resume}: no {rundir.CONFIG} there; pass the run directory of an "
+                                  "earlier run.")
+            config = load_config(saved, train.set)
+        else:
+            config = load_config(train.config, train.set)
+        needed = required_ranks(config)
+        why = f"1 server + dual.workers={config.dual.workers} workers"
+        if np is not None and np != needed:
+            raise LaunchError(f"--np {np} but the config needs {needed} ranks ({why}); drop --np, or change the "
+                              f"workers with --set dual.workers={np - 1}.")
+        return needed, why
+    if command[0] == "doctor" and np is None:
+        count = len(hosts.hosts) if hosts is not None else 1
+        return count, "one per host"
+    if np is None:
+        raise LaunchError(f"`hdbl launch ... {command[0]}` needs --np N (how many ranks to start).")
+    return np, "--np"
+
+
+def prepare(args: argparse.Namespace, environ: dict[str, str] | None = None) -> tuple[list[str], dict, list[str]]:
+    """(argv, env, notes): the checked command for these `hdbl launch` arguments."""
+    environ = dict(os.environ if environ is None else environ)
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise LaunchError("nothing to launch: add the hdbl command, e.g. `hdbl launch -H n1:4,n2:4 train cfg.yaml`.")
+    hosts = _hosts(args, environ)
+    np, why = ranks_for(command, args.np, hosts)
+    notes = []
+    oversubscribe = args.oversubscribe
+    if hosts is not None:
+        if np > hosts.slots and not oversubscribe:
+            raise LaunchError(
+                f"the job needs {np} ranks ({why}) but {hosts.source} gives {hosts.slots} slot(s) "
+                f"({hosts.as_arg()}). Add hosts or slots, lower the workers (--set dual.workers=N), or pass "
+                "--oversubscribe to put several ranks on a slot."
+            )
+        notes.append(f"{np} ranks ({why}) on {len(hosts.hosts)} host(s) with {hosts.slots} slots from {hosts.source}")
+    elif args.launcher != "srun":
+        cores = local_cores()
+        if np > cores and not oversubscribe:
+            oversubscribe = True
+            notes.append(f"{np} ranks ({why}) on this host's {cores} cores: adding --oversubscribe")
+        else:
+            notes.append(f"{np} ranks ({why}) on this host")
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LaunchError(f"--env expects KEY=VALUE, got {item!r}.")
+        env[key] = value
+    spec = Launch(
+        program=hdbl_program(args.python) + command,
+        np=np,
+        launcher=args.launcher,
+        # Open MPI and srun read a SLURM allocation themselves; horovodrun needs the hosts spelt out.
+        hosts=None if hosts is not None and hosts.form == "slurm" and args.launcher != "horovodrun" else hosts,
+        oversubscribe=oversubscribe,
+        iface=args.iface,
+        rsh_agent=args.rsh_agent,
+        map_by="node" if command[0] == "doctor" else "slot",
+        env=env,
+        extra=shlex.split(args.launcher_args),
+        mpirun=args.mpirun,
+    )
+    argv, run_env = build_command(spec, environ, require_tools=not args.dry_run)
+    return argv, run_env, notes
+
+
+def launch(args: argparse.Namespace) -> int:
+    """Print the command (and the checks behind it), then replace this process with the launcher."""
+    argv, env, notes = prepare(args)
+    for note in notes:
+        print(f"hdbl launch: {note}", file=sys.stderr)
+    if args.dry_run:
+        print(shlex.join(argv))
+        return 0
+    print("+ " + shlex.join(argv), file=sys.stderr, flush=True)
+    os.execvpe(argv[0], argv, env)
+    return 0  # not reached
