@@ -55,7 +55,7 @@ print('==> ready: torch', torch.__version__, '| mpi4py', mpi4py.__version__, '|'
 # 3. What was asked for.
 case "$what" in
   demo) say "training the demo (1 server + 4 workers)"
-        exec "$venv/bin/python" -m hdbl_mpi.launch.commands 5 train configs/demo.yaml --run-dir runs/demo ;;
+        exec "$venv/bin/python" -m hdbl_mpi.cli launch train configs/demo.yaml --run-dir runs/demo ;;
   test) say "running the test suite"
         exec "$venv/bin/python" -m pytest -q ;;
 esac
