@@ -198,6 +198,25 @@ def _schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    """`hdbl doctor`: the checks of hdbl_mpi.launch.doctor; with --config, that config's data set must exist."""
+    from hdbl_mpi.data import DATASET_NAMES
+    from hdbl_mpi.launch.doctor import doctor
+
+    datasets, data_dir = args.data or [n for n in DATASET_NAMES if n != "synthetic"], args.data_dir
+    if args.config:
+        from hdbl_mpi.config import load_config
+
+        try:
+            config = load_config(args.config, args.set)
+        except HdblError as err:
+            print(f"hdbl doctor: error: {err}", file=sys.stderr)
+            return err.exit_code
+        if config.data.name not in ("synthetic", "folder"):
+            datasets, data_dir = [config.data.name], config.data.dir
+    return doctor(datasets, data_dir, bool(args.config), args.json, _under_mpi())
+
+
 def _launch(args: argparse.Namespace) -> int:
     from hdbl_mpi.launch.job import launch
 
@@ -272,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("target", metavar="CONFIG|PRESET", help="a YAML config, or cifar-paper, imagenet-paper, demo")
     schedule.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     schedule.set_defaults(func=_schedule)
+
+    doc = sub.add_parser("doctor", help="what this node (every host, under mpirun) has and lacks, with fixes")
+    doc.add_argument("--config", help="also require this config's data set on every host")
+    doc.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
+    doc.add_argument("--data", action="append", metavar="NAME", help="data sets to look for (default: all)")
+    doc.add_argument("--data-dir", help="where to look first (as data.dir)")
+    doc.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    doc.set_defaults(func=_doctor)
 
     from hdbl_mpi.launch.job import add_arguments
 

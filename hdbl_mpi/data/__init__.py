@@ -23,6 +23,7 @@ from hdbl_mpi.errors import DataError
 __all__ = [
     "DATASET_NAMES",
     "DEFAULT_DATA_DIR",
+    "find_dataset",
     "ArrayDataset",
     "canonical_name",
     "eval_batches",
@@ -123,27 +124,33 @@ def load_dataset(
     if key == "synthetic":
         return _load_synthetic(synthetic, splits)
     root = Path(data_dir).expanduser() if data_dir else DEFAULT_DATA_DIR  # "" from a config means unset
+    hit, source = _locate(key, root, splits, download)
+    if key in idx.TORCHVISION_CLASSES:
+        loaded = {split: idx.read_idx_split(*hit[split]) for split in splits}
+    else:
+        loaded = {split: cifar.read_cifar_split(hit, key, split) for split in splits}
+    mean, std = _STATS[key]
+    return _assemble(key, loaded, _NUM_CLASSES[key], mean, std, source)
+
+
+def _locate(key: str, root: Path, splits: tuple[str, ...], download: bool):
+    """(files or directory, where found) of a file-based data set; DataError with the fix when missing."""
     if key in idx.TORCHVISION_CLASSES:
         extra = [root / idx.TORCHVISION_CLASSES[key] / "raw"]
         wanted = ", ".join(f"{stem}[.gz]" for stem in idx.wanted_files(splits))
-        paths, source = _find(
-            key, root, extra, wanted, download, lambda d: idx.locate_idx(d, splits), idx.download_idx
-        )
-        loaded = {split: idx.read_idx_split(*paths[split]) for split in splits}
-    else:
-        directory, source = _find(
-            key,
-            root,
-            [],
-            cifar.describe(key),
-            download,
-            lambda d: cifar.locate_cifar(d, key, splits),
-            cifar.download_cifar,
-            _cifar_mixup,
-        )
-        loaded = {split: cifar.read_cifar_split(directory, key, split) for split in splits}
-    mean, std = _STATS[key]
-    return _assemble(key, loaded, _NUM_CLASSES[key], mean, std, source)
+        return _find(key, root, extra, wanted, download, lambda d: idx.locate_idx(d, splits), idx.download_idx)
+    return _find(key, root, [], cifar.describe(key), download, lambda d: cifar.locate_cifar(d, key, splits),
+                 cifar.download_cifar, _cifar_mixup)
+
+
+def find_dataset(name: str, data_dir: str | Path | None = None) -> str:
+    """Where data set ``name`` would be read from, without reading it (for `hdbl doctor` on every host);
+    raises the same DataError as :func:`load_dataset` when it is missing."""
+    key = canonical_name(name)
+    if key == "synthetic":
+        return "generated in memory"
+    root = Path(data_dir).expanduser() if data_dir else DEFAULT_DATA_DIR
+    return _locate(key, root, ("train", "test"), False)[1]
 
 
 def _search_dirs(key: str, root: Path, extra: list[Path]) -> list[Path]:

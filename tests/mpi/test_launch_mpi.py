@@ -129,3 +129,16 @@ def test_ps_run_across_two_hosts_sends_its_commits_over_the_link(tmp_path, two_h
     assert summary["commits_total"] == 4
     print(f"veth A sent {sent} bytes for {summary['commits_total']} commits of {summary['model']['bytes']} bytes")
     assert sent >= 4 * summary["model"]["bytes"], (sent, summary["model"]["bytes"])
+
+
+def test_doctor_checks_every_host(tmp_path, two_hosts):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text(f"{two_hosts['a']} slots=1\n{two_hosts['b']} slots=1\n")
+    argv = [two_hosts["inns"], two_hosts["a"], sys.executable, "-m", "hdbl_mpi.cli", "launch", "--hostfile",
+            str(hostfile), "--rsh-agent", two_hosts["nsrsh"], "--iface", two_hosts["net"], "doctor", "--json",
+            "--data", "synthetic"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    result = json.loads(proc.stdout)
+    assert sorted(result["hosts"]) == sorted([two_hosts["a"], two_hosts["b"]]), proc.stderr
+    assert [r["ranks"] for r in result["hosts"].values()] in ([[0], [1]], [[1], [0]])
+    assert result["mismatches"] == []  # one machine: the same MPI, torch and Python on both "hosts"

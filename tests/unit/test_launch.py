@@ -233,3 +233,10 @@ def test_dry_run_from_the_command_line_prints_one_command_and_imports_no_torch()
                           str(CONFIG)], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "hdbl launch: error: the job needs 5 ranks" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_the_example_hostfiles_parse():
+    root = CONFIG.parents[1] / "hostfiles"
+    forms = {path.name: parse_hostfile(path).form for path in sorted(root.glob("*.hosts"))}
+    assert forms == {"horovod.hosts": "openmpi", "mpich.hosts": "mpich", "openmpi.hosts": "openmpi"}
+    assert {parse_hostfile(root / name).as_arg() for name in forms} == {"node01:3,node02:2"}
