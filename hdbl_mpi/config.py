@@ -53,6 +53,15 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch threads per rank; 0: this host's cores / ranks on this host
     device: str = "auto"  # auto | cpu | cuda | cuda:N (workers); the server merges on the CPU
+    optimizer: str = "sgd"  # sgd (with momentum) | adamw | lars | lamb; BN and bias parameters get no weight decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw, lamb
+    trust_coefficient: float = 0.001  # lars
+    lr_schedule: str = "multistep"  # multistep (lr_milestones, or the schedule's stages) | cosine (lr -> min_lr)
+    min_lr: float = 0.0  # cosine: the LR at the last epoch
+    warmup_epochs: float = 0.0  # linear warm-up from warmup_start * LR over this many (fractional) epochs
+    warmup_start: float = 0.0
+    early_stop_patience: int = 0  # stop after this many evaluations without a better test top-1 (0: never)
+    early_stop_min_delta: float = 0.0  # ... better by more than this
 
 
 @dataclass
@@ -89,11 +98,26 @@ class DualConfig:
 
 @dataclass
 class PSConfig:
-    mode: str = "asp"  # asp | bsp | ssp
+    mode: str = "asp"  # asp | bsp | ssp (parameter server) | allreduce | localsgd (no server); kvstore names too
+    backend: str = "auto"  # allreduce: auto (Horovod when it imports, else mpi4py) | horovod | mpi4py
+    bucket_mb: float = 25.0  # allreduce over mpi4py: gradient bucket size
     staleness: int = 2  # SSP bound s
     merge: str = "journal"  # journal | conference
     timeout_s: float = 0.0  # longest wait for any message; 0: 600 s + 20 planned commit times
     device: str = "cpu"  # the server's evaluation device (cpu | auto | cuda | cuda:N); it merges on the host
+
+
+@dataclass
+class LocalConfig:
+    """LocalSGD (ps.mode: localsgd): H local steps per worker, then the models are averaged (SlowMo optional)."""
+
+    h: int = 8  # local steps per round (the start value of the loss-driven strategies)
+    strategy: str = "constant"  # see hdbl_mpi.local_steps.STRATEGIES
+    h_min: int = 1
+    h_max: int = 64
+    options: dict = field(default_factory=dict)  # the strategy's own knobs: window, threshold, step, every, steepness
+    slowmo_beta: float = 0.0  # SlowMo slow momentum (0 and alpha 1: plain averaging)
+    slowmo_alpha: float = 1.0  # SlowMo slow learning rate
 
 
 @dataclass
@@ -126,6 +150,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     dual: DualConfig = field(default_factory=DualConfig)
     ps: PSConfig = field(default_factory=PSConfig)
+    local: LocalConfig = field(default_factory=LocalConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
@@ -257,6 +282,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def config_from_dict(tree: dict) -> Config:
     """Build and validate a Config from a (possibly partial) nested mapping, e.g. one broadcast by rank 0."""
     config = _build(Config, tree, "")
+    if config.ps.mode == "local":  # one process: one worker, no MPI launcher needed
+        config.dual.workers = 1
+    config.ps.mode = KVSTORE_MODES.get(config.ps.mode, config.ps.mode)
     validate(config)
     return config
 
@@ -316,7 +344,37 @@ def validate(c: Config) -> None:
             "measure at start-up), or dual.time_a and dual.time_b (seconds per sample and per step on the "
             "workers' device), or set dual.small=0.",
         )
-    _check(c.ps.mode in ("asp", "bsp", "ssp"), f"ps.mode is {c.ps.mode!r}; use asp, bsp or ssp.")
+    _check(c.ps.mode in PS_MODES + PEER_MODES,
+           f"ps.mode is {c.ps.mode!r}; use asp, bsp, ssp (parameter server), allreduce or localsgd (no server), "
+           f"or a kvstore name: {', '.join(KVSTORE_MODES)}.")
+    _check(c.ps.backend in ("auto", "horovod", "mpi4py"),
+           f"ps.backend is {c.ps.backend!r}; use auto, horovod or mpi4py.")
+    _check(c.ps.bucket_mb > 0, f"ps.bucket_mb is {c.ps.bucket_mb}; it must be > 0 (e.g. 25).")
+    if c.ps.mode in PEER_MODES:
+        _check(c.dual.small == 0,
+               f"dual.small is {c.dual.small} but ps.mode={c.ps.mode} has no server to merge two batch sizes; "
+               "set dual.small=0 (every worker trains with B_L), or use ps.mode=asp/bsp/ssp.")
+    _check(c.train.optimizer.lower() in OPTIMIZERS,
+           f"train.optimizer is {c.train.optimizer!r}; use one of {', '.join(OPTIMIZERS)}.")
+    _check(c.train.lr_schedule in ("multistep", "cosine"),
+           f"train.lr_schedule is {c.train.lr_schedule!r}; use multistep or cosine.")
+    _check(len(c.train.betas) == 2 and all(0 <= b < 1 for b in c.train.betas),
+           f"train.betas is {c.train.betas}; give two numbers in [0, 1), e.g. [0.9, 0.999].")
+    _check(c.train.trust_coefficient > 0, f"train.trust_coefficient is {c.train.trust_coefficient}; it must be > 0.")
+    _check(0 <= c.train.min_lr <= c.train.lr, f"train.min_lr is {c.train.min_lr}; it must be in [0, train.lr].")
+    _check(c.train.warmup_epochs >= 0, f"train.warmup_epochs is {c.train.warmup_epochs}; it must be >= 0.")
+    _check(0 <= c.train.warmup_start <= 1, f"train.warmup_start is {c.train.warmup_start}; it must be in [0, 1].")
+    _check(c.train.early_stop_patience >= 0,
+           f"train.early_stop_patience is {c.train.early_stop_patience}; use 0 (off) or a number of evaluations.")
+    _check(c.train.early_stop_min_delta >= 0,
+           f"train.early_stop_min_delta is {c.train.early_stop_min_delta}; it must be >= 0.")
+    if c.ps.mode == "localsgd":
+        from hdbl_mpi.local_steps import make_local_steps
+
+        make_local_steps(c.local.strategy, c.local.h, c.local.h_min, c.local.h_max, max(c.train.epochs, 1),
+                         **c.local.options)  # raises ConfigError naming the local.* key
+        _check(0 <= c.local.slowmo_beta < 1, f"local.slowmo_beta is {c.local.slowmo_beta}; it must be in [0, 1).")
+        _check(c.local.slowmo_alpha > 0, f"local.slowmo_alpha is {c.local.slowmo_alpha}; it must be > 0.")
     _check(
         c.ps.staleness >= 1,
         f"ps.staleness is {c.ps.staleness}; the SSP bound must be >= 1 (the spread of commit counts between the "
@@ -336,10 +394,21 @@ def validate(c: Config) -> None:
     )
 
 
+OPTIMIZERS = ("sgd", "sgdm", "adamw", "lars", "lamb")  # built by hdbl_mpi.optim.make_optimizer
+PS_MODES = ("asp", "bsp", "ssp")
+PEER_MODES = ("allreduce", "localsgd")  # every rank a worker, no server
+# MXNet's kvstore names: dist_sync is a BSP parameter server, dist_async an ASP one, local one process.
+KVSTORE_MODES = {"dist_sync": "bsp", "dist_async": "asp", "local": "allreduce"}
+
+
+def has_server(config: Config) -> bool:
+    return config.ps.mode in PS_MODES
+
+
 def required_ranks(config: Config) -> int:
-    """The MPI ranks a config needs: one server plus dual.workers workers. Launchers check their slots
-    against this before starting anything."""
-    return 1 + config.dual.workers
+    """The MPI ranks a config needs: one server plus dual.workers workers, or dual.workers peers without a
+    server. Launchers check their slots against this before starting anything."""
+    return config.dual.workers + (1 if has_server(config) else 0)
 
 
 def _as_list(value) -> list:

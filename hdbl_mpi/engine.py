@@ -61,11 +61,6 @@ def pick_device(requested: str, slot: int) -> torch.device:
     return torch.device(requested)
 
 
-def make_optimizer(model: nn.Module, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
-    """SGD with momentum; weight decay is applied here once (the loss carries no extra L2 term)."""
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is only needed by the caller's tensors: validating a config imports no torch
+    import torch
+
 
 from hdbl_mpi.errors import ConfigError
 

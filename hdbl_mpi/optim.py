@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from hdbl_mpi.config import OPTIMIZERS
 from hdbl_mpi.errors import ConfigError
 
-OPTIMIZERS = ("sgd", "sgdm", "adamw", "lars", "lamb")
 LR_SCHEDULES = ("multistep", "cosine", "constant")
 EARLY_STOPPING_MODES = ("max", "min")
 
@@ -224,6 +224,25 @@ def make_optimizer(
     if key == "lamb":
         return LAMB(params, lr=lr, betas=betas, eps=1e-6 if eps is None else eps, weight_decay=weight_decay)
     raise ConfigError(f"train.optimizer is {name!r}; choose one of {', '.join(OPTIMIZERS)} (case-insensitive).")
+
+
+def optimizer_for(model: nn.Module, train, lr: float) -> torch.optim.Optimizer:
+    """The optimizer of `train` (a TrainConfig) for `model`, with BatchNorm and bias parameters excluded from
+    weight decay and trust-ratio adaptation: every training mode builds its optimizer here."""
+    return make_optimizer(train.optimizer, param_groups(model, train.weight_decay), lr, train.momentum,
+                          train.weight_decay, (train.betas[0], train.betas[1]), None, train.trust_coefficient)
+
+
+def scheduled_lr(train, schedule, epoch: float) -> float:
+    """The LR at fractional `epoch` of a run: after the linear warm-up, either the schedule's stage LR (the
+    multistep milestones, or a cyclic schedule's phases) or, with train.lr_schedule=cosine, cosine annealing
+    from train.lr to train.min_lr over the whole run (a cyclic schedule's phase LRs are then not used)."""
+    if train.lr_schedule == "cosine":
+        return lr_at(epoch, train.lr, schedule="cosine", total_epochs=schedule.epochs,
+                     warmup_epochs=train.warmup_epochs, min_lr=train.min_lr, warmup_start=train.warmup_start)
+    stage_lr = schedule.at(min(int(epoch), schedule.epochs - 1)).lr
+    return lr_at(epoch, stage_lr, schedule="constant", total_epochs=schedule.epochs,
+                 warmup_epochs=train.warmup_epochs, warmup_start=train.warmup_start)
 
 
 def lr_at(

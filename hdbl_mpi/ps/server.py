@@ -28,6 +28,7 @@ from hdbl_mpi.comm.world import SMALL, World, role_of
 from hdbl_mpi.config import Config
 from hdbl_mpi.engine import evaluate
 from hdbl_mpi.errors import PlanError
+from hdbl_mpi.optim import scheduled_lr
 from hdbl_mpi.plan import Plan, make_plan
 from hdbl_mpi.ps.merge import merge_weight
 from hdbl_mpi.run import rundir
@@ -271,7 +272,8 @@ class Server:
         stage = self.schedule.stages[index]
         r = stage.resolution
         batch = st.batch_small[str(r)] if role_of(w, self.plan.small) == SMALL else self.plans[r].batch_large
-        header = REPLY.pack(global_commit=global_id, epoch=st.merged // self.n, lr=stage.lr, stop=float(stop),
+        lr = scheduled_lr(self.config.train, self.schedule, st.merged / self.n)  # warm-up and cosine are per commit
+        header = REPLY.pack(global_commit=global_id, epoch=st.merged // self.n, lr=lr, stop=float(stop),
                             merged=st.merged, held_s=time.perf_counter() - arrived, batch=batch, stage=index,
                             resolution=r, dropout=stage.dropout)
         self.comm.Send(header, dest=w, tag=TAG_REPLY_HEADER)
@@ -317,7 +319,7 @@ class Server:
             "epoch": epoch,
             "stage": self.schedule.index_at(epoch - 1),
             "resolution": stage.resolution,
-            "lr": stage.lr,
+            "lr": scheduled_lr(self.config.train, self.schedule, epoch - 1),
             "train_loss": st.epoch_loss_sum / max(st.epoch_samples, 1),
             "train_acc": st.epoch_correct / max(st.epoch_samples, 1),
             "test_loss": None,

@@ -19,8 +19,9 @@ from hdbl_mpi.comm.wire import (
 )
 from hdbl_mpi.comm.world import World
 from hdbl_mpi.config import Config
-from hdbl_mpi.engine import make_optimizer, set_lr, train_steps
+from hdbl_mpi.engine import set_lr, train_steps
 from hdbl_mpi.models import set_dropout
+from hdbl_mpi.optim import optimizer_for, scheduled_lr
 from hdbl_mpi.plan import Plan, lr_scale, round_half_up
 from hdbl_mpi.schedule import Schedule
 
@@ -58,9 +59,10 @@ def run_worker(
     group = world.role
     stage_index = schedule.index_at(control["epoch"])
     stage = schedule.stages[stage_index]
-    resolution, lr, dropout = stage.resolution, stage.lr, stage.dropout
+    resolution, dropout = stage.resolution, stage.dropout
+    lr = scheduled_lr(config.train, schedule, control["epoch"])
     batch = control["batch_small"][str(resolution)] if group == "small" else plans[resolution].batch_large
-    optimizer = make_optimizer(model, lr, config.train.momentum, config.train.weight_decay)
+    optimizer = optimizer_for(model, config.train, lr)
     header_in = REPLY.empty()
     local = 0
     host = socket.gethostname()
