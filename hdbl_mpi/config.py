@@ -116,7 +116,8 @@ class LocalConfig:
     h_min: int = 1
     h_max: int = 64
     options: dict = field(default_factory=dict)  # the strategy's own knobs: window, threshold, step, every, steepness
-    slowmo_beta: float = 0.0  # SlowMo slow momentum (0 and alpha 1: plain averaging)
+    slowmo: bool = False  # apply SlowMo to the averaged model (with beta 0 and alpha 1 it equals plain averaging)
+    slowmo_beta: float = 0.0  # SlowMo slow momentum
     slowmo_alpha: float = 1.0  # SlowMo slow learning rate
 
 

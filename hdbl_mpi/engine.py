@@ -7,7 +7,9 @@ their exchanges, so the arithmetic of a step lives in one place.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +77,14 @@ class StepStats:
     seconds: float
 
 
+class GradientExchange(Protocol):
+    """Averages gradients across data-parallel ranks inside a step (see hdbl_mpi.baselines.allreduce)."""
+
+    def zero_grad(self) -> None: ...
+
+    def finish(self) -> None: ...
+
+
 def train_steps(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -83,24 +93,41 @@ def train_steps(
     batch_size: int,
     resolution: int,
     device: torch.device,
+    *,
+    exchange: GradientExchange | None = None,
+    lr_of_step: Callable[[int], float] | None = None,
+    after_step: Callable[[int, torch.Tensor, int], None] | None = None,
 ) -> StepStats:
-    """Run `steps` SGD steps of `batch_size` samples from `source` (see hdbl_mpi.data.sources); loss and
-    accuracy are accumulated on the device and read once at the end (no per-step host sync on a GPU)."""
+    """Run `steps` optimizer steps of `batch_size` samples from `source` (see hdbl_mpi.data.sources); loss and
+    accuracy are accumulated on the device and read once at the end (no per-step host sync on a GPU).
+
+    The data-parallel baselines hook in here rather than copying the loop: `exchange` averages the gradients
+    between backward and step, `lr_of_step(i)` sets a per-step LR (warm-up, cosine), and `after_step(i, loss,
+    samples)` runs after each step (LocalSGD's model averaging every H steps)."""
     start = time.perf_counter()
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     done = samples = 0
     for inputs, labels in source.batches(steps, batch_size, resolution):
+        if lr_of_step is not None:
+            set_lr(optimizer, lr_of_step(done))
         logits = model(inputs)
         loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
+        if exchange is None:
+            optimizer.zero_grad()  # set_to_none by default; Horovod's wrapper takes no arguments
+        else:
+            exchange.zero_grad()
         loss.backward()
+        if exchange is not None:
+            exchange.finish()
         optimizer.step()
         loss_sum += loss.detach() * labels.numel()
         correct += (logits.detach().argmax(1) == labels).sum()
         done += 1
         samples += labels.numel()
+        if after_step is not None:
+            after_step(done, loss.detach(), labels.numel())
     loss_value, correct_value = float(loss_sum), int(correct)
     if not torch.isfinite(torch.tensor(loss_value)):
         raise FloatingPointError(

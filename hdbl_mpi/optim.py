@@ -73,7 +73,7 @@ class LARS(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float,
+        lr: float = 1e-3,  # a default, as torch's optimizers have: Horovod re-creates the class from param groups
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         trust_coefficient: float = 0.001,
@@ -141,7 +141,7 @@ class LAMB(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float,
+        lr: float = 1e-3,  # a default, as torch's optimizers have: Horovod re-creates the class from param groups
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-6,
         weight_decay: float = 0.0,
@@ -226,10 +226,11 @@ def make_optimizer(
     raise ConfigError(f"train.optimizer is {name!r}; choose one of {', '.join(OPTIMIZERS)} (case-insensitive).")
 
 
-def optimizer_for(model: nn.Module, train, lr: float) -> torch.optim.Optimizer:
+def optimizer_for(model: nn.Module, train) -> torch.optim.Optimizer:
     """The optimizer of `train` (a TrainConfig) for `model`, with BatchNorm and bias parameters excluded from
-    weight decay and trust-ratio adaptation: every training mode builds its optimizer here."""
-    return make_optimizer(train.optimizer, param_groups(model, train.weight_decay), lr, train.momentum,
+    weight decay and trust-ratio adaptation: every training mode builds its optimizer here. It is built at
+    train.lr; the modes set the scheduled LR (which a warm-up may start at 0) before each step or commit."""
+    return make_optimizer(train.optimizer, param_groups(model, train.weight_decay), train.lr, train.momentum,
                           train.weight_decay, (train.betas[0], train.betas[1]), None, train.trust_coefficient)
 
 

@@ -23,7 +23,7 @@ from mpi4py import MPI
 from hdbl_mpi import __version__
 from hdbl_mpi.comm.wire import FlatState
 from hdbl_mpi.comm.world import World, make_world, threads_per_rank
-from hdbl_mpi.config import Config, config_from_dict, dump_config, load_config
+from hdbl_mpi.config import Config, config_from_dict, dump_config, has_server, load_config
 from hdbl_mpi.data import load_dataset
 from hdbl_mpi.data.sources import DataInfo, open_source
 from hdbl_mpi.engine import gpu_slot, launcher_local_rank, pick_device, wants_gpu
@@ -210,6 +210,10 @@ def train(config_path: str | None, overrides: list[str], resume: str | None, run
     if error:
         raise SetupError(error)
     config = config_from_dict(tree)  # the tree is identical on every rank, and so is any error
+    if not has_server(config):  # allreduce / localsgd: every rank a worker
+        from hdbl_mpi.baselines.peer import train_peers
+
+        return train_peers(comm, config, chosen_dir, checkpoint, bool(resume), t_wall)
 
     # 2. Local set-up on every rank, then agreement.
     world: World | None = None

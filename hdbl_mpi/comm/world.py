@@ -13,7 +13,7 @@ from mpi4py import MPI
 
 from hdbl_mpi.errors import WorldSizeError
 
-SERVER, SMALL, LARGE = "server", "small", "large"
+SERVER, SMALL, LARGE, PEER = "server", "small", "large", "peer"
 _COLORS = {SERVER: 0, SMALL: 1, LARGE: 2}
 
 
@@ -61,6 +61,19 @@ def make_world(workers: int, small: int, comm: MPI.Intracomm | None = None) -> W
     group = comm.Split(_COLORS[role], comm.rank)
     local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
     return World(comm, group, local, comm.rank, comm.size, role, local.rank, local.size)
+
+
+def make_peer_world(workers: int, comm: MPI.Intracomm | None = None) -> World:
+    """Every rank a worker, no server (allreduce, LocalSGD); the group communicator is the whole job."""
+    comm = comm or MPI.COMM_WORLD
+    if comm.size != workers:
+        raise WorldSizeError(
+            f"this job has {comm.size} MPI rank(s) but the config asks for dual.workers={workers} data-parallel "
+            f"workers and no server. Launch with `mpirun -np {workers} ...` (or `hdbl launch`), or set "
+            f"--set dual.workers={comm.size}."
+        )
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+    return World(comm, comm, local, comm.rank, comm.size, PEER, local.rank, local.size)
 
 
 def threads_per_rank(local_size: int, requested: int = 0) -> int:

@@ -233,6 +233,10 @@ def build_command(spec: Launch, environ: dict[str, str] | None = None, root: boo
         argv = [find_tool("horovodrun", require_tools), *_horovodrun_args(spec, environ)]
         if root:  # horovodrun's own mpirun call reads these
             env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        # horovodrun runs whichever mpirun is first on PATH: make it the one next to this Python (a venv's).
+        here = str(Path(sys.executable).parent)
+        if (Path(here) / "mpirun").exists() and not env.get("PATH", "").startswith(here + os.pathsep):
+            env["PATH"] = here + os.pathsep + env.get("PATH", "")
     elif spec.launcher == "srun":
         argv = [find_tool("srun", require_tools), *_srun_args(spec)]
     else:

@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from hdbl_mpi.config import load_config, required_ranks
+from hdbl_mpi.config import has_server, load_config, required_ranks
 from hdbl_mpi.launch.commands import LAUNCHERS, Launch, LaunchError, build_command, hdbl_program, local_cores
 from hdbl_mpi.launch.hosts import Hosts, hosts_from_slurm, parse_hostfile, parse_hosts_arg
 from hdbl_mpi.run import rundir
@@ -64,10 +64,11 @@ def ranks_for(command: list[str], np: int | None, hosts: Hosts | None) -> tuple[
         else:
             config = load_config(train.config, train.set)
         needed = required_ranks(config)
-        why = f"1 server + dual.workers={config.dual.workers} workers"
+        why = (f"1 server + dual.workers={config.dual.workers} workers" if has_server(config) else
+               f"dual.workers={config.dual.workers} {config.ps.mode} workers, no server")
         if np is not None and np != needed:
             raise LaunchError(f"--np {np} but the config needs {needed} ranks ({why}); drop --np, or change the "
-                              f"workers with --set dual.workers={np - 1}.")
+                              f"workers with --set dual.workers={np - needed + config.dual.workers}.")
         return needed, why
     if command[0] == "doctor" and np is None:
         count = len(hosts.hosts) if hosts is not None else 1

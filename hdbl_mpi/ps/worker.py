@@ -62,7 +62,7 @@ def run_worker(
     resolution, dropout = stage.resolution, stage.dropout
     lr = scheduled_lr(config.train, schedule, control["epoch"])
     batch = control["batch_small"][str(resolution)] if group == "small" else plans[resolution].batch_large
-    optimizer = optimizer_for(model, config.train, lr)
+    optimizer = optimizer_for(model, config.train)
     header_in = REPLY.empty()
     local = 0
     host = socket.gethostname()

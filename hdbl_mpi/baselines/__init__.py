@@ -1,0 +1,1 @@
+"""Baselines run by the same trainer: synchronous allreduce SGD and LocalSGD (no parameter server)."""

@@ -1,0 +1,153 @@
+"""Gradient averaging for the synchronous data-parallel baseline: over mpi4py, or through Horovod.
+
+Both give every rank the mean of all ranks' gradients before each optimizer step, which is what a user's
+conventional synchronous job (Horovod's DistributedOptimizer, PyTorch DDP) does, so the hybrid method is
+compared with the real thing and not with a slower stand-in.
+
+mpi4py path, on the CPU: the gradients are views of one float32 vector (set before backward and
+accumulated into in place by autograd), laid out in reverse parameter order, the order backward produces them.
+The vector is cut into buckets of about `bucket_mb`; when the last gradient of a bucket is accumulated (a
+post-accumulate-grad hook) a non-blocking in-place Iallreduce of that bucket starts while backward goes on.
+`finish()` waits for the buckets and divides by the world size. Nothing is copied on the CPU. On a GPU the
+vector is staged through pinned host memory once per step (no CUDA-aware MPI is assumed).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from mpi4py import MPI
+from torch import nn
+
+BACKENDS = ("mpi4py", "horovod")
+
+
+class Mpi4pyAllreduce:
+    """Bucketed, zero-copy gradient averaging over an mpi4py communicator."""
+
+    name = "mpi4py"
+
+    def __init__(self, model: nn.Module, comm: MPI.Intracomm, bucket_mb: float = 25.0) -> None:
+        self.comm, self.size = comm, comm.size
+        params = [p for p in model.parameters() if p.requires_grad]
+        device = params[0].device
+        self.cuda = device.type == "cuda"
+        total = sum(p.numel() for p in params)
+        self.grad = torch.zeros(total, dtype=torch.float32, device=device)
+        self.host = (torch.empty(total, dtype=torch.float32).pin_memory() if self.cuda else self.grad)
+        self.host_np = self.host.numpy()
+        self.nbytes = self.grad.numel() * 4
+        # Reverse order: the last layers' gradients come first out of backward, so their bucket goes first.
+        self.views: list[tuple[nn.Parameter, torch.Tensor]] = []
+        limit = max(1, int(bucket_mb * (1 << 20) / 4))
+        self.buckets: list[tuple[int, int]] = []  # [start, end) of each bucket in the vector
+        self.bucket_of: dict[int, int] = {}
+        offset, start = 0, 0
+        for p in reversed(params):
+            n = p.numel()
+            self.views.append((p, self.grad[offset : offset + n].view_as(p)))
+            self.bucket_of[id(p)] = len(self.buckets)
+            offset += n
+            if offset - start >= limit:
+                self.buckets.append((start, offset))
+                start = offset
+        if offset > start:
+            self.buckets.append((start, offset))
+        self.members = [0] * len(self.buckets)
+        for p, _ in self.views:
+            self.members[self.bucket_of[id(p)]] += 1
+        self.pending: list[int] = []
+        self.requests: list[MPI.Request] = []
+        self.wait_s = 0.0  # time spent in finish(): the part of the exchange that backward did not hide
+        if not self.cuda and self.size > 1:
+            for p, _ in self.views:
+                p.register_post_accumulate_grad_hook(self._ready)
+
+    @property
+    def bucket_count(self) -> int:
+        return len(self.buckets)
+
+    def zero_grad(self) -> None:
+        """Zero the vector and point every .grad at its view (autograd then accumulates in place)."""
+        self.grad.zero_()
+        for p, view in self.views:
+            p.grad = view
+        self.pending = list(self.members)
+        self.requests = []
+
+    def _ready(self, param: torch.Tensor) -> None:
+        bucket = self.bucket_of[id(param)]
+        self.pending[bucket] -= 1
+        if self.pending[bucket] == 0:
+            start, end = self.buckets[bucket]
+            self.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, self.host_np[start:end], op=MPI.SUM))
+
+    def finish(self) -> None:
+        """Wait for every bucket; leave the mean gradient in each parameter's .grad."""
+        start = time.perf_counter()
+        self._finish()
+        self.wait_s += time.perf_counter() - start
+
+    def _finish(self) -> None:
+        for p, view in self.views:
+            if p.grad is not view and p.grad is not None:  # autograd replaced the view (unusual): copy back
+                view.copy_(p.grad)
+                p.grad = view
+        if self.size == 1:
+            return
+        if self.cuda:
+            self.host.copy_(self.grad)
+            self.comm.Allreduce(MPI.IN_PLACE, self.host_np, op=MPI.SUM)
+            self.grad.copy_(self.host, non_blocking=True)
+        else:
+            started = len(self.requests)
+            if started < len(self.buckets):  # parameters unused in this forward never fire their hook
+                done = {b for b, left in enumerate(self.pending) if left == 0}
+                for b, (start, end) in enumerate(self.buckets):
+                    if b not in done:
+                        self.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, self.host_np[start:end], op=MPI.SUM))
+            MPI.Request.Waitall(self.requests)
+        self.grad.div_(self.size)
+
+
+class HorovodAllreduce:
+    """Horovod's DistributedOptimizer does the averaging itself (its own hooks, fusion buffer and, on GPUs,
+    NCCL); this object only initialises Horovod on the job's communicator and wraps the optimizer."""
+
+    name = "horovod"
+
+    def __init__(self, comm: MPI.Intracomm) -> None:
+        import horovod
+        import horovod.torch as hvd
+
+        hvd.init(comm=comm)
+        if hvd.size() != comm.size:
+            raise RuntimeError(f"Horovod sees {hvd.size()} ranks but the job has {comm.size}")
+        self.hvd, self.version = hvd, horovod.__version__
+
+    def wrap(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        hvd = self.hvd
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        return hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average)
+
+    def controllers(self) -> dict:
+        return {"mpi": bool(self.hvd.mpi_built()), "gloo": bool(self.hvd.gloo_built()),
+                "nccl": bool(self.hvd.nccl_built())}
+
+
+def horovod_importable() -> bool:
+    """True when horovod.torch imports (built against this torch); a broken build counts as absent."""
+    try:
+        import horovod.torch  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def average_vector(comm: MPI.Intracomm, vector: np.ndarray) -> None:
+    """In-place mean of a float32 array over the communicator (model averaging, BatchNorm statistics)."""
+    if comm.size > 1:
+        comm.Allreduce(MPI.IN_PLACE, vector, op=MPI.SUM)
+        vector /= comm.size
