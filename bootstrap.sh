@@ -52,7 +52,20 @@ fi
 "$venv/bin/python" -c "import hdbl_mpi, torch, mpi4py; from mpi4py import MPI; \
 print('==> ready: torch', torch.__version__, '| mpi4py', mpi4py.__version__, '|', MPI.Get_library_version().splitlines()[0].strip(' \\x00'))"
 
-# 3. What was asked for.
+# 3. Horovod, the allreduce baseline's second backend, for the test suite: built from PyPI's sdist with the
+#    patches current torch needs, or installed in seconds from the wheel cache (launchers/install_horovod.sh).
+if [ "$what" = test ] && [ "${HDBL_HOROVOD:-1}" != 0 ]; then
+  say "installing Horovod (cached wheel if present, else a 3-4 minute build; HDBL_HOROVOD=0 skips)"
+  hlog="$venv/horovod-install.log"
+  if ! HDBL_HOROVOD_CHECK=0 bash launchers/install_horovod.sh "$venv/bin/python" >"$hlog" 2>&1; then
+    tail -n 40 "$hlog" >&2
+    echo "error: Horovod install failed (full log: $hlog); HDBL_HOROVOD=0 runs the tests without it" >&2
+    exit 1
+  fi
+  grep -E "^==> (using the cached|built|installed)" "$hlog" | sed "s|^==> |==> horovod: |" || true
+fi
+
+# 4. What was asked for.
 case "$what" in
   demo) say "training the demo (1 server + 4 workers)"
         exec "$venv/bin/python" -m hdbl_mpi.cli launch train configs/demo.yaml --run-dir runs/demo ;;

@@ -217,6 +217,27 @@ def _doctor(args: argparse.Namespace) -> int:
     return doctor(datasets, data_dir, bool(args.config), args.json, _under_mpi())
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    """`hdbl evaluate`: test a checkpoint in one process."""
+    import json
+
+    from hdbl_mpi.evaluate import evaluate_checkpoint
+
+    try:
+        result = evaluate_checkpoint(args.target, args.config, args.set, args.resolution, args.device,
+                                     args.batch_size)
+    except HdblError as err:
+        print(f"hdbl evaluate: error: {err}", file=sys.stderr)
+        return err.exit_code
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['checkpoint']} (epoch {result['epoch']}, {result['mode']}): top-1 {result['top1']:.4f}, "
+              f"loss {result['test_loss']:.4f} on {result['test_size']} {result['dataset']} test images at "
+              f"{result['resolution']} px ({result['device']}, {result['seconds']:.1f} s)")
+    return 0
+
+
 def _launch(args: argparse.Namespace) -> int:
     from hdbl_mpi.launch.job import launch
 
@@ -291,6 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("target", metavar="CONFIG|PRESET", help="a YAML config, or cifar-paper, imagenet-paper, demo")
     schedule.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
     schedule.set_defaults(func=_schedule)
+
+    ev = sub.add_parser("evaluate", help="test a checkpoint (a run directory or checkpoint.pt), one process")
+    ev.add_argument("target", metavar="RUN_DIR|CHECKPOINT")
+    ev.add_argument("--config", help="the run's YAML (default: config.yaml beside the checkpoint)")
+    ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
+    ev.add_argument("--resolution", type=int, help="test resolution (default: the schedule's top one)")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    ev.add_argument("--batch-size", type=int, help="evaluation batch (default eval.batch_size)")
+    ev.add_argument("--json", action="store_true", help="one JSON object")
+    ev.set_defaults(func=_evaluate)
 
     doc = sub.add_parser("doctor", help="what this node (every host, under mpirun) has and lacks, with fixes")
     doc.add_argument("--config", help="also require this config's data set on every host")

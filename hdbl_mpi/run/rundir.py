@@ -129,7 +129,11 @@ def load_checkpoint(path: Path) -> tuple[Any, dict]:
             f"no checkpoint at {path}: the run stopped before its first checkpoint (run.checkpoint_every epochs). "
             "Start it again without --resume."
         )
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, damaged, or not written by hdbl (a pickle of other objects)
+        raise HdblError(f"{path} cannot be read as an hdbl checkpoint ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:200]}); it is damaged or was not written by hdbl.") from None
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise HdblError(f"{path} is not an hdbl checkpoint of format {CHECKPOINT_FORMAT}; it cannot be resumed.")
     return blob["vector"], blob["state"]

@@ -45,6 +45,17 @@ def test_allreduce_mode_writes_the_same_outputs_as_the_ps_modes(tmp_path):
     report = subprocess.run([sys.executable, "-m", "hdbl_mpi.cli", "report", str(run.run_dir)], capture_output=True,
                             text=True, timeout=60)
     assert report.returncode == 0 and "allreduce" in report.stdout
+    # `hdbl evaluate` tests the final checkpoint in one process and gets the run's own final top-1.
+    evaluated = subprocess.run([sys.executable, "-m", "hdbl_mpi.cli", "evaluate", str(run.run_dir), "--json"],
+                               capture_output=True, text=True, timeout=120)
+    assert evaluated.returncode == 0, evaluated.stderr
+    result = json.loads(evaluated.stdout)
+    assert (result["epoch"], result["mode"]) == (2, "allreduce")
+    assert result["top1"] == pytest.approx(s["final_top1"])
+    wrong = subprocess.run([sys.executable, "-m", "hdbl_mpi.cli", "evaluate", str(run.run_dir), "--set",
+                            "model.width=16"], capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "evaluate with the run's own config" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
 
 
 def test_localsgd_with_h1_matches_synchronous_sgd(tmp_path):

@@ -19,18 +19,22 @@ def _set_args(overrides: list[str]) -> list[str]:
     return [arg for item in overrides for arg in ("--set", item)]
 
 
-def test_hdbl_launch_on_localhost_trains_the_ps_mode(tmp_path):
+@pytest.mark.parametrize("mode, ranks, why", [
+    ("asp", 3, "1 server + dual.workers=2 workers"),
+    ("allreduce", 2, "dual.workers=2 allreduce workers, no server"),
+])
+def test_hdbl_launch_on_localhost_trains(tmp_path, mode, ranks, why):
     run_dir = tmp_path / "run"
-    argv = [sys.executable, "-m", "hdbl_mpi.cli", "launch", "-H", "localhost:3", "train", "--run-dir", str(run_dir),
-            *_set_args(FAST + ["dual.workers=2", "train.epochs=1"])]
+    argv = [sys.executable, "-m", "hdbl_mpi.cli", "launch", "-H", f"localhost:{ranks}", "train", "--run-dir",
+            str(run_dir), *_set_args(FAST + ["dual.workers=2", "train.epochs=1", f"ps.mode={mode}"])]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=180)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    assert "hdbl launch: 3 ranks (1 server + dual.workers=2 workers) on 1 host(s) with 3 slots from -H" in out
-    assert "+ " in out and " -np 3 -H localhost:3 " in out  # the command it ran is shown
+    assert f"hdbl launch: {ranks} ranks ({why}) on 1 host(s) with {ranks} slots from -H" in out
+    assert f" -np {ranks} -H localhost:{ranks} " in out  # the command it ran is shown
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["world_size"] == 3 and summary["commits_total"] == 2
-    # Without a launcher variable the local rank would come from the MPI split; mpirun sets Open MPI's.
+    assert summary["world_size"] == ranks and summary["mode"] == mode and summary["epochs_completed"] == 1
+    # mpirun sets Open MPI's local-rank variable; without one the MPI shared-memory split is used.
     assert {d["local_rank_from"] for d in summary["devices"].values()} <= {
         "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MPI shared-memory split"}
 
