@@ -180,6 +180,9 @@ def _prepare_run_dir(run_path: Path, checkpoint: str | None, config: Config, sch
         flat.vector.copy_(vector)
         state = ServerState(**saved)
         n = config.dual.workers
+        if state.early_stopped_at is not None:
+            raise HdblError(f"{run_path} stopped early after epoch {state.early_stopped_at} "
+                            "(train.early_stop_patience); there is nothing to resume.")
         if state.merged >= schedule.epochs * n:
             raise HdblError(
                 f"{run_path} already finished its {state.merged // n} epochs; to train longer, resume with "

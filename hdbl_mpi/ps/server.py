@@ -28,7 +28,7 @@ from hdbl_mpi.comm.world import SMALL, World, role_of
 from hdbl_mpi.config import Config
 from hdbl_mpi.engine import evaluate
 from hdbl_mpi.errors import PlanError
-from hdbl_mpi.optim import scheduled_lr
+from hdbl_mpi.optim import EarlyStopping, scheduled_lr
 from hdbl_mpi.plan import Plan, make_plan
 from hdbl_mpi.ps.merge import merge_weight
 from hdbl_mpi.run import rundir
@@ -113,6 +113,8 @@ class ServerState:
     final_top1: float | None = None  # at the top resolution
     final_loss: float | None = None
     replans: list = field(default_factory=list)
+    early_stopping: dict = field(default_factory=dict)  # EarlyStopping's state, kept across a resume
+    early_stopped_at: int | None = None  # the epoch after which the run stops early
 
 
 class Balance:
@@ -181,7 +183,10 @@ class Server:
         self.recv_np = self.recv.numpy()
         self.evaluator, self.state, self.timeout_s = evaluator, state, timeout_s
         self.n = config.dual.workers
-        self.total = schedule.epochs * self.n
+        self.total = schedule.epochs * self.n  # lowered by early stopping, always to the end of an epoch
+        self.stopper = EarlyStopping(config.train.early_stop_patience, config.train.early_stop_min_delta)
+        if state.early_stopping:
+            self.stopper.load_state_dict(state.early_stopping)
         self.mode = config.ps.mode
         self.workers = list(range(1, self.n + 1))
         for w in self.workers:
@@ -334,9 +339,9 @@ class Server:
                           "time/train_s": row["train_time_s"]}, epoch)
         self.t_epoch = now
         st.epoch_loss_sum = st.epoch_correct = st.epoch_samples = 0.0
-        due_eval = eval_due(self.config, self.schedule.epochs, epoch)
+        due_eval = eval_due(self.config, self.total // self.n, epoch)
         every = self.config.run.checkpoint_every
-        last = epoch == self.schedule.epochs
+        last = epoch == self.total // self.n
         due_ckpt = last or (every > 0 and epoch % every == 0)
         snapshot = self.W.clone() if (due_eval or due_ckpt) else None
         if due_eval:
@@ -370,9 +375,28 @@ class Server:
             row = next(r for r in st.history if r["epoch"] == epoch)
             row["test_loss"], row["test_acc"] = loss, acc
             st.best_top1 = acc if st.best_top1 is None else max(st.best_top1, acc)
+            if self.stopper.update(acc):
+                self._stop_early(epoch)
+            st.early_stopping = self.stopper.state_dict()
             self.scalars.add({"test/loss": loss, "test/accuracy": acc}, epoch)
             self.progress.epoch(epoch, row["train_acc"], acc, row["wall_s"], row["train_loss"])
         rundir.write_epochs(self.run_dir / rundir.EPOCHS, st.history)
+
+    def _stop_early(self, evaluated_epoch: int) -> None:
+        """Early stopping: evaluations finish in the background while training goes on, so the run ends at the
+        first epoch boundary that covers every commit already under way; those commits are still merged."""
+        st = self.state
+        end = -(-(st.merged + len(self.training)) // self.n) * self.n
+        if end == st.merged:  # nothing under way and that epoch already closed: finish the next one
+            end += self.n
+        if end >= self.total:
+            return
+        self.total = end
+        self.progress.total = end
+        st.early_stopped_at = end // self.n
+        self.progress.line(f"early stop: no better test top-1 than {self.stopper.best:.4f} for "
+                           f"{self.stopper.bad_updates} evaluation(s) (last after epoch {evaluated_epoch}); "
+                           f"the run ends after epoch {st.early_stopped_at}")
 
     # -- main loop -----------------------------------------------------------------------------------------
     def _finished(self) -> bool:
@@ -451,6 +475,7 @@ class Server:
             "restarts": list(st.restarts),
             "balance": [self.balance_report(r) for r in sorted(self.plans)],
             "replans": list(st.replans),
+            "early_stopped_at": st.early_stopped_at,
             "batch_small_final": st.batch_small,
             "tensorboard": self.scalars.status,
         }

@@ -111,6 +111,20 @@ def test_early_stopping_ends_the_run_and_is_reported(tmp_path):
     assert "early stop after epoch 2" in run.output and s["final_top1"] is not None
 
 
+def test_early_stopping_in_the_parameter_server(tmp_path):
+    """Evaluations finish in the server's background thread, so the stop comes at the end of the epoch in
+    progress when the verdict arrives: after epoch 2 at the earliest, always at an epoch boundary."""
+    run = run_train(3, tmp_path / "ps-es", ["dual.workers=2", "train.epochs=8", "train.early_stop_patience=1",
+                                            "train.early_stop_min_delta=1.0"])
+    assert run.returncode == 0, run.output
+    s = run.summary()
+    assert s["early_stopped_at"] is not None and 2 <= s["early_stopped_at"] < 8
+    assert s["epochs_completed"] == s["early_stopped_at"] and s["commits_total"] == 2 * s["early_stopped_at"]
+    assert s["final_top1"] is not None and "early stop: no better test top-1" in run.output
+    resumed = run_train(3, tmp_path / "ps-es", [], resume=True)
+    assert resumed.returncode == 2 and "stopped early after epoch" in resumed.output
+
+
 def test_kvstore_names_and_optimizers_in_the_ps_modes(tmp_path):
     """dist_sync is the BSP parameter server; LAMB, warm-up and cosine run through the PS workers too."""
     run = run_train(3, tmp_path / "ps", ["ps.mode=dist_sync", "dual.workers=2", "train.epochs=3",
