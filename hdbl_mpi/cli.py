@@ -13,11 +13,14 @@ from hdbl_mpi.errors import HdblError, SetupError
 def _train(args: argparse.Namespace) -> int:
     from mpi4py import MPI
 
-    from hdbl_mpi.train import train
+    from hdbl_mpi.startup import shared_config
 
     comm = MPI.COMM_WORLD
     try:
-        return train(args.config, args.set, args.resume, args.run_dir, args.verbose)
+        shared = shared_config(comm, args.config, args.set, args.resume, args.run_dir)  # before torch loads
+        from hdbl_mpi.train import train
+
+        return train(shared, bool(args.resume), args.verbose)
     except SetupError as err:  # every rank raised it: each exits, rank 0 says why
         if comm.rank == 0:
             print(f"hdbl train: error: {err}", file=sys.stderr, flush=True)

@@ -322,6 +322,9 @@ def validate(c: Config) -> None:
         0 <= c.dual.small <= c.dual.workers,
         f"dual.small is {c.dual.small}; it must be between 0 and dual.workers={c.dual.workers}.",
     )
+    for key in ("batch_large", "time_a", "time_b"):
+        value = getattr(c.dual, key)
+        _check(value != [], f"dual.{key} is an empty list; give one value, or one per resolution.")
     _check(
         c.dual.batch_large is None or min(_as_list(c.dual.batch_large)) >= 1,
         f"dual.batch_large is {c.dual.batch_large}; it must be >= 1.",

@@ -166,6 +166,9 @@ def make_plan(
         d_l = round_half_up(D / n)
         return Plan(D, n, 0, 1.0, B_L, None, d_l, None, max(1, round_half_up(d_l / B_L)), None, factor, 1.0,
                     a, b, None, None, None)
+    for name, value in (("dual.time_a", a), ("dual.time_b", b), ("dual.extra_time", t)):
+        if value is not None and not math.isfinite(value):
+            raise PlanError(f"{name} is {value}; it must be a finite number (measure a and b with `hdbl profile`).")
     if a is None or b is None or a < 0 or b < 0 or a + b <= 0:
         hint = ""
         if b is not None and b < 0:

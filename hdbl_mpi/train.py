@@ -23,7 +23,7 @@ from mpi4py import MPI
 from hdbl_mpi import __version__
 from hdbl_mpi.comm.wire import FlatState
 from hdbl_mpi.comm.world import World, make_world, threads_per_rank
-from hdbl_mpi.config import Config, config_from_dict, dump_config, has_server, load_config
+from hdbl_mpi.config import Config, dump_config, has_server
 from hdbl_mpi.data import load_dataset
 from hdbl_mpi.data.sources import DataInfo, open_source
 from hdbl_mpi.engine import gpu_slot, launcher_local_rank, pick_device, wants_gpu
@@ -36,32 +36,7 @@ from hdbl_mpi.schedule import Schedule
 from hdbl_mpi.schedule import from_config as schedule_from_config
 from hdbl_mpi.ps.worker import run_worker
 from hdbl_mpi.run import rundir
-
-
-def _read_config(config_path: str | None, overrides: list[str], resume: str | None, run_dir: str | None):
-    """Rank 0 only: the config tree, the run directory, the checkpoint to resume from (if any) and the stored
-    profile the run uses (if any): a resumed `profile: auto` run reuses its own profile, so its plan stays put."""
-    checkpoint = None
-    if resume:
-        resume_dir = Path(resume)
-        saved = resume_dir / rundir.CONFIG
-        if not saved.is_file():
-            raise HdblError(f"--resume {resume}: no {rundir.CONFIG} there; pass the run directory of an earlier run.")
-        config = load_config(saved, overrides)
-        chosen, checkpoint = str(resume_dir), resume_dir / rundir.CHECKPOINT
-    else:
-        config = load_config(config_path, overrides)  # no file: the defaults plus --set overrides
-        chosen = run_dir or config.run.dir or str(rundir.default_run_dir())
-        config.run.dir = chosen
-    profile = None
-    source = config.dual.profile
-    if source == "auto" and resume and (Path(chosen) / rundir.PROFILE).is_file():
-        source = str(Path(chosen) / rundir.PROFILE)
-    if source not in (None, "auto"):
-        from hdbl_mpi.profiles import load_profile
-
-        profile = load_profile(source)
-    return config.to_dict(), chosen, checkpoint, profile
+from hdbl_mpi.startup import SharedConfig
 
 
 def _agree(comm: MPI.Intracomm, error: BaseException | None, value) -> list:
@@ -196,27 +171,15 @@ def _prepare_run_dir(run_path: Path, checkpoint: str | None, config: Config, sch
     return state
 
 
-def train(config_path: str | None, overrides: list[str], resume: str | None, run_dir: str | None,
-          verbose: bool) -> int:
+def train(shared: SharedConfig, resume: bool, verbose: bool) -> int:
+    """Run the job of `shared` (the config rank 0 read and every rank received, see hdbl_mpi.startup)."""
     comm = MPI.COMM_WORLD
-    t_wall = time.perf_counter()
-
-    # 1. Rank 0 reads the config (or the run it resumes) and broadcasts it: files need exist on one host only.
-    payload: tuple = (None, None, None, None, None)
-    if comm.rank == 0:
-        try:
-            tree, chosen_dir, checkpoint, stored_profile = _read_config(config_path, overrides, resume, run_dir)
-            payload = (None, tree, chosen_dir, str(checkpoint) if checkpoint else None, stored_profile)
-        except HdblError as err:
-            payload = (str(err), None, None, None, None)
-    error, tree, chosen_dir, checkpoint, stored_profile = comm.bcast(payload, root=0)
-    if error:
-        raise SetupError(error)
-    config = config_from_dict(tree)  # the tree is identical on every rank, and so is any error
+    t_wall = shared.t_start
+    config, chosen_dir, checkpoint, stored_profile = shared.config, shared.run_dir, shared.checkpoint, shared.profile
     if not has_server(config):  # allreduce / localsgd: every rank a worker
         from hdbl_mpi.baselines.peer import train_peers
 
-        return train_peers(comm, config, chosen_dir, checkpoint, bool(resume), t_wall)
+        return train_peers(comm, config, chosen_dir, checkpoint, resume, t_wall)
 
     # 2. Local set-up on every rank, then agreement.
     world: World | None = None

@@ -29,8 +29,8 @@ class Mpi4pyAllreduce:
 
     name = "mpi4py"
 
-    def __init__(self, model: nn.Module, comm: MPI.Intracomm, bucket_mb: float = 25.0) -> None:
-        self.comm, self.size = comm, comm.size
+    def __init__(self, model: nn.Module, comm: MPI.Intracomm, bucket_mb: float = 25.0, overlap: bool = True) -> None:
+        self.comm, self.size, self.overlap = comm, comm.size, overlap
         params = [p for p in model.parameters() if p.requires_grad]
         device = params[0].device
         self.cuda = device.type == "cuda"
@@ -61,9 +61,9 @@ class Mpi4pyAllreduce:
         self.pending: list[int] = []
         self.requests: list[MPI.Request] = []
         self.wait_s = 0.0  # time spent in finish(): the part of the exchange that backward did not hide
-        if not self.cuda and self.size > 1:
-            for p, _ in self.views:
-                p.register_post_accumulate_grad_hook(self._ready)
+        self.hooks = []
+        if overlap and not self.cuda and self.size > 1:
+            self.hooks = [p.register_post_accumulate_grad_hook(self._ready) for p, _ in self.views]
 
     @property
     def bucket_count(self) -> int:
@@ -77,7 +77,15 @@ class Mpi4pyAllreduce:
         self.pending = list(self.members)
         self.requests = []
 
+    def remove(self) -> None:
+        """Unhook from the model (another exchange, or none, can then drive its backward)."""
+        for handle in self.hooks:
+            handle.remove()
+        self.hooks = []
+
     def _ready(self, param: torch.Tensor) -> None:
+        if not self.pending:  # a backward outside a step of this exchange (zero_grad not called): nothing to send
+            return
         bucket = self.bucket_of[id(param)]
         self.pending[bucket] -= 1
         if self.pending[bucket] == 0:
@@ -101,6 +109,9 @@ class Mpi4pyAllreduce:
             self.host.copy_(self.grad)
             self.comm.Allreduce(MPI.IN_PLACE, self.host_np, op=MPI.SUM)
             self.grad.copy_(self.host, non_blocking=True)
+        elif not self.overlap:  # blocking collectives: no overlap with backward, but Open MPI's are faster
+            for start, end in self.buckets:
+                self.comm.Allreduce(MPI.IN_PLACE, self.host_np[start:end], op=MPI.SUM)
         else:
             started = len(self.requests)
             if started < len(self.buckets):  # parameters unused in this forward never fire their hook
@@ -110,6 +121,7 @@ class Mpi4pyAllreduce:
                         self.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, self.host_np[start:end], op=MPI.SUM))
             MPI.Request.Waitall(self.requests)
         self.grad.div_(self.size)
+        self.pending = []
 
 
 class HorovodAllreduce:
