@@ -27,8 +27,9 @@ def _train(args: argparse.Namespace) -> int:
         return err.exit_code
     except BaseException as err:  # known to this rank only (a bug, a lost peer): abort the whole job, never hang
         kind = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-        print(f"hdbl train: rank {comm.rank}/{comm.size} {kind}: {type(err).__name__}: {err}\n"
-              f"{traceback.format_exc()}", file=sys.stderr, flush=True)
+        detail = "" if isinstance(err, HdblError) else f"\n{traceback.format_exc()}"  # ours say what to do
+        print(f"hdbl train: rank {comm.rank}/{comm.size} {kind}: {type(err).__name__}: {err}{detail}",
+              file=sys.stderr, flush=True)
         comm.Abort(1)
         return 1
 

@@ -102,6 +102,7 @@ class PSConfig:
     backend: str = "auto"  # allreduce: auto (Horovod when it imports, else mpi4py) | horovod | mpi4py
     bucket_mb: float = 25.0  # allreduce over mpi4py: gradient bucket size
     staleness: int = 2  # SSP bound s
+    max_nonfinite: int = 3  # stop after this many non-finite pushes in a row from one worker (each is rejected)
     merge: str = "journal"  # journal | conference
     timeout_s: float = 0.0  # longest wait for any message; 0: 600 s + 20 planned commit times
     device: str = "cpu"  # the server's evaluation device (cpu | auto | cuda | cuda:N); it merges on the host
@@ -138,9 +139,13 @@ class DebugConfig:
     """Fault and delay injection, for tests and for seeing what the tool does when a rank misbehaves."""
 
     raise_on_rank: int = -1  # this rank raises RuntimeError ...
-    raise_at_commit: int = 0  # ... when it is about to make this local commit (0 = at start-up)
+    raise_at_commit: int = 0  # ... when it is about to make this local commit (rank 0: after this many merges)
+    crash: str = "raise"  # how: raise (an exception), exit (code 3, no MPI_Finalize), kill (SIGKILL itself)
     slow_rank: int = -1  # this worker rank sleeps ...
     slow_seconds: float = 0.0  # ... this long before every push
+    nan_rank: int = -1  # this worker rank pushes NaN weights and loss ...
+    nan_at_commit: int = 1  # ... from this local commit on ...
+    nan_commits: int = 1  # ... for this many commits (a diverging worker)
 
 
 @dataclass
@@ -385,6 +390,11 @@ def validate(c: Config) -> None:
         "fastest and the slowest worker); use ps.mode=bsp for lock-step rounds.",
     )
     _check(c.ps.merge in MERGE_RULES, f"ps.merge is {c.ps.merge!r}; use one of {', '.join(MERGE_RULES)}.")
+    from hdbl_mpi.run.faults import CRASH_MODES
+
+    _check(c.debug.crash in CRASH_MODES, f"debug.crash is {c.debug.crash!r}; use one of {', '.join(CRASH_MODES)}.")
+    _check(c.ps.max_nonfinite >= 1,
+           f"ps.max_nonfinite is {c.ps.max_nonfinite}; it must be >= 1 (non-finite pushes in a row before stopping).")
     _check(c.ps.timeout_s >= 0, f"ps.timeout_s is {c.ps.timeout_s}; use 0 for automatic or a positive number.")
     _check(c.eval.every >= 0, f"eval.every is {c.eval.every}; use 0 (end only) or a number of epochs.")
     _check(c.eval.batch_size >= 1, f"eval.batch_size is {c.eval.batch_size}; it must be >= 1.")

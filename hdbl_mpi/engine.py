@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hdbl_mpi.errors import ResourceError
+
 
 
 # Where launchers put a rank's index among the ranks of its host: Open MPI, MPICH/Hydra and Intel MPI, SLURM's
@@ -77,6 +79,24 @@ class StepStats:
     seconds: float
 
 
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
+    text = str(err)
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text.lower() or \
+        "can't allocate memory" in text
+
+
+def out_of_memory(err: BaseException, batch_size: int, resolution: int, device: torch.device) -> ResourceError:
+    """The error a user sees instead of an allocator traceback: what ran out, where, and how to size it."""
+    first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    return ResourceError(
+        f"out of memory on {device} at batch size {batch_size}, {resolution} px ({first}). The batch does not fit "
+        "this device: measure the largest one that does with `hdbl profile --model NAME --resolutions "
+        f"{resolution}` (or set dual.profile: auto, which takes B_L from that measurement), or lower "
+        "dual.batch_large, the resolution or the model size."
+    )
+
+
 class GradientExchange(Protocol):
     """Averages gradients across data-parallel ranks inside a step (see hdbl_mpi.baselines.allreduce)."""
 
@@ -97,13 +117,15 @@ def train_steps(
     exchange: GradientExchange | None = None,
     lr_of_step: Callable[[int], float] | None = None,
     after_step: Callable[[int, torch.Tensor, int], None] | None = None,
+    check_finite: bool = True,
 ) -> StepStats:
     """Run `steps` optimizer steps of `batch_size` samples from `source` (see hdbl_mpi.data.sources); loss and
     accuracy are accumulated on the device and read once at the end (no per-step host sync on a GPU).
 
     The data-parallel baselines hook in here rather than copying the loop: `exchange` averages the gradients
     between backward and step, `lr_of_step(i)` sets a per-step LR (warm-up, cosine), and `after_step(i, loss,
-    samples)` runs after each step (LocalSGD's model averaging every H steps)."""
+    samples)` runs after each step (LocalSGD's model averaging every H steps). A non-finite loss raises unless
+    `check_finite` is off (a parameter-server worker pushes it, flagged, and the server rejects the push)."""
     start = time.perf_counter()
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -112,13 +134,18 @@ def train_steps(
     for inputs, labels in source.batches(steps, batch_size, resolution):
         if lr_of_step is not None:
             set_lr(optimizer, lr_of_step(done))
-        logits = model(inputs)
-        loss = F.cross_entropy(logits, labels)
-        if exchange is None:
-            optimizer.zero_grad()  # set_to_none by default; Horovod's wrapper takes no arguments
-        else:
-            exchange.zero_grad()
-        loss.backward()
+        try:
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, labels)
+            if exchange is None:
+                optimizer.zero_grad()  # set_to_none by default; Horovod's wrapper takes no arguments
+            else:
+                exchange.zero_grad()
+            loss.backward()
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err):
+                raise
+            raise out_of_memory(err, batch_size, resolution, device) from None
         if exchange is not None:
             exchange.finish()
         optimizer.step()
@@ -129,7 +156,7 @@ def train_steps(
         if after_step is not None:
             after_step(done, loss.detach(), labels.numel())
     loss_value, correct_value = float(loss_sum), int(correct)
-    if not torch.isfinite(torch.tensor(loss_value)):
+    if check_finite and not torch.isfinite(torch.tensor(loss_value)):
         raise FloatingPointError(
             f"training loss became {loss_value} at batch size {batch_size}, lr {optimizer.param_groups[0]['lr']}; "
             "lower train.lr."

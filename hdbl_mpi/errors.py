@@ -35,3 +35,7 @@ class SetupError(HdblError):
     """Set-up failed and every rank of the job knows it (the ranks agreed on it), so each can exit cleanly.
 
     Any other error in an MPI job is known to one rank only and must abort the whole job instead."""
+
+
+class ResourceError(HdblError):
+    """The device ran out of memory at the batch size and resolution asked for."""

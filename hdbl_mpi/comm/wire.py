@@ -106,10 +106,11 @@ class HeaderLayout:
 
 
 # Worker -> server, before the pushed weights.
-PUSH = HeaderLayout(("local_commit", "samples", "steps", "batch", "resolution", "loss_sum", "correct", "compute_s"))
+PUSH = HeaderLayout(("local_commit", "samples", "steps", "batch", "resolution", "loss_sum", "correct", "compute_s",
+                     "finite"))
 # Server -> worker, before the merged weights (and, with epoch = -1, at start-up).
 REPLY = HeaderLayout(("global_commit", "epoch", "lr", "stop", "merged", "held_s", "batch", "stage", "resolution",
-                      "dropout"))
+                      "dropout", "rejected"))
 
 
 class Backoff:

@@ -9,6 +9,7 @@ workers' critical path, and its time is accounted separately from training time.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -27,11 +28,12 @@ from hdbl_mpi.comm.wire import (
 from hdbl_mpi.comm.world import SMALL, World, role_of
 from hdbl_mpi.config import Config
 from hdbl_mpi.engine import evaluate
-from hdbl_mpi.errors import PlanError
+from hdbl_mpi.errors import HdblError, PlanError
 from hdbl_mpi.optim import EarlyStopping, scheduled_lr
 from hdbl_mpi.plan import Plan, make_plan
 from hdbl_mpi.ps.merge import merge_weight
 from hdbl_mpi.run import rundir
+from hdbl_mpi.run.faults import maybe_crash
 from hdbl_mpi.run.progress import Progress
 from hdbl_mpi.run.scalars import Scalars
 from hdbl_mpi.run.trace import write_trace
@@ -115,6 +117,7 @@ class ServerState:
     replans: list = field(default_factory=list)
     early_stopping: dict = field(default_factory=dict)  # EarlyStopping's state, kept across a resume
     early_stopped_at: int | None = None  # the epoch after which the run stops early
+    nonfinite_rejected: dict = field(default_factory=dict)  # rank -> pushes rejected for NaN/Inf
 
 
 class Balance:
@@ -195,6 +198,8 @@ class Server:
         self.training = set(self.workers)  # ranks computing a commit right now
         self.pending: dict[int, tuple[int, float]] = {}  # rank -> (global commit id, arrival time)
         self.stopped: set[int] = set()
+        self.rejected: set[int] = set()  # ranks whose last push was rejected (told so in the reply)
+        self.nonfinite_streak = {w: 0 for w in self.workers}  # consecutive rejected pushes per rank
         self.records_seen = {w: 0 for w in self.workers}
         self.records: list[dict] = []
         for r, p in plans.items():
@@ -229,20 +234,27 @@ class Server:
         arrived = time.perf_counter()
         info = PUSH.unpack(header)
         self.training.discard(src)
-        if self.mode == "bsp":
-            factor = self._factor(src)
-            self.bsp_sum.add_(self.recv, alpha=factor)
-            self.bsp_factor += factor
+        bad = not info["finite"] or not math.isfinite(info["loss_sum"])
+        if bad:
+            self._reject(src, info)
         else:
+            self.nonfinite_streak[src] = 0
+        if self.mode == "bsp":  # a rejected push counts as "no change" in the round's average
+            factor = self._factor(src)
+            self.bsp_sum.add_(self.W if bad else self.recv, alpha=factor)
+            self.bsp_factor += factor
+        elif not bad:
             self.W.lerp_(self.recv, self.weights[src])
         st = self.state
-        st.merged += 1
+        st.merged += 1  # a rejected commit still counts: its data was used up, its update is dropped
+        maybe_crash(self.config.debug, 0, st.merged, "merged commit")
         self.t_last_merge = time.perf_counter()
         st.commits_by_worker[str(src)] += 1
-        st.samples_by_group[role_of(src, self.plan.small)] += int(info["samples"])
-        st.epoch_loss_sum += info["loss_sum"]
-        st.epoch_correct += info["correct"]
-        st.epoch_samples += info["samples"]
+        if not bad:
+            st.samples_by_group[role_of(src, self.plan.small)] += int(info["samples"])
+            st.epoch_loss_sum += info["loss_sum"]
+            st.epoch_correct += info["correct"]
+            st.epoch_samples += info["samples"]
         self.progress.commit(st.merged, int(info["samples"]))
         if self.balances is not None:
             self._maybe_replan(role_of(src, self.plan.small), info)
@@ -258,6 +270,25 @@ class Server:
             return
         self._maybe_close_epoch()
         self._release()
+
+    def _reject(self, src: int, info: dict[str, float]) -> None:
+        """A push with a non-finite loss or weights is not merged; its worker gets the global weights back and
+        resets its momentum. Too many in a row means training diverged: stop with the advice to lower the LR."""
+        st = self.state
+        st.nonfinite_rejected[str(src)] = st.nonfinite_rejected.get(str(src), 0) + 1
+        self.nonfinite_streak[src] += 1
+        self.rejected.add(src)
+        lr = scheduled_lr(self.config.train, self.schedule, st.merged / self.n)
+        self.progress.line(f"rejected a non-finite push from rank {src} (commit {int(info['local_commit'])}, loss "
+                           f"{info['loss_sum'] / max(info['samples'], 1):.4g}, lr {lr:.4g}); it restarts from the "
+                           f"global weights ({self.nonfinite_streak[src]} in a row)")
+        if self.nonfinite_streak[src] >= self.config.ps.max_nonfinite:
+            raise HdblError(
+                f"{self.nonfinite_streak[src]} pushes in a row from rank {src} had a non-finite loss or weights, "
+                "each time after restarting from the global weights: training diverged. Lower train.lr "
+                f"(now {lr:.4g}) or add a warm-up (train.warmup_epochs); "
+                f"--resume continues from the last checkpoint in {self.run_dir}."
+            )
 
     def _release(self) -> None:
         """Reply to every held worker that may go on (ASP: all; SSP: those within the staleness bound)."""
@@ -280,7 +311,8 @@ class Server:
         lr = scheduled_lr(self.config.train, self.schedule, st.merged / self.n)  # warm-up and cosine are per commit
         header = REPLY.pack(global_commit=global_id, epoch=st.merged // self.n, lr=lr, stop=float(stop),
                             merged=st.merged, held_s=time.perf_counter() - arrived, batch=batch, stage=index,
-                            resolution=r, dropout=stage.dropout)
+                            resolution=r, dropout=stage.dropout, rejected=float(w in self.rejected))
+        self.rejected.discard(w)
         self.comm.Send(header, dest=w, tag=TAG_REPLY_HEADER)
         self.comm.Send(self.W_np, dest=w, tag=TAG_REPLY_WEIGHTS)
         if stop:
@@ -476,6 +508,7 @@ class Server:
             "balance": [self.balance_report(r) for r in sorted(self.plans)],
             "replans": list(st.replans),
             "early_stopped_at": st.early_stopped_at,
+            "nonfinite_rejected": dict(st.nonfinite_rejected),
             "batch_small_final": st.batch_small,
             "tensorboard": self.scalars.status,
         }

@@ -7,6 +7,7 @@ set, push the full weights, receive the merged weights and the control state (ep
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 
@@ -23,6 +24,7 @@ from hdbl_mpi.engine import set_lr, train_steps
 from hdbl_mpi.models import set_dropout
 from hdbl_mpi.optim import optimizer_for, scheduled_lr
 from hdbl_mpi.plan import Plan, lr_scale, round_half_up
+from hdbl_mpi.run.faults import maybe_crash
 from hdbl_mpi.schedule import Schedule
 
 
@@ -68,23 +70,30 @@ def run_worker(
     host = socket.gethostname()
     while True:
         local += 1
-        if world.rank == config.debug.raise_on_rank and local >= config.debug.raise_at_commit:
-            raise RuntimeError(f"injected failure (debug.raise_on_rank={world.rank}) at local commit {local}")
+        maybe_crash(config.debug, world.rank, local)
         share = plans[resolution].share(group)[0]
         steps = max(1, round_half_up(share / batch))
         scaled_lr = lr * lr_scale(config.train.lr_scaling, batch, plans[resolution].batch_large)
         set_lr(optimizer, scaled_lr)
         set_dropout(model, dropout)
-        stats = train_steps(model, optimizer, source, steps, batch, resolution, device)
+        stats = train_steps(model, optimizer, source, steps, batch, resolution, device, check_finite=False)
+        d = config.debug
+        if world.rank == d.nan_rank and d.nan_at_commit <= local < d.nan_at_commit + d.nan_commits:
+            flat.vector[0] = float("nan")  # injected divergence
+            stats.loss_sum = float("nan")
+        # One sum tells whether anything is NaN/Inf: the server rejects a push flagged non-finite.
+        finite = math.isfinite(stats.loss_sum) and bool(torch.isfinite(flat.vector.sum()))
         if world.rank == config.debug.slow_rank and config.debug.slow_seconds > 0:
             time.sleep(config.debug.slow_seconds)
         header_out = PUSH.pack(local_commit=local, samples=stats.samples, steps=stats.steps, batch=batch,
                                resolution=resolution, loss_sum=stats.loss_sum, correct=stats.correct,
-                               compute_s=stats.seconds)
+                               compute_s=stats.seconds, finite=float(finite))
         roundtrip = push_and_pull(comm, flat, header_out, header_in, timeout_s,
                                   f"the server's reply to commit {local} of rank {world.rank}")
         reply = REPLY.unpack(header_in)
         held = reply["held_s"]
+        if reply["rejected"]:  # the server dropped this push: restart from the global weights, with fresh momentum
+            optimizer.state.clear()
         record = {
             "worker": world.rank,
             "group": group,
@@ -105,6 +114,7 @@ def run_worker(
             "exchange_s": max(roundtrip - held, 0.0),
             "wait_s": held,
             "commit_s": stats.seconds + roundtrip,
+            "rejected": bool(reply["rejected"]),
             "bytes": 2 * flat.nbytes + header_out.nbytes + header_in.nbytes,
             "time": time.time(),
         }

@@ -7,7 +7,7 @@ Only the server rank writes here, so a cluster needs no shared file system for t
     commits.jsonl    one JSON record per merged commit
     epochs.csv       epoch, lr, train loss/acc, test loss/acc, wall seconds
     summary.json     final figures, counters, versions, restarts
-    checkpoint.pt    last checkpoint (global weights, server counters, history); replaced atomically
+    checkpoint.pt    last checkpoint (weights, counters, history; format version + SHA-256); replaced atomically
     train.log        what the server printed
     profile.json     with `profile: auto`: the step-time and memory profile measured at start-up
     trace.json       Chrome-trace / Perfetto timeline of every commit (compute, exchange, wait per worker)
@@ -20,6 +20,7 @@ crash never leaves a half-written file under the documented name.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -34,7 +35,8 @@ CONFIG, PLAN, COMMITS, EPOCHS, SUMMARY, CHECKPOINT, LOG, PROFILE, TRACE, TENSORB
 )
 EPOCH_COLUMNS = ("epoch", "stage", "resolution", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "wall_s",
                  "train_time_s")
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 1: a bare torch.save file (no checksum); 2: header with SHA-256 and length
+CHECKPOINT_MAGIC = "HDBLCKPT"
 
 
 def default_run_dir() -> Path:
@@ -110,16 +112,23 @@ def read_commits(path: Path) -> list[dict]:
 
 
 def save_checkpoint(path: Path, vector, state: dict) -> None:
-    """Global weights (a float32 tensor) and the server's state, written atomically."""
+    """Global weights (a float32 tensor) and the run's state, written atomically with a format version and a
+    SHA-256 of the payload, so a damaged or truncated file is refused instead of resumed from.
+
+    Layout: one ASCII header line ``HDBLCKPT <format> <sha256> <payload bytes>``, then the payload, which is
+    ``torch.save({"vector": ..., "state": ...})`` (plain types and tensors: it loads with weights_only)."""
     import torch
 
     buffer = io.BytesIO()
-    torch.save({"format": CHECKPOINT_FORMAT, "vector": vector, "state": state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    torch.save({"vector": vector, "state": state}, buffer)
+    payload = buffer.getvalue()
+    header = f"{CHECKPOINT_MAGIC} {CHECKPOINT_FORMAT} {hashlib.sha256(payload).hexdigest()} {len(payload)}\n"
+    atomic_write_bytes(path, header.encode() + payload)
 
 
 def load_checkpoint(path: Path) -> tuple[Any, dict]:
-    """Return (vector, state); refuses files of another format with a message that says so."""
+    """Return (vector, state). A missing file, another format version, a checksum or length mismatch and an
+    unreadable payload are each refused with an HdblError that says which and what to do."""
     import torch
 
     from hdbl_mpi.errors import HdblError
@@ -129,11 +138,27 @@ def load_checkpoint(path: Path) -> tuple[Any, dict]:
             f"no checkpoint at {path}: the run stopped before its first checkpoint (run.checkpoint_every epochs). "
             "Start it again without --resume."
         )
+    data = path.read_bytes()
+    newline = data.find(b"\n", 0, 200)
+    fields = data[:newline].decode("ascii", "replace").split() if newline > 0 else []
+    if len(fields) != 4 or fields[0] != CHECKPOINT_MAGIC:
+        old = " It looks like a checkpoint of an older hdbl (format 1, a bare torch file)." if data[:2] == b"PK" else ""
+        raise HdblError(f"{path} is not an hdbl checkpoint (no {CHECKPOINT_MAGIC} header).{old} It cannot be "
+                        "resumed; start the run again, or resume it with the hdbl version that wrote it.")
+    version, digest, length = fields[1], fields[2], fields[3]
+    if version != str(CHECKPOINT_FORMAT):
+        raise HdblError(f"{path} has checkpoint format {version}, this hdbl reads format {CHECKPOINT_FORMAT}; "
+                        "resume it with the hdbl version that wrote it.")
+    payload = data[newline + 1:]
+    if not length.isdigit() or len(payload) != int(length):
+        raise HdblError(f"{path} is truncated or damaged: {len(payload)} payload bytes, the header says {length}. "
+                        "Resume from an earlier copy, or start again.")
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise HdblError(f"{path} is damaged: its SHA-256 does not match the one written with it. Resume from an "
+                        "earlier copy, or start again.")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, damaged, or not written by hdbl (a pickle of other objects)
+        blob = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as err:  # a payload that hashes correctly but is not ours
         raise HdblError(f"{path} cannot be read as an hdbl checkpoint ({type(err).__name__}: "
-                        f"{str(err).splitlines()[0][:200]}); it is damaged or was not written by hdbl.") from None
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise HdblError(f"{path} is not an hdbl checkpoint of format {CHECKPOINT_FORMAT}; it cannot be resumed.")
+                        f"{str(err).splitlines()[0][:200]}).") from None
     return blob["vector"], blob["state"]

@@ -62,3 +62,42 @@ def test_lr_scaling_per_group():
     assert lr_scale("none", 14, 256) == 1.0
     assert lr_scale("linear", 64, 256) == 0.25
     assert lr_scale("sqrt", 64, 256) == 0.5
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:118] DefaultCPUAllocator: can't allocate memory: you tried to "
+                 "allocate 68719476736 bytes."),
+    MemoryError(),
+])
+def test_out_of_memory_points_to_hdbl_profile(error):
+    from hdbl_mpi.errors import ResourceError
+
+    data = load_dataset("synthetic", synthetic={"train_size": 64, "test_size": 8, "channels": 1, "size": 16})
+    model = build_model("resnet_small", 10, 1, 16, width=4)
+
+    def explode(*args, **kwargs):
+        raise error
+
+    model.forward = explode
+    opt = make_optimizer("sgd", param_groups(model, 0.0), 0.1, 0.9, 0.0)
+    source = ArraySource(data, True, False, torch.Generator().manual_seed(0), torch.device("cpu"))
+    with pytest.raises(ResourceError) as caught:
+        train_steps(model, opt, source, 1, 32, 16, torch.device("cpu"))
+    message = str(caught.value)
+    assert "out of memory on cpu at batch size 32, 16 px" in message and "hdbl profile" in message
+    assert caught.value.exit_code == 2
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory():
+    data = load_dataset("synthetic", synthetic={"train_size": 64, "test_size": 8, "channels": 1, "size": 16})
+    model = build_model("resnet_small", 10, 1, 16, width=4)
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    model.forward = explode
+    opt = make_optimizer("sgd", param_groups(model, 0.0), 0.1, 0.9, 0.0)
+    source = ArraySource(data, True, False, torch.Generator().manual_seed(0), torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        train_steps(model, opt, source, 1, 32, 16, torch.device("cpu"))

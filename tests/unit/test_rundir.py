@@ -45,8 +45,60 @@ def test_checkpoint_round_trip_and_refusals(tmp_path):
     rundir.save_checkpoint(path, torch.arange(5, dtype=torch.float32), {"merged": 8, "history": [{"epoch": 1}]})
     vector, state = rundir.load_checkpoint(path)
     assert torch.equal(vector, torch.arange(5, dtype=torch.float32)) and state["merged"] == 8
+    assert path.read_bytes().startswith(b"HDBLCKPT 2 ")
     with pytest.raises(HdblError, match="no checkpoint"):
         rundir.load_checkpoint(tmp_path / "missing.pt")
-    torch.save({"format": 99}, tmp_path / "other.pt")
-    with pytest.raises(HdblError, match="not an hdbl checkpoint of format 1"):
-        rundir.load_checkpoint(tmp_path / "other.pt")
+    torch.save({"format": 1, "vector": torch.zeros(2), "state": {}}, tmp_path / "old.pt")
+    with pytest.raises(HdblError, match="not an hdbl checkpoint .* older hdbl \\(format 1"):
+        rundir.load_checkpoint(tmp_path / "old.pt")
+
+
+def test_damaged_truncated_and_other_version_checkpoints_are_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    rundir.save_checkpoint(path, torch.randn(1000), {"merged": 3})
+    data = path.read_bytes()
+    flipped = bytearray(data)
+    flipped[-100] ^= 0x01  # one bit in the weights
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    with pytest.raises(HdblError, match="is damaged: its SHA-256 does not match"):
+        rundir.load_checkpoint(tmp_path / "flipped.pt")
+    (tmp_path / "short.pt").write_bytes(data[:-10])
+    with pytest.raises(HdblError, match="truncated or damaged"):
+        rundir.load_checkpoint(tmp_path / "short.pt")
+    (tmp_path / "v9.pt").write_bytes(data.replace(b"HDBLCKPT 2 ", b"HDBLCKPT 9 ", 1))
+    with pytest.raises(HdblError, match="has checkpoint format 9, this hdbl reads format 2"):
+        rundir.load_checkpoint(tmp_path / "v9.pt")
+
+
+WRITER = """
+import sys, torch
+from pathlib import Path
+from hdbl_mpi.run import rundir
+print("writing", flush=True)
+while True:  # rewrite a large checkpoint until killed, so the kill lands inside a write
+    rundir.save_checkpoint(Path(sys.argv[1]), torch.full((40_000_000,), 2.0), {"merged": 99})
+"""
+
+
+def test_a_crash_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "checkpoint.pt"
+    rundir.save_checkpoint(path, torch.ones(10), {"merged": 1})
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith(".checkpoint.pt.") for p in tmp_path.iterdir()):  # a write under way
+            assert time.monotonic() < deadline, "the writer never started a write"
+            time.sleep(0.005)
+        writer.send_signal(signal.SIGKILL)
+    finally:
+        writer.wait(timeout=30)
+    vector, state = rundir.load_checkpoint(path)  # the old checkpoint, or a complete new one: never a torn file
+    assert (state["merged"], vector.numel()) in ((1, 10), (99, 40_000_000))
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".checkpoint.pt.")]
+    assert leftovers  # the killed write's temporary file, never renamed over the checkpoint

@@ -1,0 +1,25 @@
+"""Fault injection for tests and drills (the `debug:` config section): a rank that raises, exits or is killed
+at a chosen commit, so every failure path is exercised on purpose rather than assumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+CRASH_MODES = ("raise", "exit", "kill")
+
+
+def maybe_crash(debug, rank: int, commit: int, where: str = "local commit") -> None:
+    """Crash this rank as `debug.crash` says when it is `debug.raise_on_rank` and has reached
+    `debug.raise_at_commit`: raise (the job aborts with this rank's message), exit with code 3 without
+    finalising MPI, or SIGKILL itself (as the kernel's OOM killer would)."""
+    if rank != debug.raise_on_rank or commit < debug.raise_at_commit:
+        return
+    what = f"injected failure (debug.raise_on_rank={rank}) at {where} {commit}"
+    if debug.crash == "exit":
+        print(f"{what}: exiting with code 3", flush=True)
+        os._exit(3)
+    if debug.crash == "kill":
+        print(f"{what}: killing itself (SIGKILL)", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(what)

@@ -1,0 +1,94 @@
+"""Failures injected on purpose (the `debug:` section): crashes of a worker or the server by exception, exit
+code and signal, a diverging worker (NaN pushes), a stalled worker, and bad configs under mpirun. Each must
+end the job promptly with a message that names the rank, or be survived where that is the promise."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import run_train
+
+pytestmark = pytest.mark.mpi
+
+TWO = ["dual.workers=2", "train.epochs=3", "run.checkpoint_every=1"]
+
+
+def test_a_nan_push_is_rejected_and_the_run_goes_on(tmp_path):
+    run = run_train(3, tmp_path / "nan", [*TWO, "debug.nan_rank=1", "debug.nan_at_commit=2"])
+    assert run.returncode == 0, run.output
+    s = run.summary()
+    assert s["nonfinite_rejected"] == {"1": 1} and s["commits_total"] == 6
+    assert "rejected a non-finite push from rank 1 (commit 2" in run.output
+    rejected = [r for r in run.commits() if r["rejected"]]
+    assert [(r["worker"], r["local_commit"]) for r in rejected] == [(1, 2)]
+    assert s["final_top1"] is not None and s["final_top1"] == s["final_top1"]  # finite: NaN never merged
+
+
+def test_repeated_nan_pushes_stop_the_run_with_advice(tmp_path):
+    start = time.monotonic()
+    run = run_train(3, tmp_path / "diverged", [*TWO, "train.epochs=20", "debug.nan_rank=2", "debug.nan_commits=99",
+                                               "ps.max_nonfinite=3"], timeout=90)
+    assert run.returncode != 0
+    assert "3 pushes in a row from rank 2 had a non-finite loss or weights" in run.output
+    assert "Lower train.lr (now 0.05)" in run.output and "Traceback" not in run.output
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("rank, crash, commit", [
+    (1, "exit", 3),  # a worker exits with code 3 without MPI_Finalize
+    (2, "kill", 3),  # a worker is SIGKILLed (the OOM killer's way)
+    (0, "raise", 3),  # the server raises after its third merge
+    (0, "kill", 3),  # the server is SIGKILLed
+])
+def test_a_crash_ends_the_job_promptly_naming_the_rank_and_resume_finishes(tmp_path, rank, crash, commit):
+    run_dir = tmp_path / "run"
+    start = time.monotonic()
+    crashed = run_train(3, run_dir, [*TWO, f"debug.raise_on_rank={rank}", f"debug.raise_at_commit={commit}",
+                                     f"debug.crash={crash}"], timeout=90)
+    elapsed = time.monotonic() - start
+    assert crashed.returncode != 0 and elapsed < 30, (elapsed, crashed.output)
+    assert f"injected failure (debug.raise_on_rank={rank})" in crashed.output  # the rank says it, then dies
+    if crash != "raise":  # and the launcher names the rank that died
+        assert f"rank {rank}" in crashed.output.replace("Rank", "rank") or f",{rank}]" in crashed.output
+    assert not (run_dir / "summary.json").exists() and (run_dir / "checkpoint.pt").exists()
+    resumed = run_train(3, run_dir, ["debug.raise_on_rank=-1"], resume=True)
+    assert resumed.returncode == 0, resumed.output
+    summary = resumed.summary()
+    assert summary["epochs_completed"] == 3 and summary["commits_total"] == 6
+    assert len(summary["restarts"]) == 1
+
+
+@pytest.mark.parametrize("mode", ["bsp", "ssp"])
+def test_a_stalled_worker_fails_bsp_and_ssp_after_the_timeout(tmp_path, mode):
+    start = time.monotonic()
+    run = run_train(3, tmp_path / mode, [*TWO, f"ps.mode={mode}", "ps.staleness=1", "ps.timeout_s=5",
+                                         "debug.slow_rank=2", "debug.slow_seconds=600"], timeout=90)
+    assert run.returncode != 0
+    assert "no message from any worker for 5 s" in run.output and "still training: ranks [2]" in run.output
+    assert time.monotonic() - start < 30
+
+
+def test_bad_configs_end_every_rank_within_seconds(tmp_path):
+    """The config is read and checked before torch loads; every rank exits with 2, one message, no traceback."""
+    for override, message in (("train.lr=-1", "train.lr is -1.0; it must be > 0."),
+                              ("ps.mode=fast", "ps.mode is 'fast'"),
+                              ("dual.batch_large=[]", "dual.batch_large is an empty list")):
+        start = time.monotonic()
+        run = run_train(5, tmp_path / "bad", [override], timeout=60)
+        assert run.returncode == 2 and message in run.output, run.output
+        assert run.output.count(message) == 1 and "Traceback" not in run.output
+        assert time.monotonic() - start < 10
+
+
+def test_a_resumed_run_ends_as_accurate_as_an_uninterrupted_one(tmp_path):
+    common = ["dual.workers=2", "train.epochs=6", "run.checkpoint_every=1"]
+    whole = run_train(3, tmp_path / "whole", common)
+    crashed = run_train(3, tmp_path / "cut", [*common, "debug.raise_on_rank=1", "debug.raise_at_commit=4",
+                                              "debug.crash=kill"], timeout=90)
+    resumed = run_train(3, tmp_path / "cut", ["debug.raise_on_rank=-1"], resume=True)
+    assert whole.returncode == 0 and crashed.returncode != 0 and resumed.returncode == 0, resumed.output
+    a, b = whole.summary()["final_top1"], resumed.summary()["final_top1"]
+    print(f"uninterrupted {a:.4f}, crashed at local commit 4 and resumed {b:.4f}")
+    assert b > 0.7 and abs(a - b) <= 0.1  # ASP on 2 cores is not deterministic: runs differ by a few points
