@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import sys
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -304,6 +305,10 @@ def train(shared: SharedConfig, resume: bool, verbose: bool) -> int:
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     rundir.write_json(run_path / rundir.SUMMARY, summary)
+    if summary["stalled_workers"]:  # finished without them; they cannot be waited for at MPI_Finalize
+        print(f"hdbl train: finished without stalled rank(s) {summary['stalled_workers']} (see summary.json); "
+              "ending the job with code 3 because they never returned", file=sys.stderr, flush=True)
+        comm.Abort(3)
     print(f"hdbl train: done: final top-1 {summary['final_top1']:.4f}, best {summary['best_top1']:.4f}, train "
           f"{summary['train_time_s']:.1f} s, eval {summary['eval_time_s']:.1f} s, wall {summary['wall_time_s']:.1f} s; "
           f"{summary['commits_total']} commits -> {run_path / rundir.SUMMARY}", flush=True)

@@ -118,6 +118,7 @@ class ServerState:
     early_stopping: dict = field(default_factory=dict)  # EarlyStopping's state, kept across a resume
     early_stopped_at: int | None = None  # the epoch after which the run stops early
     nonfinite_rejected: dict = field(default_factory=dict)  # rank -> pushes rejected for NaN/Inf
+    missing_commits: int = 0  # commits a stalled worker never delivered at the end of an ASP run
 
 
 class Balance:
@@ -196,6 +197,8 @@ class Server:
             self.state.commits_by_worker.setdefault(str(w), 0)
         self.weights = {w: merge_weight(config.ps.merge, self._factor(w)) for w in self.workers}
         self.training = set(self.workers)  # ranks computing a commit right now
+        self.training_since = {w: time.monotonic() for w in self.workers}
+        self.stalled: set[int] = set()  # ASP: ranks given up on after ps.timeout_s without a commit
         self.pending: dict[int, tuple[int, float]] = {}  # rank -> (global commit id, arrival time)
         self.stopped: set[int] = set()
         self.rejected: set[int] = set()  # ranks whose last push was rejected (told so in the reply)
@@ -234,6 +237,9 @@ class Server:
         arrived = time.perf_counter()
         info = PUSH.unpack(header)
         self.training.discard(src)
+        if src in self.stalled:  # it was only slow: take its commit and count it as a worker again
+            self.stalled.discard(src)
+            self.progress.line(f"rank {src}, given up on as stalled, committed again; it is back in the run")
         bad = not info["finite"] or not math.isfinite(info["loss_sum"])
         if bad:
             self._reject(src, info)
@@ -319,6 +325,7 @@ class Server:
             self.stopped.add(w)
         else:
             self.training.add(w)
+            self.training_since[w] = time.monotonic()
 
     def _maybe_replan(self, group: str, info: dict[str, float]) -> None:
         """Feed the commit's timing to the balance monitor; when it asks for a new B_S, small-batch workers get
@@ -346,11 +353,13 @@ class Server:
         self.commit_log.write(record)
 
     # -- epochs, evaluation, checkpoints -------------------------------------------------------------------
-    def _maybe_close_epoch(self) -> None:
+    def _maybe_close_epoch(self, force: bool = False) -> None:
+        """Close the epoch when its n-th commit is merged; `force` closes a short last epoch (a stalled worker's
+        commit will not come)."""
         st = self.state
-        if st.merged % self.n:
+        if st.merged % self.n and not force:
             return
-        epoch = st.merged // self.n
+        epoch = -(-st.merged // self.n)
         stage = self.schedule.at(epoch - 1)
         row = {
             "epoch": epoch,
@@ -373,7 +382,7 @@ class Server:
         st.epoch_loss_sum = st.epoch_correct = st.epoch_samples = 0.0
         due_eval = eval_due(self.config, self.total // self.n, epoch)
         every = self.config.run.checkpoint_every
-        last = epoch == self.total // self.n
+        last = force or epoch == self.total // self.n
         due_ckpt = last or (every > 0 and epoch % every == 0)
         snapshot = self.W.clone() if (due_eval or due_ckpt) else None
         if due_eval:
@@ -431,8 +440,29 @@ class Server:
                            f"the run ends after epoch {st.early_stopped_at}")
 
     # -- main loop -----------------------------------------------------------------------------------------
+    def _check_stalled(self) -> None:
+        """ASP goes on without a worker that has not committed for ps.timeout_s / 2: its commit in progress no longer
+        holds back the end of the run (the others make up its share of the commits). BSP and SSP cannot: their
+        rounds and bounds wait for every worker, and the overall timeout ends them with a message instead."""
+        now = time.monotonic()
+        for w in sorted(self.training):
+            if now - self.training_since[w] <= self.timeout_s / 2:
+                continue
+            if not self.stopped:
+                continue  # mid-run the others go on regardless; only at the end does its commit hold the run up
+            self.training.discard(w)
+            self.stalled.add(w)
+            self.progress.line(f"rank {w} has not committed for {self.timeout_s / 2:.0f} s (half of ps.timeout_s): "
+                               "going on without it")
+            self._release()
+            if not self.training and self.state.merged < self.total:
+                # Everyone else was already told to stop, counting on this commit: end the run one short.
+                self.state.missing_commits = self.total - self.state.merged
+                self.total = self.state.merged
+                self._maybe_close_epoch(force=True)
+
     def _finished(self) -> bool:
-        return len(self.stopped) == self.n and all(
+        return len(self.stopped | self.stalled) == self.n and all(
             self.records_seen[w] == self.state.commits_by_worker[str(w)] - self._records_before[w]
             for w in self.workers
         )
@@ -457,6 +487,8 @@ class Server:
                 backoff.reset()
                 continue
             self._collect_evals(self.evaluator.results())
+            if self.mode == "asp":
+                self._check_stalled()
             if time.monotonic() - last_heard > self.timeout_s:
                 silent = sorted(self.training)
                 raise TimeoutWaiting(
@@ -509,6 +541,8 @@ class Server:
             "replans": list(st.replans),
             "early_stopped_at": st.early_stopped_at,
             "nonfinite_rejected": dict(st.nonfinite_rejected),
+            "stalled_workers": sorted(self.stalled),
+            "missing_commits": st.missing_commits,
             "batch_small_final": st.batch_small,
             "tensorboard": self.scalars.status,
         }

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from hdbl_mpi.run import rundir
 from tests.conftest import run_train
 
 pytestmark = pytest.mark.mpi
@@ -92,3 +93,20 @@ def test_a_resumed_run_ends_as_accurate_as_an_uninterrupted_one(tmp_path):
     a, b = whole.summary()["final_top1"], resumed.summary()["final_top1"]
     print(f"uninterrupted {a:.4f}, crashed at local commit 4 and resumed {b:.4f}")
     assert b > 0.7 and abs(a - b) <= 0.1  # ASP on 2 cores is not deterministic: runs differ by a few points
+
+
+def test_asp_goes_on_without_a_stalled_worker(tmp_path):
+    """Rank 2 stalls before its first push. Rank 1 is never held for it; it is told to stop once its own commits
+    and the one rank 2 has under way complete the run. After ps.timeout_s / 2 the server gives up on rank 2,
+    closes the last epoch one commit short, writes the summary, and ends the job with code 3 because rank 2
+    never returns."""
+    start = time.monotonic()
+    run = run_train(3, tmp_path / "asp", [*TWO, "ps.timeout_s=10", "debug.slow_rank=2", "debug.slow_seconds=600"],
+                    timeout=90)
+    assert run.returncode == 3, run.output
+    assert "rank 2 has not committed for 5 s (half of ps.timeout_s): going on without it" in run.output
+    s = run.summary()
+    assert s["stalled_workers"] == [2] and s["commits_by_worker"] == {"1": 5, "2": 0}
+    assert (s["commits_total"], s["missing_commits"], s["epochs_completed"]) == (5, 1, 2)
+    assert [r["epoch"] for r in rundir.read_epochs(run.run_dir / rundir.EPOCHS)] == [1, 2, 3]
+    assert s["final_top1"] is not None and time.monotonic() - start < 60
