@@ -16,11 +16,19 @@ def _train(args: argparse.Namespace) -> int:
     from hdbl_mpi.startup import shared_config
 
     comm = MPI.COMM_WORLD
+    keepalive = None
     try:
         shared = shared_config(comm, args.config, args.set, args.resume, args.run_dir)  # before torch loads
+        if shared.config.ps.fault_tolerance == "ulfm":
+            from hdbl_mpi.comm.keepalive import KeepAlive
+
+            keepalive = KeepAlive(comm, shared.config.ps.ft_detector_timeout_s / 8)
         from hdbl_mpi.train import train
 
-        return train(shared, bool(args.resume), args.verbose)
+        result = train(shared, bool(args.resume), args.verbose)
+        if keepalive is not None:
+            keepalive.stop()
+        return result
     except SetupError as err:  # every rank raised it: each exits, rank 0 says why
         if comm.rank == 0:
             print(f"hdbl train: error: {err}", file=sys.stderr, flush=True)

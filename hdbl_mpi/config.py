@@ -102,6 +102,8 @@ class PSConfig:
     backend: str = "auto"  # allreduce: auto (Horovod when it imports, else mpi4py) | horovod | mpi4py
     bucket_mb: float = 25.0  # allreduce over mpi4py: gradient bucket size
     staleness: int = 2  # SSP bound s
+    fault_tolerance: str = "abort"  # abort (a lost rank ends the job; --resume) | ulfm (ASP goes on without it)
+    ft_detector_timeout_s: float = 10.0  # ulfm: a rank silent this long is declared dead (heartbeat detector)
     max_nonfinite: int = 3  # stop after this many non-finite pushes in a row from one worker (each is rejected)
     merge: str = "journal"  # journal | conference
     timeout_s: float = 0.0  # longest wait for any message; 0: 600 s + 20 planned commit times
@@ -393,6 +395,12 @@ def validate(c: Config) -> None:
     from hdbl_mpi.run.faults import CRASH_MODES
 
     _check(c.debug.crash in CRASH_MODES, f"debug.crash is {c.debug.crash!r}; use one of {', '.join(CRASH_MODES)}.")
+    _check(c.ps.fault_tolerance in ("abort", "ulfm"),
+           f"ps.fault_tolerance is {c.ps.fault_tolerance!r}; use abort or ulfm.")
+    _check(c.ps.fault_tolerance != "ulfm" or c.ps.mode == "asp",
+           f"ps.fault_tolerance=ulfm needs ps.mode=asp (got {c.ps.mode}): BSP rounds and SSP bounds cannot go on "
+           "without a worker. Use abort (and --resume) there.")
+    _check(c.ps.ft_detector_timeout_s > 0, f"ps.ft_detector_timeout_s is {c.ps.ft_detector_timeout_s}; it must be > 0.")
     _check(c.ps.max_nonfinite >= 1,
            f"ps.max_nonfinite is {c.ps.max_nonfinite}; it must be >= 1 (non-finite pushes in a row before stopping).")
     _check(c.ps.timeout_s >= 0, f"ps.timeout_s is {c.ps.timeout_s}; use 0 for automatic or a positive number.")

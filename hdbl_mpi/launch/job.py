@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 from hdbl_mpi.config import has_server, load_config, required_ranks
-from hdbl_mpi.launch.commands import LAUNCHERS, Launch, LaunchError, build_command, hdbl_program, local_cores
+from hdbl_mpi.launch.commands import (
+    LAUNCHERS, Launch, LaunchError, build_command, hdbl_program, local_cores, ulfm_args,
+)
 from hdbl_mpi.launch.hosts import Hosts, hosts_from_slurm, parse_hostfile, parse_hosts_arg
 from hdbl_mpi.run import rundir
 
@@ -48,9 +50,9 @@ def _hosts(args: argparse.Namespace, environ: dict[str, str]) -> Hosts | None:
     return None
 
 
-def ranks_for(command: list[str], np: int | None, hosts: Hosts | None) -> tuple[int, str]:
+def ranks_for(command: list[str], np: int | None, hosts: Hosts | None) -> tuple[int, str, list[str]]:
     """(ranks, why) for the hdbl subcommand: `train` needs what its config says; `doctor` runs once per host;
-    anything else needs --np."""
+    anything else needs --np. The third item is launcher flags the config asks for (ULFM)."""
     if command[0] == "train":
         from hdbl_mpi.cli import build_parser
 
@@ -69,13 +71,14 @@ def ranks_for(command: list[str], np: int | None, hosts: Hosts | None) -> tuple[
         if np is not None and np != needed:
             raise LaunchError(f"--np {np} but the config needs {needed} ranks ({why}); drop --np, or change the "
                               f"workers with --set dual.workers={np - needed + config.dual.workers}.")
-        return needed, why
+        flags = ulfm_args(config.ps.ft_detector_timeout_s) if config.ps.fault_tolerance == "ulfm" else []
+        return needed, why, flags
     if command[0] == "doctor" and np is None:
         count = len(hosts.hosts) if hosts is not None else 1
-        return count, "one per host"
+        return count, "one per host", []
     if np is None:
         raise LaunchError(f"`hdbl launch ... {command[0]}` needs --np N (how many ranks to start).")
-    return np, "--np"
+    return np, "--np", []
 
 
 def prepare(args: argparse.Namespace, environ: dict[str, str] | None = None) -> tuple[list[str], dict, list[str]]:
@@ -87,7 +90,7 @@ def prepare(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
     if not command:
         raise LaunchError("nothing to launch: add the hdbl command, e.g. `hdbl launch -H n1:4,n2:4 train cfg.yaml`.")
     hosts = _hosts(args, environ)
-    np, why = ranks_for(command, args.np, hosts)
+    np, why, config_flags = ranks_for(command, args.np, hosts)
     notes = []
     oversubscribe = args.oversubscribe
     if hosts is not None:
@@ -122,7 +125,7 @@ def prepare(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         rsh_agent=args.rsh_agent,
         map_by="node" if command[0] == "doctor" else "slot",
         env=env,
-        extra=shlex.split(args.launcher_args),
+        extra=(config_flags if args.launcher == "mpirun" else []) + shlex.split(args.launcher_args),
         mpirun=args.mpirun,
     )
     argv, run_env = build_command(spec, environ, require_tools=not args.dry_run)

@@ -40,6 +40,9 @@ from hdbl_mpi.run.trace import write_trace
 from hdbl_mpi.schedule import Schedule
 
 
+PROC_FAILED = (MPI.ERR_PROC_FAILED, MPI.ERR_PROC_FAILED_PENDING, MPI.ERR_REVOKED)  # ULFM's error classes
+
+
 def eval_due(config: Config, epochs: int, epoch: int) -> bool:
     """Evaluate after `epoch` (1-based) every eval.every epochs, and always after the last of `epochs`."""
     every = config.eval.every
@@ -119,6 +122,7 @@ class ServerState:
     early_stopped_at: int | None = None  # the epoch after which the run stops early
     nonfinite_rejected: dict = field(default_factory=dict)  # rank -> pushes rejected for NaN/Inf
     missing_commits: int = 0  # commits a stalled worker never delivered at the end of an ASP run
+    lost_workers: list = field(default_factory=list)  # ULFM: {rank, at_commit, error} of each rank that died
 
 
 class Balance:
@@ -199,6 +203,11 @@ class Server:
         self.training = set(self.workers)  # ranks computing a commit right now
         self.training_since = {w: time.monotonic() for w in self.workers}
         self.stalled: set[int] = set()  # ASP: ranks given up on after ps.timeout_s without a commit
+        self.lost: set[int] = set()  # ULFM: ranks that died; the run goes on without them
+        self.ulfm = config.ps.fault_tolerance == "ulfm"
+        self.release_due = False
+        if self.ulfm:  # failures come back as exceptions (mpi4py raises on error codes) instead of aborting
+            self.comm.Set_errhandler(MPI.ERRORS_RETURN)
         self.pending: dict[int, tuple[int, float]] = {}  # rank -> (global commit id, arrival time)
         self.stopped: set[int] = set()
         self.rejected: set[int] = set()  # ranks whose last push was rejected (told so in the reply)
@@ -297,9 +306,14 @@ class Server:
             )
 
     def _release(self) -> None:
-        """Reply to every held worker that may go on (ASP: all; SSP: those within the staleness bound)."""
+        """Reply to every held worker that may go on (ASP: all; SSP: those within the staleness bound).
+
+        With ULFM, a worker whose stop depends on commits still under way is held instead: if one of those
+        workers dies, the held one is sent to make up its commit rather than the run ending short."""
         for w in sorted(self.pending, key=lambda r: self.state.commits_by_worker[str(r)]):
             stop = self.state.merged + len(self.training) >= self.total
+            if stop and self.ulfm and self.state.merged < self.total:
+                continue
             if self.mode == "ssp" and not stop:
                 active = [v for v in self.workers if v not in self.stopped]
                 slowest = min(self.state.commits_by_worker[str(v)] for v in active)
@@ -461,10 +475,32 @@ class Server:
                 self.total = self.state.merged
                 self._maybe_close_epoch(force=True)
 
+    def _lose(self, err: MPI.Exception) -> None:
+        """ULFM: acknowledge the failure, find the dead ranks and go on without them. In ASP a commit's share of
+        the data does not depend on who makes it and an epoch is n commits, so the survivors take over the lost
+        workers' commits and every epoch still covers the data set; nothing waits for the dead ranks."""
+        self.comm.Ack_failed()
+        group = self.comm.Get_failed()
+        dead = set(MPI.Group.Translate_ranks(group, list(range(group.Get_size())), self.comm.Get_group()))
+        group.Free()
+        for w in sorted(dead - self.lost - {0}):
+            self.lost.add(w)
+            self.training.discard(w)
+            self.pending.pop(w, None)
+            self.stalled.discard(w)
+            self.state.lost_workers.append({"rank": w, "at_commit": self.state.merged,
+                                            "error_class": err.Get_error_class()})
+            alive = self.n - len(self.lost)
+            self.progress.line(f"rank {w} failed ({err.Get_error_string().strip()}): going on with {alive} "
+                               f"worker(s); the survivors take over its commits")
+        if len(self.lost) == self.n:
+            raise HdblError("every worker failed; the run cannot go on. Resume it with --resume.")
+        self.release_due = True  # workers whose replies a failed send interrupted get theirs next
+
     def _finished(self) -> bool:
-        return len(self.stopped | self.stalled) == self.n and all(
+        return len(self.stopped | self.stalled | self.lost) == self.n and all(
             self.records_seen[w] == self.state.commits_by_worker[str(w)] - self._records_before[w]
-            for w in self.workers
+            for w in self.workers if w not in self.lost
         )
 
     def serve(self) -> None:
@@ -475,14 +511,26 @@ class Server:
         # server, which often shares a host with workers, uses next to no CPU.
         last_heard, backoff = time.monotonic(), Backoff(spin_s=2e-3, cap_s=2.5e-4)
         while not self._finished():
-            if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
-                src, tag = status.Get_source(), status.Get_tag()
-                if tag == TAG_PUSH_HEADER:
-                    self._on_push(src)
-                elif tag == TAG_RECORD:
-                    self._on_record(src)
-                else:
-                    raise RuntimeError(f"server got an unexpected message (tag {tag}) from rank {src}")
+            try:
+                if self.release_due:  # after a loss: the replies a failed send interrupted
+                    self.release_due = False
+                    self._release()
+                message = self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
+                if message:
+                    src, tag = status.Get_source(), status.Get_tag()
+                    if tag == TAG_PUSH_HEADER:
+                        self._on_push(src)
+                    elif tag == TAG_RECORD:
+                        self._on_record(src)
+                    else:
+                        raise RuntimeError(f"server got an unexpected message (tag {tag}) from rank {src}")
+            except MPI.Exception as err:
+                if not self.ulfm or err.Get_error_class() not in PROC_FAILED:
+                    raise
+                self._lose(err)
+                last_heard = time.monotonic()
+                continue
+            if message:
                 last_heard = time.monotonic()
                 backoff.reset()
                 continue
@@ -543,6 +591,7 @@ class Server:
             "nonfinite_rejected": dict(st.nonfinite_rejected),
             "stalled_workers": sorted(self.stalled),
             "missing_commits": st.missing_commits,
+            "lost_workers": list(st.lost_workers),
             "batch_small_final": st.batch_small,
             "tensorboard": self.scalars.status,
         }

@@ -110,3 +110,24 @@ def test_asp_goes_on_without_a_stalled_worker(tmp_path):
     assert (s["commits_total"], s["missing_commits"], s["epochs_completed"]) == (5, 1, 2)
     assert [r["epoch"] for r in rundir.read_epochs(run.run_dir / rundir.EPOCHS)] == [1, 2, 3]
     assert s["final_top1"] is not None and time.monotonic() - start < 60
+
+
+@pytest.mark.parametrize("crash", ["kill", "exit"])
+def test_ulfm_asp_survives_a_lost_worker(tmp_path, crash):
+    """With ps.fault_tolerance=ulfm (mpirun --with-ft ulfm + heartbeat), the server notices a dead worker, drops
+    it and finishes the run with the survivors; the summary says who was lost. mpirun's exit code does not
+    tell (0 after a SIGKILL, the worker's code after an exit), so the summary must."""
+    from hdbl_mpi.launch.commands import ulfm_args
+
+    # 10 s: importing torch holds the GIL for seconds with 4 ranks on 2 cores, and the detector must not take
+    # that silence for a death. A SIGKILL is noticed at once anyway; an exit(3) after up to 10 s.
+    run = run_train(4, tmp_path / crash, ["dual.workers=3", "train.epochs=4", "ps.fault_tolerance=ulfm",
+                                          "ps.ft_detector_timeout_s=10", "debug.raise_on_rank=2",
+                                          "debug.raise_at_commit=2", f"debug.crash={crash}"],
+                    timeout=120, extra=ulfm_args(10.0))
+    assert (tmp_path / crash / "summary.json").is_file(), run.output
+    s = run.summary()
+    assert [w["rank"] for w in s["lost_workers"]] == [2], run.output
+    assert "rank 2 failed" in run.output and "going on with 2 worker(s)" in run.output
+    assert s["commits_total"] == 12 and s["commits_by_worker"]["2"] == 1  # survivors took over its commits
+    assert s["final_top1"] is not None and s["epochs_completed"] == 4
