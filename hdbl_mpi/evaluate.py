@@ -34,7 +34,6 @@ def evaluate_checkpoint(target: str, config_path: str | None, overrides: list[st
     if not config_file.is_file():
         raise HdblError(f"no config at {config_file}: pass a run directory, or --config with the run's YAML.")
     config = load_config(config_file, overrides)
-    vector, state = rundir.load_checkpoint(checkpoint)
     device = pick_device(device_name, 0)
     info, source = open_source(config, train=False, device=device, seed=config.train.seed)
     schedule = schedule_from_config(config, info.native_resolution)
@@ -42,10 +41,7 @@ def evaluate_checkpoint(target: str, config_path: str | None, overrides: list[st
     c = config.model
     model = build_model(c.name, info.num_classes, info.channels, top, c.stem, c.dropout, c.width).to(device)
     flat = FlatState(model)
-    if vector.numel() != flat.numel:
-        raise HdblError(f"{checkpoint} holds {vector.numel()} weights but the model of {config_file} has "
-                        f"{flat.numel}; evaluate with the run's own config.")
-    flat.vector.copy_(vector.to(device))
+    state = rundir.restore_checkpoint(checkpoint, flat.vector, "the run's own config to evaluate it")
     chosen = resolution or top
     start = time.perf_counter()
     loss, acc = evaluate(model, source, chosen, batch_size or config.eval.batch_size, device)

@@ -69,6 +69,31 @@ def _versions() -> dict:
     }
 
 
+def run_facts(config: Config, world: World, schedule: Schedule, plans: dict[int, Plan], data: DataInfo,
+              dataset_size: int, infos: list, flat: FlatState) -> dict:
+    """The part of summary.json every mode shares: what ran, on what, where. `infos` are the per-rank tuples
+    agreed at set-up (train size, native resolution, host:device, threads, decoder, skipped files, local-rank
+    source)."""
+    resolutions = sorted(plans)
+    return {
+        "world_size": world.size,
+        "resolutions": resolutions,
+        "schedule": [asdict(s) for s in schedule.stages],
+        "dataset": {"name": data.name, "train_size": dataset_size, "test_size": data.test_size,
+                    "source": data.source, "classes": data.num_classes},
+        "decoding": {str(rank): info[4] for rank, info in enumerate(infos)},  # in-memory, dali-*, torchvision
+        "skipped_files": sorted({f for info in infos for f in info[5]}),
+        "model": {"name": config.model.name, "parameters_and_buffers": flat.numel, "bytes": flat.nbytes},
+        "plan": plans[resolutions[-1]].to_dict(),  # at the top resolution; "plans" has every resolution
+        "plans": plan_summary([plans[r] for r in resolutions], resolutions),
+        "devices": {str(rank): {"device": info[2], "threads": info[3], "local_rank_from": info[6]}
+                    for rank, info in enumerate(infos)},
+        "host": socket.gethostname(),
+        "versions": _versions(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def _place(world: World, config: Config) -> tuple[torch.device, str]:
     """This rank's device and where its local rank came from. Workers use train.device, the server ps.device
     (CPU by default: it only merges, and evaluates). Ranks that take a GPU in turn share out their host's GPUs
@@ -149,12 +174,7 @@ def _prepare_run_dir(run_path: Path, checkpoint: str | None, config: Config, sch
     if measured_profile:
         save_profile(run_path / rundir.PROFILE, measured_profile)
     if checkpoint:
-        vector, saved = rundir.load_checkpoint(Path(checkpoint))
-        if vector.numel() != flat.numel:
-            raise HdblError(f"{checkpoint} holds {vector.numel()} weights but the configured model has "
-                            f"{flat.numel}; resume with the run's own config.")
-        flat.vector.copy_(vector)
-        state = ServerState(**saved)
+        state = ServerState(**rundir.restore_checkpoint(Path(checkpoint), flat.vector))
         n = config.dual.workers
         if state.early_stopped_at is not None:
             raise HdblError(f"{run_path} stopped early after epoch {state.early_stopped_at} "
@@ -285,24 +305,10 @@ def train(shared: SharedConfig, resume: bool, verbose: bool) -> int:
         "wall_time_s": state.wall_time_s + time.perf_counter() - t_wall,
         "mode": config.ps.mode,
         "merge": config.ps.merge,
-        "world_size": world.size,
-        "resolutions": resolutions,
-        "schedule": [asdict(s) for s in schedule.stages],
-        "dataset": {"name": data.name, "train_size": dataset_size, "test_size": data.test_size,
-                    "source": data.source, "classes": data.num_classes},
-        "decoding": {str(rank): info[4] for rank, info in enumerate(sizes)},  # in-memory, dali-*, torchvision
-        "skipped_files": sorted({f for info in sizes for f in info[5]}),
-        "model": {"name": config.model.name, "parameters_and_buffers": flat.numel, "bytes": flat.nbytes},
-        "plan": plan.to_dict(),  # at the top resolution; "plans" has every resolution
-        "plans": plan_summary([plans[r] for r in resolutions], resolutions),
         "resume_policy": "global weights, server counters and epoch history come from the checkpoint; worker "
                          "momentum buffers restart from zero and worker RNGs are reseeded from (seed, rank, "
                          "resumed or not)",
-        "devices": {str(rank): {"device": info[2], "threads": info[3], "local_rank_from": info[6]}
-                    for rank, info in enumerate(sizes)},
-        "host": socket.gethostname(),
-        "versions": _versions(),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **run_facts(config, world, schedule, plans, data, dataset_size, sizes, flat),
     }
     rundir.write_json(run_path / rundir.SUMMARY, summary)
     if summary["stalled_workers"]:  # finished without them; they cannot be waited for at MPI_Finalize

@@ -276,7 +276,7 @@ class PeerTrainer:
 def train_peers(comm: MPI.Intracomm, config: Config, chosen_dir: str, checkpoint: str | None, resume: bool,
                 t_wall: float) -> int:
     """Set up every rank (agreeing that set-up worked, as train.train does), then run the data-parallel loop."""
-    from hdbl_mpi.train import _agree, _load_data, _make_plan, _place, _versions
+    from hdbl_mpi.train import _agree, _load_data, _make_plan, _place, run_facts
 
     world = None
     data = source = test_source = None
@@ -323,12 +323,7 @@ def train_peers(comm: MPI.Intracomm, config: Config, chosen_dir: str, checkpoint
         if comm.rank == 0:
             run_path.mkdir(parents=True, exist_ok=True)
             if checkpoint:
-                vector, saved = rundir.load_checkpoint(Path(checkpoint))
-                if vector.numel() != flat.numel:
-                    raise HdblError(f"{checkpoint} holds {vector.numel()} weights but the configured model has "
-                                    f"{flat.numel}; resume with the run's own config.")
-                flat.vector.copy_(vector)
-                state = PeerState(**saved)
+                state = PeerState(**rundir.restore_checkpoint(Path(checkpoint), flat.vector))
                 if state.epoch >= schedule.epochs or state.early_stopped_at:
                     raise HdblError(f"{run_path} already finished ({state.epoch} epochs); to train longer, resume "
                                     f"with --set train.epochs=N (N > {schedule.epochs}).")
@@ -382,25 +377,11 @@ def train_peers(comm: MPI.Intracomm, config: Config, chosen_dir: str, checkpoint
             "strategy": config.local.strategy, "h_changes": st.h_history, "slowmo": config.local.slowmo,
             "slowmo_beta": config.local.slowmo_beta, "slowmo_alpha": config.local.slowmo_alpha},
         "optimizer": config.train.optimizer,
-        "world_size": world.size,
-        "resolutions": resolutions,
-        "schedule": [asdict(s) for s in schedule.stages],
-        "dataset": {"name": data.name, "train_size": dataset_size, "test_size": data.test_size,
-                    "source": data.source, "classes": data.num_classes},
-        "decoding": {str(rank): info[4] for rank, info in enumerate(infos)},
-        "skipped_files": sorted({f for info in infos for f in info[5]}),
-        "model": {"name": config.model.name, "parameters_and_buffers": flat.numel, "bytes": flat.nbytes},
-        "plan": plan.to_dict(),
-        "plans": plan_summary([plans[r] for r in resolutions], resolutions),
         "restarts": st.restarts,
         "resume_policy": "weights, epoch history, optimizer state (rank 0's) and the H strategy come from the "
                          "checkpoint; data RNGs are reseeded from (seed, rank, resumed or not)",
-        "devices": {str(rank): {"device": info[2], "threads": info[3], "local_rank_from": info[6]}
-                    for rank, info in enumerate(infos)},
-        "host": socket.gethostname(),
-        "versions": _versions(),
+        **run_facts(config, world, schedule, plans, data, dataset_size, infos, flat),
         "tensorboard": trainer.scalars.status,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     rundir.write_json(run_path / rundir.SUMMARY, summary)
     print(f"hdbl train: done: final top-1 {summary['final_top1']:.4f}, best {summary['best_top1']:.4f}, train "

@@ -54,7 +54,7 @@ def test_allreduce_mode_writes_the_same_outputs_as_the_ps_modes(tmp_path):
     assert result["top1"] == pytest.approx(s["final_top1"])
     wrong = subprocess.run([sys.executable, "-m", "hdbl_mpi.cli", "evaluate", str(run.run_dir), "--set",
                             "model.width=16"], capture_output=True, text=True, timeout=120)
-    assert wrong.returncode == 2 and "evaluate with the run's own config" in wrong.stderr
+    assert wrong.returncode == 2 and "use the run's own config to evaluate it" in wrong.stderr
     assert "Traceback" not in wrong.stderr
 
 
