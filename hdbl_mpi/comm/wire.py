@@ -110,7 +110,7 @@ PUSH = HeaderLayout(("local_commit", "samples", "steps", "batch", "resolution", 
                      "finite"))
 # Server -> worker, before the merged weights (and, with epoch = -1, at start-up).
 REPLY = HeaderLayout(("global_commit", "epoch", "lr", "stop", "merged", "held_s", "batch", "stage", "resolution",
-                      "dropout", "rejected"))
+                      "dropout", "rejected", "share"))
 
 
 class Backoff:

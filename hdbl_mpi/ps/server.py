@@ -30,7 +30,7 @@ from hdbl_mpi.config import Config
 from hdbl_mpi.engine import evaluate
 from hdbl_mpi.errors import HdblError, PlanError
 from hdbl_mpi.optim import EarlyStopping, scheduled_lr
-from hdbl_mpi.plan import Plan, make_plan
+from hdbl_mpi.plan import Plan, make_plan, round_half_up
 from hdbl_mpi.ps.merge import merge_weight
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.faults import maybe_crash
@@ -206,6 +206,7 @@ class Server:
         self.lost: set[int] = set()  # ULFM: ranks that died; the run goes on without them
         self.ulfm = config.ps.fault_tolerance == "ulfm"
         self.release_due = False
+        self.live_plans: dict[int, Plan] = {}  # the survivors' plans after a lost worker (roles keep self.plans)
         if self.ulfm:  # failures come back as exceptions (mpi4py raises on error codes) instead of aborting
             self.comm.Set_errhandler(MPI.ERRORS_RETURN)
         self.pending: dict[int, tuple[int, float]] = {}  # rank -> (global commit id, arrival time)
@@ -328,10 +329,11 @@ class Server:
         stage = self.schedule.stages[index]
         r = stage.resolution
         batch = st.batch_small[str(r)] if role_of(w, self.plan.small) == SMALL else self.plans[r].batch_large
+        share = self.live_plans[r].share(role_of(w, self.plan.small))[0] if self.live_plans else 0
         lr = scheduled_lr(self.config.train, self.schedule, st.merged / self.n)  # warm-up and cosine are per commit
         header = REPLY.pack(global_commit=global_id, epoch=st.merged // self.n, lr=lr, stop=float(stop),
                             merged=st.merged, held_s=time.perf_counter() - arrived, batch=batch, stage=index,
-                            resolution=r, dropout=stage.dropout, rejected=float(w in self.rejected))
+                            resolution=r, dropout=stage.dropout, rejected=float(w in self.rejected), share=share)
         self.rejected.discard(w)
         self.comm.Send(header, dest=w, tag=TAG_REPLY_HEADER)
         self.comm.Send(self.W_np, dest=w, tag=TAG_REPLY_WEIGHTS)
@@ -495,7 +497,39 @@ class Server:
                                f"worker(s); the survivors take over its commits")
         if len(self.lost) == self.n:
             raise HdblError("every worker failed; the run cannot go on. Resume it with --resume.")
+        self._replan_survivors()
         self.release_due = True  # workers whose replies a failed send interrupted get theirs next
+
+    def _replan_survivors(self) -> None:
+        """Re-plan d_L, d_S, B_S and f for the surviving workers of each group. An epoch stays n commits (the
+        counters, stages and LR are defined that way), so the plan is made for D * n'/n samples over the n'
+        survivors: their n commits per epoch again cover the data set once, with the groups balanced. A plan
+        that is impossible for the survivors (e.g. no small-batch worker left with t) keeps the old shares."""
+        alive = [w for w in self.workers if w not in self.lost]
+        small = sum(1 for w in alive if role_of(w, self.plan.small) == SMALL)
+        try:
+            live = {r: make_plan(round_half_up(p.dataset_size * len(alive) / self.n), len(alive), small,
+                                 p.batch_large, p.time_a, p.time_b, p.extra_time, p.factor_rule)
+                    for r, p in self.plans.items()}
+        except PlanError as err:
+            self.progress.line(f"keeping the old data shares: no plan for the {len(alive)} survivors ({err})")
+            return
+        self.live_plans = live
+        for r, p in live.items():
+            if p.batch_small is not None:
+                self.state.batch_small[str(r)] = p.batch_small
+        top = live[max(live)]
+        for w in alive:
+            self.weights[w] = merge_weight(self.config.ps.merge, top.factor_small if role_of(w, self.plan.small)
+                                           == SMALL else 1.0)
+        if self.balances is not None:
+            self.balances = {r: Balance(p, self.config) for r, p in live.items()} if small else None
+        change = {"after_commit": self.state.merged, "reason": f"lost rank(s) {sorted(self.lost)}",
+                  "workers": len(alive), "small": small, "d_large": top.d_large, "d_small": top.d_small,
+                  "batch_small": top.batch_small, "factor_small": top.factor_small}
+        self.state.replans.append(change)
+        self.progress.line(f"re-planned for {len(alive)} survivors ({small} small-batch): d_L={top.d_large}"
+                           + (f" d_S={top.d_small} B_S={top.batch_small} f={top.factor_small:.4f}" if small else ""))
 
     def _finished(self) -> bool:
         return len(self.stopped | self.stalled | self.lost) == self.n and all(

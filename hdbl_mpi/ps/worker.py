@@ -67,11 +67,12 @@ def run_worker(
     optimizer = optimizer_for(model, config.train)
     header_in = REPLY.empty()
     local = 0
+    share_override = 0  # samples per commit when the server re-planned (survivors after a lost worker)
     host = socket.gethostname()
     while True:
         local += 1
         maybe_crash(config.debug, world.rank, local)
-        share = plans[resolution].share(group)[0]
+        share = share_override or plans[resolution].share(group)[0]
         steps = max(1, round_half_up(share / batch))
         scaled_lr = lr * lr_scale(config.train.lr_scaling, batch, plans[resolution].batch_large)
         set_lr(optimizer, scaled_lr)
@@ -131,3 +132,4 @@ def run_worker(
         # The next commit's setting, as the server decided it (stage switch and/or re-planned B_S).
         stage_index, resolution = int(reply["stage"]), int(reply["resolution"])
         batch, lr, dropout = int(reply["batch"]), reply["lr"], reply["dropout"]
+        share_override = int(reply["share"])

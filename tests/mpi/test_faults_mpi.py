@@ -37,13 +37,13 @@ def test_repeated_nan_pushes_stop_the_run_with_advice(tmp_path):
     assert time.monotonic() - start < 30
 
 
-@pytest.mark.parametrize("rank, crash, commit", [
-    (1, "exit", 3),  # a worker exits with code 3 without MPI_Finalize
-    (2, "kill", 3),  # a worker is SIGKILLed (the OOM killer's way)
-    (0, "raise", 3),  # the server raises after its third merge
-    (0, "kill", 3),  # the server is SIGKILLed
+@pytest.mark.parametrize("rank, crash, commit, resume", [
+    (1, "exit", 3, False),  # a worker exits with code 3 without MPI_Finalize
+    (2, "kill", 3, True),  # a worker is SIGKILLed (the OOM killer's way)
+    (0, "raise", 3, False),  # the server raises after its third merge
+    (0, "kill", 3, True),  # the server is SIGKILLed
 ])
-def test_a_crash_ends_the_job_promptly_naming_the_rank_and_resume_finishes(tmp_path, rank, crash, commit):
+def test_a_crash_ends_the_job_promptly_naming_the_rank_and_resume_finishes(tmp_path, rank, crash, commit, resume):
     run_dir = tmp_path / "run"
     start = time.monotonic()
     crashed = run_train(3, run_dir, [*TWO, f"debug.raise_on_rank={rank}", f"debug.raise_at_commit={commit}",
@@ -54,6 +54,8 @@ def test_a_crash_ends_the_job_promptly_naming_the_rank_and_resume_finishes(tmp_p
     if crash != "raise":  # and the launcher names the rank that died
         assert f"rank {rank}" in crashed.output.replace("Rank", "rank") or f",{rank}]" in crashed.output
     assert not (run_dir / "summary.json").exists() and (run_dir / "checkpoint.pt").exists()
+    if not resume:  # resuming is the same path whichever way the job died: two cases show it
+        return
     resumed = run_train(3, run_dir, ["debug.raise_on_rank=-1"], resume=True)
     assert resumed.returncode == 0, resumed.output
     summary = resumed.summary()
@@ -84,14 +86,14 @@ def test_bad_configs_end_every_rank_within_seconds(tmp_path):
 
 
 def test_a_resumed_run_ends_as_accurate_as_an_uninterrupted_one(tmp_path):
-    common = ["dual.workers=2", "train.epochs=6", "run.checkpoint_every=1"]
+    common = ["dual.workers=2", "train.epochs=5", "run.checkpoint_every=1"]
     whole = run_train(3, tmp_path / "whole", common)
-    crashed = run_train(3, tmp_path / "cut", [*common, "debug.raise_on_rank=1", "debug.raise_at_commit=4",
+    crashed = run_train(3, tmp_path / "cut", [*common, "debug.raise_on_rank=1", "debug.raise_at_commit=3",
                                               "debug.crash=kill"], timeout=90)
     resumed = run_train(3, tmp_path / "cut", ["debug.raise_on_rank=-1"], resume=True)
     assert whole.returncode == 0 and crashed.returncode != 0 and resumed.returncode == 0, resumed.output
     a, b = whole.summary()["final_top1"], resumed.summary()["final_top1"]
-    print(f"uninterrupted {a:.4f}, crashed at local commit 4 and resumed {b:.4f}")
+    print(f"uninterrupted {a:.4f}, crashed at local commit 3 and resumed {b:.4f}")
     assert b > 0.7 and abs(a - b) <= 0.1  # ASP on 2 cores is not deterministic: runs differ by a few points
 
 
@@ -131,3 +133,26 @@ def test_ulfm_asp_survives_a_lost_worker(tmp_path, crash):
     assert "rank 2 failed" in run.output and "going on with 2 worker(s)" in run.output
     assert s["commits_total"] == 12 and s["commits_by_worker"]["2"] == 1  # survivors took over its commits
     assert s["final_top1"] is not None and s["epochs_completed"] == 4
+
+
+def test_ulfm_replans_the_data_shares_for_the_survivors(tmp_path):
+    """Losing the only small-batch worker of a dual-batch run: the two large-batch survivors get a plan for
+    D * 2/3 samples over 2 workers (d_L = 342, 5 steps of 64), so their 3 commits per epoch cover the data set
+    once; before the loss a large commit was d_L = round(1.1 * 1024 / 3) = 375 (6 steps)."""
+    from hdbl_mpi.launch.commands import ulfm_args
+
+    run = run_train(4, tmp_path / "replan", ["dual.workers=3", "dual.small=1", "dual.time_a=0.0012",
+                                             "dual.time_b=0.004", "dual.extra_time=1.1", "train.epochs=4",
+                                             "ps.fault_tolerance=ulfm", "ps.ft_detector_timeout_s=10",
+                                             "debug.raise_on_rank=1", "debug.raise_at_commit=2", "debug.crash=kill"],
+                    timeout=120, extra=ulfm_args(10.0))
+    assert (tmp_path / "replan" / "summary.json").is_file(), run.output
+    s = run.summary()
+    (change,) = [c for c in s["replans"] if c.get("reason") == "lost rank(s) [1]"]
+    assert (change["workers"], change["small"], change["d_large"]) == (2, 0, 342)
+    assert "re-planned for 2 survivors (0 small-batch): d_L=342" in run.output
+    commits = run.commits()
+    for worker in (2, 3):
+        mine = sorted((r for r in commits if r["worker"] == worker), key=lambda r: r["local_commit"])
+        assert mine[0]["steps"] == 6 and mine[-1]["steps"] == 5, [r["steps"] for r in mine]
+    assert s["commits_total"] == 12 and s["final_top1"] is not None

@@ -39,7 +39,9 @@ def test_replan_rebalances_a_wrong_step_model(tmp_path):
     # b (the fixed cost of a step) is understated, so the plan's B_S is far too small: the small worker takes
     # hundreds of tiny steps and its commits are much slower than the large one's. The server refits a, b from
     # the commits and raises B_S.
-    run = run_train(3, tmp_path / "run", ["dual.workers=2", "dual.small=1", "train.epochs=10", "dual.extra_time=1.1",
+    # 20 epochs: the large worker must not finish all its commits during the small one's first (slow) commit,
+    # or no reply is left to carry the new B_S (seen in 1 of 4 runs with 10 epochs on a loaded 2-core VM).
+    run = run_train(3, tmp_path / "run", ["dual.workers=2", "dual.small=1", "train.epochs=20", "dual.extra_time=1.1",
                                           "dual.time_a=0.001", "dual.time_b=0.0005", "dual.replan=true",
                                           "dual.replan_threshold=1.1"], timeout=240)
     assert run.returncode == 0, run.output
