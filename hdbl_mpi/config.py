@@ -108,6 +108,7 @@ class PSConfig:
     merge: str = "journal"  # journal | conference
     timeout_s: float = 0.0  # longest wait for any message; 0: 600 s + 20 planned commit times
     device: str = "cpu"  # the server's evaluation device (cpu | auto | cuda | cuda:N); it merges on the host
+    servers: int = 1  # k server ranks, each owning a contiguous shard of the weights (ranks 0 and n+1..n+k-1)
 
 
 @dataclass
@@ -400,6 +401,13 @@ def validate(c: Config) -> None:
     _check(c.ps.fault_tolerance != "ulfm" or c.ps.mode == "asp",
            f"ps.fault_tolerance=ulfm needs ps.mode=asp (got {c.ps.mode}): BSP rounds and SSP bounds cannot go on "
            "without a worker. Use abort (and --resume) there.")
+    _check(c.ps.servers >= 1, f"ps.servers is {c.ps.servers}; it must be >= 1 (1: one server, the default).")
+    _check(c.ps.servers == 1 or c.ps.mode in PS_MODES,
+           f"ps.servers is {c.ps.servers} but ps.mode={c.ps.mode} has no server; set ps.servers=1, or use "
+           "ps.mode=asp/bsp/ssp.")
+    _check(c.ps.servers == 1 or c.ps.fault_tolerance == "abort",
+           f"ps.servers={c.ps.servers} with ps.fault_tolerance=ulfm is not supported: a lost shard server would lose "
+           "its part of the weights. Use one server with ulfm, or abort (and --resume) with sharded servers.")
     _check(c.ps.ft_detector_timeout_s > 0, f"ps.ft_detector_timeout_s is {c.ps.ft_detector_timeout_s}; it must be > 0.")
     _check(c.ps.max_nonfinite >= 1,
            f"ps.max_nonfinite is {c.ps.max_nonfinite}; it must be >= 1 (non-finite pushes in a row before stopping).")
@@ -428,9 +436,9 @@ def has_server(config: Config) -> bool:
 
 
 def required_ranks(config: Config) -> int:
-    """The MPI ranks a config needs: one server plus dual.workers workers, or dual.workers peers without a
-    server. Launchers check their slots against this before starting anything."""
-    return config.dual.workers + (1 if has_server(config) else 0)
+    """The MPI ranks a config needs: ps.servers servers plus dual.workers workers, or dual.workers peers without
+    a server. Launchers check their slots against this before starting anything."""
+    return config.dual.workers + (config.ps.servers if has_server(config) else 0)
 
 
 def _as_list(value) -> list:

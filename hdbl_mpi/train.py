@@ -23,7 +23,7 @@ from mpi4py import MPI
 
 from hdbl_mpi import __version__
 from hdbl_mpi.comm.wire import FlatState
-from hdbl_mpi.comm.world import World, make_world, threads_per_rank
+from hdbl_mpi.comm.world import SHARD, World, make_world, threads_per_rank
 from hdbl_mpi.config import Config, dump_config, has_server
 from hdbl_mpi.data import load_dataset
 from hdbl_mpi.data.sources import DataInfo, open_source
@@ -33,6 +33,7 @@ from hdbl_mpi.models import build_model
 from hdbl_mpi.plan import Plan, make_plan, plan_summary
 from hdbl_mpi.profiles import average_entries, lookup, save_profile
 from hdbl_mpi.ps.server import Evaluator, Server, ServerState
+from hdbl_mpi.ps.shards import Layout, serve_shard
 from hdbl_mpi.schedule import Schedule
 from hdbl_mpi.schedule import from_config as schedule_from_config
 from hdbl_mpi.ps.worker import run_worker
@@ -96,9 +97,9 @@ def run_facts(config: Config, world: World, schedule: Schedule, plans: dict[int,
 
 def _place(world: World, config: Config) -> tuple[torch.device, str]:
     """This rank's device and where its local rank came from. Workers use train.device, the server ps.device
-    (CPU by default: it only merges, and evaluates). Ranks that take a GPU in turn share out their host's GPUs
-    in the order of the launcher's local ranks."""
-    requested = config.ps.device if world.is_server else config.train.device
+    (CPU by default: it only merges, and evaluates), a shard server the CPU (it only merges). Ranks that take a
+    GPU in turn share out their host's GPUs in the order of the launcher's local ranks."""
+    requested = config.ps.device if world.is_server else "cpu" if world.role == SHARD else config.train.device
     found = launcher_local_rank(dict(os.environ))
     local_rank, source = found if found else (world.local_rank, "MPI shared-memory split")
     peers = world.local_comm.allgather((local_rank, wants_gpu(requested)))
@@ -114,8 +115,9 @@ def _timeout(config: Config, plans: dict[int, Plan]) -> float:
 
 
 def _load_data(world: World, config: Config, device: torch.device, seed: int) -> tuple[DataInfo, object]:
-    """The server needs the test split, a worker the training split. A download (only when data.download is
-    set) is made by one rank per host while the host's other ranks wait, so they never race on the files."""
+    """The servers need the test split (only rank 0 evaluates; shard servers open it to check the same files), a
+    worker the training split. A download (only when data.download is set) is made by one rank per host while
+    the host's other ranks wait, so they never race on the files."""
     c = config.data
     if c.download and c.name.lower() != "folder":
         if world.local_rank == 0:
@@ -125,7 +127,7 @@ def _load_data(world: World, config: Config, device: torch.device, seed: int) ->
                 world.local_comm.Barrier()
         else:
             world.local_comm.Barrier()
-    return open_source(config, train=not world.is_server, device=device, seed=seed)
+    return open_source(config, train=world.is_worker, device=device, seed=seed)
 
 
 def _auto_profile(config: Config, data: DataInfo, resolution: int, device: torch.device,
@@ -209,7 +211,7 @@ def train(shared: SharedConfig, resume: bool, verbose: bool) -> int:
     device = torch.device("cpu")
     failure: BaseException | None = None
     try:
-        world = make_world(config.dual.workers, config.dual.small, comm)
+        world = make_world(config.dual.workers, config.dual.small, comm, config.ps.servers)
         torch.set_num_threads(threads_per_rank(world.local_size, config.train.threads))
         torch.manual_seed(config.train.seed)
         device, local_source = _place(world, config)
@@ -221,7 +223,7 @@ def train(shared: SharedConfig, resume: bool, verbose: bool) -> int:
                                       f"{socket.gethostname()}:{device}", torch.get_num_threads(), data.decoder,
                                       data.skipped, local_source)
     sizes = _agree(comm, failure, mine)
-    worker_sizes = {s[0] for s in sizes[1:]}
+    worker_sizes = {s[0] for s in sizes[1:config.dual.workers + 1]}
     if len(worker_sizes) != 1:
         raise SetupError(f"the workers see training sets of different sizes {sorted(worker_sizes)}; "
                         "point data.dir at the same files on every host.")
@@ -238,7 +240,7 @@ def train(shared: SharedConfig, resume: bool, verbose: bool) -> int:
     entries: list[dict | None] = [None] * len(resolutions)
     if config.dual.profile == "auto" and stored_profile is None:
         local, failure = None, None
-        if not world.is_server:
+        if world.is_worker:
             try:
                 local = [_auto_profile(config, data, r, device, world.local_size, top) for r in resolutions]
             except Exception as err:
@@ -250,7 +252,7 @@ def train(shared: SharedConfig, resume: bool, verbose: bool) -> int:
     #    the checkpoint. One more agreement, so a failure on any rank stops every rank cleanly.
     state, failure = ServerState(), None
     plans: dict[int, Plan] = {}
-    model = flat = None
+    model = flat = layout = None
     try:
         if stored_profile is not None:
             entries = [lookup(stored_profile, config.model.name, r, "fp32", config.dual.profile_device,
@@ -260,13 +262,14 @@ def train(shared: SharedConfig, resume: bool, verbose: bool) -> int:
         model = build_model(config.model.name, data.num_classes, data.channels, top, config.model.stem,
                             config.model.dropout, config.model.width).to(device)
         flat = FlatState(model)
+        layout = Layout.make(flat.numel, config.dual.workers, config.ps.servers)
         if world.is_server:
             state = _prepare_run_dir(Path(chosen_dir), checkpoint, config, schedule, plans, flat,
                                      [e for e in entries if e is not None] if stored_profile is None else [])
     except Exception as err:
         failure = err
     _agree(comm, failure, None)
-    assert plans and model is not None and flat is not None
+    assert plans and model is not None and flat is not None and layout is not None
     plan = plans[top]
 
     # 5. Everyone starts from the server's weights and control state.
@@ -278,8 +281,12 @@ def train(shared: SharedConfig, resume: bool, verbose: bool) -> int:
                          if world.is_server else None, root=0)
     timeout_s = _timeout(config, plans)
 
+    if world.role == SHARD:
+        _, start, end = next(part for part in layout.parts if part[0] == world.rank)
+        serve_shard(comm, flat.host, start, end, timeout_s)
+        return 0
     if not world.is_server:
-        run_worker(world, config, schedule, plans, model, flat, source, device, control, timeout_s, verbose)
+        run_worker(world, config, schedule, plans, model, flat, source, device, control, timeout_s, verbose, layout)
         return 0
 
     run_path = Path(chosen_dir)
@@ -287,9 +294,10 @@ def train(shared: SharedConfig, resume: bool, verbose: bool) -> int:
     # The global model lives on the host, where MPI receives and merges; the model's own vector (on ps.device)
     # becomes the evaluator's staging area.
     weights = flat.vector.detach().to("cpu", copy=True)
-    server = Server(world, config, schedule, plans, weights, run_path, evaluator, state, timeout_s)
+    server = Server(world, config, schedule, plans, weights, run_path, evaluator, state, timeout_s, layout)
     server.progress.line(
-        f"hdbl train: {world.size} ranks (1 server, {plan.small} small-batch, {plan.large} large-batch workers), "
+        f"hdbl train: {world.size} ranks ({config.ps.servers} server{'s' if config.ps.servers > 1 else ''}, "
+        f"{plan.small} small-batch, {plan.large} large-batch workers), "
         f"mode {config.ps.mode}, D={dataset_size}, d_L={plan.d_large} B_L={plan.batch_large}"
         + (f", d_S={plan.d_small} B_S={plan.batch_small} f={plan.factor_small:.4f}" if plan.small else "")
         + f", {schedule.epochs} epochs in {len(schedule.stages)} stage(s) at {'/'.join(map(str, resolutions))} px"

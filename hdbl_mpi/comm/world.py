@@ -1,7 +1,9 @@
 """Ranks, roles and group communicators (SPEC §2).
 
-Rank 0 is the server, ranks 1..n_S are the small-batch workers and the remaining ranks the large-batch
-workers. ``COMM_WORLD.Split`` gives each group its own communicator for collective work inside the group.
+Rank 0 is the server, ranks 1..n_S are the small-batch workers and ranks n_S+1..n the large-batch workers.
+With sharded servers (ps.servers = k > 1) ranks n+1..n+k-1 are the shard servers, after the workers, so that
+the workers' ranks do not depend on k. ``COMM_WORLD.Split`` gives each group its own communicator for
+collective work inside the group.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from mpi4py import MPI
 
 from hdbl_mpi.errors import WorldSizeError
 
-SERVER, SMALL, LARGE, PEER = "server", "small", "large", "peer"
-_COLORS = {SERVER: 0, SMALL: 1, LARGE: 2}
+SERVER, SMALL, LARGE, PEER, SHARD = "server", "small", "large", "peer", "shard"
+_COLORS = {SERVER: 0, SMALL: 1, LARGE: 2, SHARD: 3}
 
 
 @dataclass
@@ -32,8 +34,12 @@ class World:
     def is_server(self) -> bool:
         return self.role == SERVER
 
+    @property
+    def is_worker(self) -> bool:
+        return self.role in (SMALL, LARGE, PEER)
+
     def describe(self) -> str:
-        return f"rank {self.rank}/{self.size} ({self.role}{'' if self.is_server else '-batch worker'})"
+        return f"rank {self.rank}/{self.size} ({self.role}{'-batch worker' if self.is_worker else ' server'})"
 
 
 def role_of(rank: int, small: int) -> str:
@@ -42,22 +48,23 @@ def role_of(rank: int, small: int) -> str:
     return SMALL if rank <= small else LARGE
 
 
-def check_world_size(size: int, workers: int, small: int) -> None:
-    """The world must hold exactly one server and the configured workers; say how to launch it otherwise."""
-    if size != workers + 1:
+def check_world_size(size: int, workers: int, small: int, servers: int = 1) -> None:
+    """The world must hold exactly the servers and the configured workers; say how to launch it otherwise."""
+    if size != workers + servers:
+        what = "1 server" if servers == 1 else f"ps.servers={servers} servers"
         raise WorldSizeError(
-            f"this job has {size} MPI rank(s) but the config asks for 1 server + dual.workers={workers} workers "
-            f"({small} small-batch, {workers - small} large-batch) = {workers + 1} ranks. Launch with "
-            f"`mpirun -np {workers + 1} ...`, or set --set dual.workers={size - 1} "
-            f"(and dual.small <= {max(size - 1, 0)})."
+            f"this job has {size} MPI rank(s) but the config asks for {what} + dual.workers={workers} workers "
+            f"({small} small-batch, {workers - small} large-batch) = {workers + servers} ranks. Launch with "
+            f"`mpirun -np {workers + servers} ...`, or set --set dual.workers={size - servers} "
+            f"(and dual.small <= {max(size - servers, 0)})."
         )
 
 
-def make_world(workers: int, small: int, comm: MPI.Intracomm | None = None) -> World:
+def make_world(workers: int, small: int, comm: MPI.Intracomm | None = None, servers: int = 1) -> World:
     """Split the job into roles; raises WorldSizeError identically on every rank (no collective is entered)."""
     comm = comm or MPI.COMM_WORLD
-    check_world_size(comm.size, workers, small)
-    role = role_of(comm.rank, small)
+    check_world_size(comm.size, workers, small, servers)
+    role = SHARD if comm.rank > workers else role_of(comm.rank, small)
     group = comm.Split(_COLORS[role], comm.rank)
     local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
     return World(comm, group, local, comm.rank, comm.size, role, local.rank, local.size)

@@ -66,7 +66,8 @@ def ranks_for(command: list[str], np: int | None, hosts: Hosts | None) -> tuple[
         else:
             config = load_config(train.config, train.set)
         needed = required_ranks(config)
-        why = (f"1 server + dual.workers={config.dual.workers} workers" if has_server(config) else
+        servers = "1 server" if config.ps.servers == 1 else f"ps.servers={config.ps.servers} servers"
+        why = (f"{servers} + dual.workers={config.dual.workers} workers" if has_server(config) else
                f"dual.workers={config.dual.workers} {config.ps.mode} workers, no server")
         if np is not None and np != needed:
             raise LaunchError(f"--np {np} but the config needs {needed} ranks ({why}); drop --np, or change the "

@@ -32,6 +32,9 @@ from hdbl_mpi.errors import HdblError, PlanError
 from hdbl_mpi.optim import EarlyStopping, scheduled_lr
 from hdbl_mpi.plan import Plan, make_plan, round_half_up
 from hdbl_mpi.ps.merge import merge_weight
+from hdbl_mpi.ps.shards import (
+    OP_ACCUMULATE, OP_ACCUMULATE_OWN, OP_AVERAGE, OP_DROP, OP_MERGE, OP_REPLY, Layout, ShardFanout, ShardMath,
+)
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.faults import maybe_crash
 from hdbl_mpi.run.progress import Progress
@@ -181,14 +184,21 @@ class Server:
         evaluator: Evaluator,
         state: ServerState,
         timeout_s: float,
+        layout: Layout | None = None,
     ) -> None:
         self.world, self.config, self.schedule, self.plans, self.run_dir = world, config, schedule, plans, run_dir
         self.plan = plans[max(plans)]  # d_L, d_S, n_S and f are the same at every resolution
         self.comm = world.comm
         self.W = weights  # the global model, float32 on the CPU, shared with self.W_np
         self.W_np = weights.numpy()
-        self.recv = torch.empty_like(weights)
-        self.recv_np = self.recv.numpy()
+        # With ps.servers > 1 this rank owns (and keeps current) only shard 0 of W; the others are gathered from
+        # the shard servers when the whole vector is needed (evaluation, checkpoint).
+        self.layout = layout or Layout(((0, 0, weights.numel()),))
+        start, end = self.layout.own
+        self.own = ShardMath(weights[start:end])
+        self.own_np = self.W_np[start:end]
+        self.fanout = ShardFanout(self.comm, self.layout, self.W_np)
+        self.shard_servers: dict[str, dict] = {}
         self.evaluator, self.state, self.timeout_s = evaluator, state, timeout_s
         self.n = config.dual.workers
         self.total = schedule.epochs * self.n  # lowered by early stopping, always to the end of an epoch
@@ -219,8 +229,7 @@ class Server:
             self.state.batch_small.setdefault(str(r), p.batch_small)
         self.balances = {r: Balance(p, config) for r, p in plans.items()} if config.dual.replan and self.plan.small \
             else None
-        self.bsp_sum = torch.zeros_like(weights) if self.mode == "bsp" else None
-        self.bsp_factor = 0.0
+        self.bsp_factor = 0.0  # sum of the factors of the BSP round so far
         self.commit_log = rundir.CommitLog(run_dir / rundir.COMMITS, keep_up_to=state.merged)
         self.progress = Progress(self.total, state.merged, self.n, run_dir / rundir.LOG)
         self.scalars = Scalars(run_dir / rundir.TENSORBOARD)
@@ -243,24 +252,30 @@ class Server:
     def _on_push(self, src: int) -> None:
         header = PUSH.empty()
         self.comm.Recv(header, source=src, tag=TAG_PUSH_HEADER)
-        self.comm.Recv(self.recv_np, source=src, tag=TAG_PUSH_WEIGHTS)
-        arrived = time.perf_counter()
         info = PUSH.unpack(header)
+        bad = not info["finite"] or not math.isfinite(info["loss_sum"])
+        # The decision goes to the shard servers first, so they take their slices while this rank takes its own.
+        factor = self._factor(src)
+        if self.mode == "bsp":  # a rejected push counts as "no change" in the round's average
+            op, value = (OP_ACCUMULATE_OWN if bad else OP_ACCUMULATE), factor
+        else:
+            op, value = (OP_DROP, 0.0) if bad else (OP_MERGE, self.weights[src])
+        self.fanout.tell(op, src, value)
+        self.comm.Recv(self.own.recv_np, source=src, tag=TAG_PUSH_WEIGHTS)
+        arrived = time.perf_counter()
         self.training.discard(src)
         if src in self.stalled:  # it was only slow: take its commit and count it as a worker again
             self.stalled.discard(src)
             self.progress.line(f"rank {src}, given up on as stalled, committed again; it is back in the run")
-        bad = not info["finite"] or not math.isfinite(info["loss_sum"])
         if bad:
             self._reject(src, info)
         else:
             self.nonfinite_streak[src] = 0
-        if self.mode == "bsp":  # a rejected push counts as "no change" in the round's average
-            factor = self._factor(src)
-            self.bsp_sum.add_(self.W if bad else self.recv, alpha=factor)
+        if self.mode == "bsp":
+            self.own.accumulate(factor, own=bad)
             self.bsp_factor += factor
         elif not bad:
-            self.W.lerp_(self.recv, self.weights[src])
+            self.own.merge(self.weights[src])
         st = self.state
         st.merged += 1  # a rejected commit still counts: its data was used up, its update is dropped
         maybe_crash(self.config.debug, 0, st.merged, "merged commit")
@@ -277,8 +292,8 @@ class Server:
         self.pending[src] = (st.merged, arrived)
         if self.mode == "bsp":
             if len(self.pending) == self.n - len(self.stopped):
-                torch.div(self.bsp_sum, self.bsp_factor, out=self.W)
-                self.bsp_sum.zero_()
+                self.fanout.tell(OP_AVERAGE, value=self.bsp_factor)
+                self.own.average(self.bsp_factor)
                 self.bsp_factor = 0.0
                 self._maybe_close_epoch()
                 for w in sorted(self.pending):
@@ -336,7 +351,8 @@ class Server:
                             resolution=r, dropout=stage.dropout, rejected=float(w in self.rejected), share=share)
         self.rejected.discard(w)
         self.comm.Send(header, dest=w, tag=TAG_REPLY_HEADER)
-        self.comm.Send(self.W_np, dest=w, tag=TAG_REPLY_WEIGHTS)
+        self.fanout.tell(OP_REPLY, w)
+        self.comm.Send(self.own_np, dest=w, tag=TAG_REPLY_WEIGHTS)
         if stop:
             self.stopped.add(w)
         else:
@@ -400,6 +416,8 @@ class Server:
         every = self.config.run.checkpoint_every
         last = force or epoch == self.total // self.n
         due_ckpt = last or (every > 0 and epoch % every == 0)
+        if due_eval or due_ckpt:
+            self.fanout.gather()
         snapshot = self.W.clone() if (due_eval or due_ckpt) else None
         if due_eval:
             self.evaluator.submit(epoch, snapshot, stage.resolution)  # at the stage's resolution
@@ -580,6 +598,7 @@ class Server:
                 )
             backoff.pause()
         self.t_end_train = self.t_last_merge
+        self.shard_servers = self.fanout.finish()
         self.commit_log.close()
         write_trace(self.run_dir / rundir.TRACE, rundir.read_commits(self.run_dir / rundir.COMMITS))
         self._collect_evals(self.evaluator.finish(self.timeout_s))
@@ -628,6 +647,9 @@ class Server:
             "lost_workers": list(st.lost_workers),
             "batch_small_final": st.batch_small,
             "tensorboard": self.scalars.status,
+            "servers": len(self.layout.parts),
+            "shards": [{"rank": r, "start": s, "end": e} for r, s, e in self.layout.parts],
+            "shard_servers": self.shard_servers,  # each shard server's merges, replies, gathers and busy seconds
         }
 
     def balance_report(self, resolution: int) -> dict:

@@ -12,6 +12,7 @@ import socket
 import time
 
 import torch
+from mpi4py import MPI
 from torch import nn
 
 from hdbl_mpi.comm.wire import (
@@ -24,18 +25,23 @@ from hdbl_mpi.engine import set_lr, train_steps
 from hdbl_mpi.models import set_dropout
 from hdbl_mpi.optim import optimizer_for, scheduled_lr
 from hdbl_mpi.plan import Plan, lr_scale, round_half_up
+from hdbl_mpi.ps.shards import Layout
 from hdbl_mpi.run.faults import maybe_crash
 from hdbl_mpi.schedule import Schedule
 
 
-def push_and_pull(comm, flat: FlatState, header_out, header_in, timeout_s: float, what: str) -> float:
-    """One commit exchange: push header + weights, wait (bounded) for the reply header, then receive the merged
-    weights straight into the model's vector. Returns the round-trip seconds."""
+def push_and_pull(comm, flat: FlatState, header_out, header_in, timeout_s: float, what: str,
+                  layout: Layout | None = None) -> float:
+    """One commit exchange: push the header to rank 0 and each shard of the weights to its server (all shards
+    at once), wait (bounded) for rank 0's reply header, then receive every merged shard straight into the
+    model's vector. Returns the round-trip seconds."""
     start = time.perf_counter()
+    host = flat.to_host()
+    parts = layout.parts if layout is not None else ((0, 0, flat.numel),)
     comm.Send(header_out, dest=0, tag=TAG_PUSH_HEADER)
-    comm.Send(flat.to_host(), dest=0, tag=TAG_PUSH_WEIGHTS)
+    MPI.Request.Waitall([comm.Isend(host[s:e], dest=r, tag=TAG_PUSH_WEIGHTS) for r, s, e in parts])
     wait_bounded(comm.Irecv(header_in, source=0, tag=TAG_REPLY_HEADER), timeout_s, what)
-    comm.Recv(flat.host, source=0, tag=TAG_REPLY_WEIGHTS)
+    MPI.Request.Waitall([comm.Irecv(host[s:e], source=r, tag=TAG_REPLY_WEIGHTS) for r, s, e in parts])
     flat.from_host()
     return time.perf_counter() - start
 
@@ -52,6 +58,7 @@ def run_worker(
     control: dict,
     timeout_s: float,
     verbose: bool,
+    layout: Layout | None = None,
 ) -> None:
     """Commit until the server says stop; every commit's record goes to the server (which owns the run dir).
 
@@ -80,7 +87,7 @@ def run_worker(
         stats = train_steps(model, optimizer, source, steps, batch, resolution, device, check_finite=False)
         d = config.debug
         if world.rank == d.nan_rank and d.nan_at_commit <= local < d.nan_at_commit + d.nan_commits:
-            flat.vector[0] = float("nan")  # injected divergence
+            flat.vector[0] = flat.vector[-1] = float("nan")  # injected divergence (first and last shard)
             stats.loss_sum = float("nan")
         # One sum tells whether anything is NaN/Inf: the server rejects a push flagged non-finite.
         finite = math.isfinite(stats.loss_sum) and bool(torch.isfinite(flat.vector.sum()))
@@ -90,7 +97,7 @@ def run_worker(
                                resolution=resolution, loss_sum=stats.loss_sum, correct=stats.correct,
                                compute_s=stats.seconds, finite=float(finite))
         roundtrip = push_and_pull(comm, flat, header_out, header_in, timeout_s,
-                                  f"the server's reply to commit {local} of rank {world.rank}")
+                                  f"the server's reply to commit {local} of rank {world.rank}", layout)
         reply = REPLY.unpack(header_in)
         held = reply["held_s"]
         if reply["rejected"]:  # the server dropped this push: restart from the global weights, with fresh momentum

@@ -1,0 +1,181 @@
+"""Sharded servers (`ps.servers: k`): k server ranks, each owning one contiguous slice of the flat vector.
+
+One server moves 2 x model bytes per commit and merges the whole vector, so with many workers (or a slow NIC)
+it becomes the bottleneck. As with MXNet's ``-s`` servers, the vector is cut into k contiguous shards; a worker
+sends each shard to its owner and receives each merged shard from it, so the bytes and the merge work of
+every commit are split k ways and run in parallel.
+
+Rank 0 stays the one place where decisions are made (merge weights, NaN rejection, BSP rounds, SSP holds,
+stages, stop, evaluation, checkpoints) and owns shard 0. For each decision it sends a small control message
+(``SHARD_OP``) to the other shard servers, ranks n+1 .. n+k-1 (after the workers, so workers keep ranks 1..n).
+MPI keeps messages between two ranks in order, so every shard applies the same operations in the same order as
+rank 0 applies them to its own shard: the shards together hold exactly the vector one server would hold.
+The element-wise arithmetic lives in ``ShardMath``, used by rank 0 and the shard servers alike.
+
+Shard boundaries are multiples of ``ALIGN`` values, so every shard starts on the same SIMD lane as in the
+whole vector and the vectorised kernels round each element identically; the BSP average is written with
+separately rounded multiply and add, which makes a sharded BSP run bit-identical to a single server.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from hdbl_mpi.comm.wire import TAG_PUSH_WEIGHTS, TAG_REPLY_WEIGHTS, HeaderLayout, wait_bounded
+from hdbl_mpi.errors import ConfigError
+
+ALIGN = 1024  # values (4 KiB): shard starts are multiples of this
+TAG_SHARD_OP = 41
+TAG_SHARD_GATHER = 42
+TAG_SHARD_DONE = 43  # a shard server's counters, sent to rank 0 when it finishes
+
+# Control message, rank 0 -> each shard server: what to do next, in rank 0's order.
+SHARD_OP = HeaderLayout(("op", "rank", "value"))
+OP_MERGE, OP_DROP, OP_ACCUMULATE, OP_ACCUMULATE_OWN, OP_AVERAGE, OP_REPLY, OP_GATHER, OP_FINISH = range(8)
+
+
+def shard_bounds(numel: int, servers: int, align: int = ALIGN) -> list[tuple[int, int]]:
+    """[start, end) of each server's shard: equal slices rounded up to `align` values, the last one shorter.
+
+    A model too small to give every server at least one aligned slice is refused: the extra servers would have
+    nothing to do."""
+    if servers < 1:
+        raise ConfigError(f"ps.servers is {servers}; it must be >= 1.")
+    chunk = -(-numel // servers)
+    chunk = -(-chunk // align) * align
+    bounds = [(min(i * chunk, numel), min((i + 1) * chunk, numel)) for i in range(servers)]
+    if any(start >= end for start, end in bounds):
+        raise ConfigError(
+            f"ps.servers={servers} shards of {align} values do not fit a model of {numel:,} values: each server "
+            f"needs a slice. Use ps.servers <= {max(1, -(-numel // align))} (sharding pays off for large models)."
+        )
+    return bounds
+
+
+def server_ranks(workers: int, servers: int) -> list[int]:
+    """The rank owning each shard: rank 0, then the ranks after the n workers."""
+    return [0] + [workers + i for i in range(1, servers)]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Who owns which slice: ``parts[i] = (rank, start, end)``; one part (rank 0, whole vector) without sharding."""
+
+    parts: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def make(cls, numel: int, workers: int, servers: int) -> Layout:
+        bounds = shard_bounds(numel, servers)
+        return cls(tuple((rank, s, e) for rank, (s, e) in zip(server_ranks(workers, servers), bounds, strict=True)))
+
+    @property
+    def own(self) -> tuple[int, int]:
+        """Rank 0's slice."""
+        return self.parts[0][1], self.parts[0][2]
+
+    @property
+    def others(self) -> tuple[tuple[int, int, int], ...]:
+        return self.parts[1:]
+
+
+class ShardMath:
+    """The merge arithmetic on one contiguous slice of the global vector (the whole vector with one server).
+
+    ``W`` is a view into the owner's global vector; ``recv`` receives a worker's slice. ASP merges are one
+    fused ``lerp_`` (read W and W_k, write W). A BSP round sums f_k * W_k with separately rounded multiply and
+    add, then divides: each element is rounded the same way whatever the slice, so k shards reproduce one
+    server bit for bit."""
+
+    def __init__(self, W: torch.Tensor) -> None:
+        self.W = W
+        self.recv = torch.empty_like(W)
+        self.recv_np = self.recv.numpy()
+        self._sum: torch.Tensor | None = None
+        self._scaled: torch.Tensor | None = None
+
+    def merge(self, weight: float) -> None:
+        self.W.lerp_(self.recv, weight)
+
+    def accumulate(self, factor: float, own: bool) -> None:
+        """Add factor * (the received slice, or W itself for a rejected push) to the BSP round's sum."""
+        if self._sum is None:
+            self._sum, self._scaled = torch.zeros_like(self.W), torch.empty_like(self.W)
+        torch.mul(self.W if own else self.recv, factor, out=self._scaled)
+        self._sum.add_(self._scaled)
+
+    def average(self, divisor: float) -> None:
+        """End of a BSP round: W = sum / sum of factors."""
+        torch.div(self._sum, divisor, out=self.W)
+        self._sum.zero_()
+
+
+class ShardFanout:
+    """Rank 0's side: tells the other shard servers what it decided, and gathers their shards when it needs the
+    whole vector (evaluation, checkpoint). With one server it does nothing."""
+
+    def __init__(self, comm: MPI.Intracomm, layout: Layout, W_np: np.ndarray) -> None:
+        self.comm, self.layout, self.W_np = comm, layout, W_np
+
+    def tell(self, op: int, rank: int = 0, value: float = 0.0) -> None:
+        if not self.layout.others:
+            return
+        message = SHARD_OP.pack(op=op, rank=rank, value=value)
+        for shard_rank, _, _ in self.layout.others:
+            self.comm.Send(message, dest=shard_rank, tag=TAG_SHARD_OP)
+
+    def gather(self) -> None:
+        """Bring every shard into rank 0's full vector (only the own shard is current between gathers)."""
+        if not self.layout.others:
+            return
+        self.tell(OP_GATHER)
+        MPI.Request.Waitall([self.comm.Irecv(self.W_np[s:e], source=r, tag=TAG_SHARD_GATHER)
+                             for r, s, e in self.layout.others])
+
+    def finish(self) -> dict[str, dict]:
+        """End the shard servers' loops; returns each one's counters (merges, replies, gathers, busy seconds)."""
+        self.tell(OP_FINISH)
+        return {str(r): self.comm.recv(source=r, tag=TAG_SHARD_DONE) for r, _, _ in self.layout.others}
+
+
+def serve_shard(comm: MPI.Intracomm, vector: np.ndarray, start: int, end: int, timeout_s: float) -> dict:
+    """A shard server's loop: apply rank 0's operations to this slice until told to finish.
+
+    `vector` holds the initial global weights (everyone received them at start-up); the slice [start, end) is
+    this server's from then on. Waits for rank 0 are bounded by `timeout_s`, so a lost rank 0 ends this rank
+    with an error instead of a hang. Returns counters for the run summary."""
+    math_ = ShardMath(torch.from_numpy(vector[start:end]))
+    W_np = vector[start:end]
+    op_in = SHARD_OP.empty()
+    counts = {"merged": 0, "replies": 0, "gathers": 0, "busy_s": 0.0}
+    while True:
+        wait_bounded(comm.Irecv(op_in, source=0, tag=TAG_SHARD_OP), timeout_s,
+                     f"the next operation from server rank 0 (shard server rank {comm.rank})")
+        t0 = time.perf_counter()
+        message = SHARD_OP.unpack(op_in)
+        op, rank, value = int(message["op"]), int(message["rank"]), message["value"]
+        if op in (OP_MERGE, OP_DROP, OP_ACCUMULATE, OP_ACCUMULATE_OWN):
+            comm.Recv(math_.recv_np, source=rank, tag=TAG_PUSH_WEIGHTS)
+            counts["merged"] += 1
+            if op == OP_MERGE:
+                math_.merge(value)
+            elif op != OP_DROP:
+                math_.accumulate(value, own=op == OP_ACCUMULATE_OWN)
+        elif op == OP_AVERAGE:
+            math_.average(value)
+        elif op == OP_REPLY:
+            comm.Send(W_np, dest=rank, tag=TAG_REPLY_WEIGHTS)
+            counts["replies"] += 1
+        elif op == OP_GATHER:
+            comm.Send(W_np, dest=0, tag=TAG_SHARD_GATHER)
+            counts["gathers"] += 1
+        elif op == OP_FINISH:
+            comm.send(counts, dest=0, tag=TAG_SHARD_DONE)
+            return counts
+        else:
+            raise RuntimeError(f"shard server rank {comm.rank} got unknown operation {op} from rank 0")
+        counts["busy_s"] += time.perf_counter() - t0
