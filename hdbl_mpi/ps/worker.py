@@ -39,9 +39,14 @@ def push_and_pull(comm, flat: FlatState, header_out, header_in, timeout_s: float
     host = flat.to_host()
     parts = layout.parts if layout is not None else ((0, 0, flat.numel),)
     comm.Send(header_out, dest=0, tag=TAG_PUSH_HEADER)
-    MPI.Request.Waitall([comm.Isend(host[s:e], dest=r, tag=TAG_PUSH_WEIGHTS) for r, s, e in parts])
-    wait_bounded(comm.Irecv(header_in, source=0, tag=TAG_REPLY_HEADER), timeout_s, what)
-    MPI.Request.Waitall([comm.Irecv(host[s:e], source=r, tag=TAG_REPLY_WEIGHTS) for r, s, e in parts])
+    if len(parts) == 1:
+        comm.Send(host, dest=0, tag=TAG_PUSH_WEIGHTS)
+        wait_bounded(comm.Irecv(header_in, source=0, tag=TAG_REPLY_HEADER), timeout_s, what)
+        comm.Recv(host, source=0, tag=TAG_REPLY_WEIGHTS)
+    else:
+        MPI.Request.Waitall([comm.Isend(host[s:e], dest=r, tag=TAG_PUSH_WEIGHTS) for r, s, e in parts])
+        wait_bounded(comm.Irecv(header_in, source=0, tag=TAG_REPLY_HEADER), timeout_s, what)
+        MPI.Request.Waitall([comm.Irecv(host[s:e], source=r, tag=TAG_REPLY_WEIGHTS) for r, s, e in parts])
     flat.from_host()
     return time.perf_counter() - start
 

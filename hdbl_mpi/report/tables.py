@@ -96,13 +96,14 @@ def comparison_rows(runs: list[Run], baseline: Run) -> list[dict]:
 
 
 def grid(rows: list[dict]) -> dict[str, dict] | None:
-    """n_S x t tables per mode, when the runs vary in n_S or t; None otherwise. Cells hold final top-1 and
-    train time; a combination run twice keeps the last one given."""
+    """n_S x t tables per mode and resolutions (so that cyclic and one-resolution runs of the same n_S and t
+    never share a cell), when the runs vary in n_S or t; None otherwise. Cells hold final top-1 and train time;
+    a combination run twice keeps the last one given."""
     if len({r["n_S"] for r in rows}) < 2 and len({r["t"] for r in rows}) < 2:
         return None
     out: dict[str, dict] = {}
     for row in rows:
-        table = out.setdefault(row["mode"], {"n_S": [], "t": [], "cells": {}})
+        table = out.setdefault(f"{row['mode']} at {row['resolutions']} px", {"n_S": [], "t": [], "cells": {}})
         if row["n_S"] not in table["n_S"]:
             table["n_S"].append(row["n_S"])
         if row["t"] not in table["t"]:
@@ -156,8 +157,8 @@ def render(runs: list[Run], baseline: Run, fmt: str) -> str:
           f"{r['eval_time_s']:.1f}", f"{r['speedup']:.3f}x", f"{r['final_delta_pp']:+.2f}",
           f"{r['best_delta_pp']:+.2f}"] for r in rows]))
     if table:
-        for mode, t in table.items():
-            parts += ["", f"## Grid: {mode} (final top-1 / train seconds; rows n_S, columns t)", ""]
+        for kind, t in table.items():
+            parts += ["", f"## Grid: {kind} (final top-1 / train seconds; rows n_S, columns t)", ""]
             body = []
             for n_s in t["n_S"]:
                 cells = [t["cells"].get(f"{n_s}|{tt}") for tt in t["t"]]

@@ -61,7 +61,7 @@ def test_report_numbers_equal_the_run_files(capsys, runs):
     assert rows["dual"]["speedup"] == pytest.approx(b["train_time_s"] / d["train_time_s"])
     assert rows["dual"]["final_delta_pp"] == pytest.approx(100 * (d["final_top1"] - b["final_top1"]))
     assert rows["baseline"]["speedup"] == pytest.approx(1.0) and rows["baseline"]["baseline"]
-    assert report["grid"]["asp"]["n_S"] == [0, 1]  # the runs differ in n_S and t: a grid
+    assert report["grid"]["asp at 16 px"]["n_S"] == [0, 1]  # the runs differ in n_S and t: a grid
 
 
 def test_baseline_choice_changes_the_deltas(capsys, runs):

@@ -1,5 +1,7 @@
 """YAML + --set overrides, typed validation, and the resolved dump a run directory keeps."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -75,3 +77,15 @@ def test_missing_and_malformed_files(tmp_path):
 def test_demo_config_is_valid():
     config = load_config("configs/demo.yaml")
     assert config.data.name == "fashion-mnist" and config.dual.workers == 4 and config.dual.small == 2
+
+
+def test_every_shipped_config_loads_and_the_paper_recipes_say_what_the_papers_ran():
+    root = Path(__file__).resolve().parents[2] / "configs"
+    configs = {p.stem: load_config(p) for p in sorted(root.glob("*.yaml"))}
+    assert {"demo", "demo-hybrid", "cifar100-paper", "imagenet-paper"} <= set(configs)
+    cifar, imagenet = configs["cifar100-paper"], configs["imagenet-paper"]
+    assert (cifar.schedule.preset, cifar.dual.workers, cifar.dual.small, cifar.dual.extra_time) == (
+        "cifar-paper", 4, 3, 1.05)
+    assert (imagenet.schedule.preset, imagenet.dual.small, imagenet.data.name, imagenet.model.stem) == (
+        "imagenet-paper", 4, "folder", "imagenet")
+    assert cifar.train.lr_scaling == imagenet.train.lr_scaling == "none"  # one LR for both batch sizes
