@@ -649,7 +649,7 @@ class Server:
             "tensorboard": self.scalars.status,
             "servers": len(self.layout.parts),
             "shards": [{"rank": r, "start": s, "end": e} for r, s, e in self.layout.parts],
-            "shard_servers": self.shard_servers,  # each shard server's merges, replies, gathers and busy seconds
+            "shard_servers": self.shard_servers,  # each shard server's pushes, replies, gathers and busy seconds
         }
 
     def balance_report(self, resolution: int) -> dict:

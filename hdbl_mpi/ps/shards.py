@@ -137,7 +137,7 @@ class ShardFanout:
                              for r, s, e in self.layout.others])
 
     def finish(self) -> dict[str, dict]:
-        """End the shard servers' loops; returns each one's counters (merges, replies, gathers, busy seconds)."""
+        """End the shard servers' loops; returns each one's counters (pushes, replies, gathers, busy seconds)."""
         self.tell(OP_FINISH)
         return {str(r): self.comm.recv(source=r, tag=TAG_SHARD_DONE) for r, _, _ in self.layout.others}
 
@@ -151,7 +151,7 @@ def serve_shard(comm: MPI.Intracomm, vector: np.ndarray, start: int, end: int, t
     math_ = ShardMath(torch.from_numpy(vector[start:end]))
     W_np = vector[start:end]
     op_in = SHARD_OP.empty()
-    counts = {"merged": 0, "replies": 0, "gathers": 0, "busy_s": 0.0}
+    counts = {"pushes": 0, "replies": 0, "gathers": 0, "busy_s": 0.0}
     while True:
         wait_bounded(comm.Irecv(op_in, source=0, tag=TAG_SHARD_OP), timeout_s,
                      f"the next operation from server rank 0 (shard server rank {comm.rank})")
@@ -160,7 +160,7 @@ def serve_shard(comm: MPI.Intracomm, vector: np.ndarray, start: int, end: int, t
         op, rank, value = int(message["op"]), int(message["rank"]), message["value"]
         if op in (OP_MERGE, OP_DROP, OP_ACCUMULATE, OP_ACCUMULATE_OWN):
             comm.Recv(math_.recv_np, source=rank, tag=TAG_PUSH_WEIGHTS)
-            counts["merged"] += 1
+            counts["pushes"] += 1  # merged, accumulated or dropped (rejected)
             if op == OP_MERGE:
                 math_.merge(value)
             elif op != OP_DROP:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hdbl_mpi.comm.world import check_world_size
 from hdbl_mpi.config import load_config, required_ranks
-from hdbl_mpi.errors import ConfigError
+from hdbl_mpi.errors import ConfigError, WorldSizeError
 from hdbl_mpi.ps.shards import ALIGN, Layout, ShardMath, server_ranks, shard_bounds
 
 
@@ -80,3 +81,9 @@ def test_config_servers_counts_ranks_and_refuses_what_cannot_work():
         load_config(None, ["ps.servers=2", "ps.fault_tolerance=ulfm", "dual.batch_large=8"])
     with pytest.raises(ConfigError, match="ps.servers is 0"):
         load_config(None, ["ps.servers=0", "dual.batch_large=8"])
+
+
+def test_a_wrong_rank_count_for_sharded_servers_names_the_fix():
+    check_world_size(5, 3, 1, 2)  # 3 workers + 2 servers
+    with pytest.raises(WorldSizeError, match=r"ps.servers=2 servers \+ dual.workers=3 workers .* `mpirun -np 5"):
+        check_world_size(4, 3, 1, 2)
