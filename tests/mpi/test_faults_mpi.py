@@ -38,8 +38,7 @@ def test_repeated_nan_pushes_stop_the_run_with_advice(tmp_path):
 
 
 @pytest.mark.parametrize("rank, crash, commit, resume", [
-    (1, "exit", 3, False),  # a worker exits with code 3 without MPI_Finalize
-    (2, "kill", 3, True),  # a worker is SIGKILLed (the OOM killer's way)
+    (2, "exit", 3, False),  # a worker exits with code 3 without MPI_Finalize (a SIGKILLed worker: test_ulfm_*)
     (0, "raise", 3, False),  # the server raises after its third merge
     (0, "kill", 3, True),  # the server is SIGKILLed
 ])
@@ -54,7 +53,7 @@ def test_a_crash_ends_the_job_promptly_naming_the_rank_and_resume_finishes(tmp_p
     if crash != "raise":  # and the launcher names the rank that died
         assert f"rank {rank}" in crashed.output.replace("Rank", "rank") or f",{rank}]" in crashed.output
     assert not (run_dir / "summary.json").exists() and (run_dir / "checkpoint.pt").exists()
-    if not resume:  # resuming is the same path whichever way the job died: two cases show it
+    if not resume:  # resuming is the same path whichever way the job died: the server kill shows it
         return
     resumed = run_train(3, run_dir, ["debug.raise_on_rank=-1"], resume=True)
     assert resumed.returncode == 0, resumed.output
