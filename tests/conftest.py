@@ -1,15 +1,54 @@
-"""Shared test helpers: run `hdbl train` under a real mpirun with a hard timeout."""
+"""Shared test helpers: run `hdbl train` under a real mpirun with a hard timeout; the `mpi` marker and the fast
+lane's guard.
+
+Every test under tests/mpi/ is marked `mpi` here, in one place (no per-file marks to forget), so
+`pytest -m "not mpi"` is the fast lane. When the selected tests hold no `mpi` test, tests/no_mpi/sitecustomize.py
+guards the run: any MPI launcher started for a job, by a test or by a Python process a test started, fails that
+test and the session.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from hdbl_mpi.launch.commands import hdbl_program, local_mpirun
+
+TESTS = Path(__file__).resolve().parent
+MPI_TESTS = TESTS / "mpi"
+GUARD = TESTS / "no_mpi"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if MPI_TESTS in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.mpi)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """No `mpi` test selected: install the guard here and, through PYTHONPATH, in every Python the tests start."""
+    if any(item.get_closest_marker("mpi") for item in session.items):
+        return
+    log = Path(tempfile.gettempdir()) / f"hdbl-no-mpi-{os.getpid()}.log"
+    log.unlink(missing_ok=True)
+    os.environ["HDBL_NO_MPI_LOG"] = str(log)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GUARD), os.environ.get("PYTHONPATH")]))
+    spec = importlib.util.spec_from_file_location("hdbl_no_mpi_guard", GUARD / "sitecustomize.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    log = Path(os.environ.get("HDBL_NO_MPI_LOG", "/nonexistent"))
+    if log.is_file() and log.read_text().strip():
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f"\nerror: the fast lane started MPI jobs (mark these tests `mpi`):\n{log.read_text()}")
 
 # Small, fast, learnable: 1-channel 16 px synthetic images, the small ResNet at width 8.
 FAST = [

@@ -16,7 +16,6 @@ from hdbl_mpi.baselines.allreduce import horovod_importable
 from hdbl_mpi.run import rundir
 from tests.conftest import run_train
 
-pytestmark = pytest.mark.mpi
 
 PEERS = ["dual.workers=2", "train.epochs=2", "eval.every=1"]
 

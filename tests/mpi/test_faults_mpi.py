@@ -11,7 +11,6 @@ import pytest
 from hdbl_mpi.run import rundir
 from tests.conftest import run_train
 
-pytestmark = pytest.mark.mpi
 
 TWO = ["dual.workers=2", "train.epochs=3", "run.checkpoint_every=1"]
 

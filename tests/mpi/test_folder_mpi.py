@@ -6,7 +6,6 @@ import pytest
 
 from tests.conftest import run_train
 
-pytestmark = pytest.mark.mpi
 
 
 def _make_folder(root):

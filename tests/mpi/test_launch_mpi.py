@@ -12,7 +12,6 @@ import pytest
 from hdbl_mpi.launch import netns
 from tests.conftest import FAST
 
-pytestmark = pytest.mark.mpi
 
 
 def _set_args(overrides: list[str]) -> list[str]:

@@ -8,7 +8,6 @@ import pytest
 
 from tests.conftest import run_train
 
-pytestmark = pytest.mark.mpi
 
 
 def test_profile_auto_writes_a_profile_and_plans_from_it(tmp_path):

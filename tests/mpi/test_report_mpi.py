@@ -11,7 +11,6 @@ import pytest
 from hdbl_mpi.cli import main
 from tests.conftest import run_train
 
-pytestmark = pytest.mark.mpi
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import csv
 
-import pytest
 
 from hdbl_mpi.schedule import cyclic
 from tests.conftest import run_train
 
-pytestmark = pytest.mark.mpi
 
 SCHEDULE = ["schedule.phases=[2, 2]", "schedule.lrs=[0.05, 0.005]", "schedule.resolutions=[12, 16]",
             "schedule.dropouts=[0.0, 0.2]"]
