@@ -98,7 +98,7 @@ print('==> ready: torch', torch.__version__, '| mpi4py', mpi4py.__version__, '|'
 # 3. Horovod, the allreduce baseline's second backend, for the test suite: built from PyPI's sdist with the
 #    patches current torch needs, or installed in seconds from the wheel cache (launchers/install_horovod.sh).
 if [ "$horovod" = 1 ]; then
-  say "installing Horovod (cached wheel if present, else a 4-5 minute build; HDBL_HOROVOD=0 skips)"
+  say "installing Horovod (cached wheel if present, else a 2-4 minute build; HDBL_HOROVOD=0 skips)"
   hlog="$venv/horovod-install.log"
   if ! HDBL_HOROVOD_CHECK=0 "${horovod_cmd[@]}" >"$hlog" 2>&1; then
     tail -n 30 "$hlog" >&2

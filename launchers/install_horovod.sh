@@ -275,7 +275,7 @@ else
 fi
 
 log="$cache_root/logs/$key.log"
-say "building the wheel with $jobs jobs (3-4 min on 2 cores for CPU, about 6 min with NCCL); log: $log"
+say "building the wheel with $jobs jobs (2-4 min on 2 cores for CPU, about 6 min with NCCL); log: $log"
 if ! (cd "$work/src" && "$python" -m pip wheel -v --no-build-isolation --no-deps -w "$work/dist" .) >"$log" 2>&1; then
   errors="$(build_errors "$log")"
   if [ -z "$errors" ]; then
