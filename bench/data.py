@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from hdbl_mpi.data.dali import DaliFolderLoader, dali_available  # noqa: E402
-from hdbl_mpi.data.folder import TorchvisionFolderLoader, index_folder  # noqa: E402
+from hdbl_mpi.data.folder import TorchvisionFolderLoader  # noqa: E402
+from hdbl_mpi.data.images import index_folder  # noqa: E402
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

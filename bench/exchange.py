@@ -43,9 +43,11 @@ from hdbl_mpi.comm.world import SHARD, make_world  # noqa: E402
 from hdbl_mpi.config import load_config  # noqa: E402
 from hdbl_mpi.models import build_model  # noqa: E402
 from hdbl_mpi.plan import make_plan  # noqa: E402
-from hdbl_mpi.ps.server import Server, ServerState  # noqa: E402
+from hdbl_mpi.ps.server import Server  # noqa: E402
 from hdbl_mpi.ps.shards import Layout, serve_shard  # noqa: E402
+from hdbl_mpi.ps.state import ServerState  # noqa: E402
 from hdbl_mpi.ps.worker import push_and_pull  # noqa: E402
+from hdbl_mpi.run.records import CommitRecord  # noqa: E402
 from hdbl_mpi.schedule import single_resolution  # noqa: E402
 
 
@@ -101,10 +103,10 @@ def push_commits(comm, flat, layout) -> list[float]:
         header_out = PUSH.pack(local_commit=local, samples=100, steps=1, finite=1.0)
         times.append(push_and_pull(comm, flat, header_out, header_in, 120.0, "bench reply", layout))
         reply = REPLY.unpack(header_in)
-        comm.send({"worker": comm.rank, "group": "large", "global_commit": int(reply["global_commit"]),
-                   "compute_s": 0.0, "exchange_s": times[-1], "wait_s": reply["held_s"], "commit_s": times[-1],
-                   "time": time.time(), "local_commit": local, "epoch": int(reply["epoch"]), "batch": 100, "steps": 1,
-                   "resolution": 32},
+        comm.send(CommitRecord(worker=comm.rank, group="large", host="bench", global_commit=int(reply["global_commit"]),
+                               local_commit=local, epoch=int(reply["epoch"]), stage=0, resolution=32, batch=100,
+                               steps=1, samples=100, lr=0.0, train_loss=0.0, train_acc=0.0, compute_s=0.0,
+                               exchange_s=times[-1], wait_s=reply["held_s"], commit_s=times[-1], time=time.time()),
                   dest=0, tag=TAG_RECORD)
         if reply["stop"]:
             return times

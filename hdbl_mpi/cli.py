@@ -58,12 +58,12 @@ def _plan(args: argparse.Namespace) -> int:
     from hdbl_mpi.plan import format_plan, plan_resolutions, plan_summary
 
     try:
-        resolutions = _numbers(args.resolutions, int, "--resolutions")
+        resolutions = _numbers(args.resolutions, int, "--resolutions") or []  # a required flag
         batch_large = _numbers(args.batch_large, int, "--batch-large")
         time_a = _numbers(args.time_a, float, "--time-a")
         time_b = _numbers(args.time_b, float, "--time-b")
         if args.profile:
-            from hdbl_mpi.profiles import load_profile, lookup
+            from hdbl_mpi.profiling.store import load_profile, lookup
 
             profile = load_profile(args.profile)
             entries = [lookup(profile, args.model, r, args.precision, args.device) for r in resolutions]
@@ -72,7 +72,7 @@ def _plan(args: argparse.Namespace) -> int:
             time_b = time_b or [e["b"] for e in entries]
         missing = [flag for flag, value in (("--batch-large", batch_large), ("--time-a", time_a),
                                             ("--time-b", time_b)) if value is None]
-        if missing and not (args.small == 0 and missing == ["--time-a", "--time-b"]):
+        if batch_large is None or (missing and not (args.small == 0 and missing == ["--time-a", "--time-b"])):
             raise HdblError(f"hdbl plan needs {', '.join(missing)} (one value per resolution) or --profile FILE.")
         time_a = time_a or [None] * len(resolutions)
         time_b = time_b or [None] * len(resolutions)
@@ -98,49 +98,24 @@ def _under_mpi() -> bool:
 def _profile(args: argparse.Namespace) -> int:
     """`hdbl profile`: measure tau(B) = a*B + b and B_max per resolution on this device (or, under mpirun, on
     every rank's device, averaged) and store them in a profile file."""
-    import torch
-
-    from hdbl_mpi.comm.world import threads_per_rank
-    from hdbl_mpi.engine import pick_device
-    from hdbl_mpi.models import build_model
-    from hdbl_mpi.profile import parse_bytes, plot_profile, profile_resolution
-    from hdbl_mpi.profiles import average_entries, save_profile
-
-    comm, rank, local_rank, local_size = None, 0, 0, 1
+    comm = None
     if _under_mpi():
         from mpi4py import MPI
 
         comm = MPI.COMM_WORLD
-        local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
-        rank, local_rank, local_size = comm.rank, local.rank, local.size
-    entries, error = [], None
-    try:
-        torch.set_num_threads(threads_per_rank(local_size, args.threads))
-        resolutions = _numbers(args.resolutions, int, "--resolutions")
-        batches = _numbers(args.batches, int, "--batches")
-        budget = parse_bytes(args.memory_budget) if args.memory_budget else None
-        device = pick_device(args.device, local_rank)
-        for r in resolutions:
-            def factory(r=r):
-                return build_model(args.model, args.classes, args.channels, r, args.stem)
-
-            entry = profile_resolution(factory, args.classes, args.channels, r, device, args.precision,
-                                       batches=batches, steps=args.steps, warmup=args.warmup, memory_budget=budget,
-                                       margin=args.margin, max_batch=args.max_batch)
-            entry["model"] = args.model
-            entries.append(entry)
-    except Exception as err:  # every rank reports; rank 0 prints
-        error = err if isinstance(err, HdblError) else HdblError(f"{type(err).__name__}: {err}")
+    entries, error = _profile_here(args, comm)
     mine = (entries, str(error) if error else None)
     gathered = comm.gather(mine, root=0) if comm else [mine]
-    if rank != 0:
+    if gathered is None:  # not rank 0
         return 2 if error else 0
     failures = [f"(rank {i}) {msg}" if len(gathered) > 1 else msg for i, (_, msg) in enumerate(gathered) if msg]
     if failures:
         print("hdbl profile: error: " + "\n".join(failures), file=sys.stderr)
         return 2
-    per_resolution = list(zip(*[ranks_entries for ranks_entries, _ in gathered], strict=True))
-    averaged = [average_entries(list(same)) for same in per_resolution]
+    from hdbl_mpi.profiling.measure import plot_profile
+    from hdbl_mpi.profiling.store import average_ranks, save_profile
+
+    averaged = average_ranks([ranks_entries for ranks_entries, _ in gathered])
     save_profile(args.output, averaged)
     print(f"{'res':>4} {'a (s/sample)':>13} {'b (s/step)':>11} {'R2':>6} {'B_max':>6} {'predicted':>9}  "
           f"memory  device ({averaged[0]['ranks']} rank(s))")
@@ -152,6 +127,34 @@ def _profile(args: argparse.Namespace) -> int:
         plot_profile({"entries": {str(i): e for i, e in enumerate(averaged)}}, args.plot)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _profile_here(args: argparse.Namespace, comm) -> tuple[list[dict], HdblError | None]:
+    """This rank's profile entries (its own GPU by local rank, or the CPU), or the error that stopped it."""
+    import torch
+
+    from hdbl_mpi.comm.placement import pick_device
+    from hdbl_mpi.comm.world import threads_per_rank
+    from hdbl_mpi.models import build_model
+    from hdbl_mpi.profiling.measure import ProfileSettings, parse_bytes, profile_device
+
+    local_rank, local_size = 0, 1
+    if comm is not None:
+        from mpi4py import MPI
+
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+        local_rank, local_size = local.rank, local.size
+    try:
+        torch.set_num_threads(threads_per_rank(local_size, args.threads))
+        settings = ProfileSettings(args.precision, args.steps, args.warmup,
+                                   parse_bytes(args.memory_budget) if args.memory_budget else None, args.margin,
+                                   args.max_batch, _numbers(args.batches, int, "--batches"))
+        device = pick_device(args.device, local_rank)
+        return profile_device(lambda r: build_model(args.model, args.classes, args.channels, r, args.stem),
+                              args.model, args.classes, args.channels,
+                              _numbers(args.resolutions, int, "--resolutions") or [], device, settings), None
+    except Exception as err:  # every rank reports; rank 0 prints
+        return [], err if isinstance(err, HdblError) else HdblError(f"{type(err).__name__}: {err}")
 
 
 def _load_runs(paths: list[str]):
@@ -261,14 +264,12 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from hdbl_mpi.config import add_run_arguments
+
     parser = argparse.ArgumentParser(prog="hdbl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train under mpirun: rank 0 serves, the other ranks are workers")
-    train.add_argument("config", nargs="?", help="YAML config (e.g. configs/demo.yaml); omit with --resume")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set train.epochs=20 (repeatable)")
-    train.add_argument("--run-dir", help="run directory (default: run.dir, else runs/<date>-<time>)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    add_run_arguments(train)
     train.add_argument("--verbose", action="store_true", help="workers print one line per commit")
     train.set_defaults(func=_train)
 

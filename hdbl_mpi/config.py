@@ -8,6 +8,7 @@ reads it back.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import types
@@ -116,7 +117,7 @@ class LocalConfig:
     """LocalSGD (ps.mode: localsgd): H local steps per worker, then the models are averaged (SlowMo optional)."""
 
     h: int = 8  # local steps per round (the start value of the loss-driven strategies)
-    strategy: str = "constant"  # see hdbl_mpi.local_steps.STRATEGIES
+    strategy: str = "constant"  # see hdbl_mpi.baselines.local_steps.STRATEGIES
     h_min: int = 1
     h_max: int = 64
     options: dict = field(default_factory=dict)  # the strategy's own knobs: window, threshold, step, every, steepness
@@ -236,7 +237,7 @@ def _build(cls: type, values: dict, prefix: str) -> Any:
         if key not in names:
             raise _unknown_key(f"{prefix}{key}", names)
         annotation = hints[key]
-        if dataclasses.is_dataclass(annotation):
+        if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
             if not isinstance(value, dict):
                 raise ConfigError(f"{prefix}{key} must be a mapping of keys, got {value!r}.")
             kwargs[key] = _build(annotation, value, f"{prefix}{key}.")
@@ -288,6 +289,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return config_from_dict(tree)
 
 
+def load_run_config(config_path: str | None, overrides: list[str], resume: str | None) -> Config:
+    """The config of a run: the YAML file with overrides, or, with `resume`, the resolved config that run
+    directory keeps (further overrides apply on top, e.g. more epochs)."""
+    from hdbl_mpi.run import rundir
+
+    if not resume:
+        return load_config(config_path, overrides)  # no file: the defaults plus --set overrides
+    saved = Path(resume) / rundir.CONFIG
+    if not saved.is_file():
+        raise ConfigError(f"--resume {resume}: no {rundir.CONFIG} there; pass the run directory of an earlier run.")
+    return load_config(saved, overrides)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments that choose a run's config, shared by `hdbl train` and `hdbl launch train`."""
+    parser.add_argument("config", nargs="?", help="YAML config (e.g. configs/demo.yaml); omit with --resume")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.epochs=20 (repeatable)")
+    parser.add_argument("--run-dir", help="run directory (default: run.dir, else runs/<date>-<time>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+
+
 def config_from_dict(tree: dict) -> Config:
     """Build and validate a Config from a (possibly partial) nested mapping, e.g. one broadcast by rank 0."""
     config = _build(Config, tree, "")
@@ -303,135 +326,147 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _one_of(value: str, choices: tuple[str, ...] | list[str], key: str) -> None:
+    _check(value in choices, f"{key} is {value!r}; use one of {', '.join(choices)}.")
+
+
 def validate(c: Config) -> None:
-    """Range and consistency checks that need no data and no MPI (the plan is checked separately)."""
-    from hdbl_mpi.plan import FACTOR_RULES, LR_SCALINGS
-    from hdbl_mpi.ps.merge import MERGE_RULES
-
-    _check(c.train.epochs >= 1, f"train.epochs is {c.train.epochs}; it must be >= 1.")
-    _check(c.train.lr > 0, f"train.lr is {c.train.lr}; it must be > 0.")
-    _check(0 <= c.train.momentum < 1, f"train.momentum is {c.train.momentum}; it must be in [0, 1).")
-    _check(c.train.weight_decay >= 0, f"train.weight_decay is {c.train.weight_decay}; it must be >= 0.")
-    _check(c.train.lr_gamma > 0, f"train.lr_gamma is {c.train.lr_gamma}; it must be > 0.")
-    _check(  # milestones at or past train.epochs are allowed (a shortened run simply never reaches them)
-        all(m >= 1 for m in c.train.lr_milestones) and c.train.lr_milestones == sorted(set(c.train.lr_milestones)),
-        f"train.lr_milestones is {c.train.lr_milestones}; it must list increasing epochs >= 1.",
-    )
-    _check(
-        c.train.lr_scaling in LR_SCALINGS,
-        f"train.lr_scaling is {c.train.lr_scaling!r}; use one of {', '.join(LR_SCALINGS)}.",
-    )
-    _check(c.train.threads >= 0, f"train.threads is {c.train.threads}; use 0 for automatic or a positive count.")
-    for key, device in (("train.device", c.train.device), ("ps.device", c.ps.device)):
-        _check(device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()),
-               f"{key} is {device!r}; use auto, cpu, cuda or cuda:N.")
-    _check(c.dual.workers >= 1, f"dual.workers is {c.dual.workers}; at least 1 worker is needed.")
-    _check(
-        0 <= c.dual.small <= c.dual.workers,
-        f"dual.small is {c.dual.small}; it must be between 0 and dual.workers={c.dual.workers}.",
-    )
-    for key in ("batch_large", "time_a", "time_b"):
-        value = getattr(c.dual, key)
-        _check(value != [], f"dual.{key} is an empty list; give one value, or one per resolution.")
-    _check(
-        c.dual.batch_large is None or min(_as_list(c.dual.batch_large)) >= 1,
-        f"dual.batch_large is {c.dual.batch_large}; it must be >= 1.",
-    )
-    _check(
-        c.dual.batch_large is not None or c.dual.profile is not None,
-        "dual.batch_large is not set: give the large batch B_L, or set dual.profile (a profile file or auto) so "
-        "that B_L is the profiled B_max.",
-    )
-    _check(c.dual.profile_steps >= 1, f"dual.profile_steps is {c.dual.profile_steps}; it must be >= 1.")
-    _check(c.dual.profile_max_batch >= 1, f"dual.profile_max_batch is {c.dual.profile_max_batch}; it must be >= 1.")
-    _check(
-        c.dual.replan_threshold > 1.0,
-        f"dual.replan_threshold is {c.dual.replan_threshold}; it must be > 1 (e.g. 1.05).",
-    )
-    _check(c.dual.factor in FACTOR_RULES, f"dual.factor is {c.dual.factor!r}; use one of {', '.join(FACTOR_RULES)}.")
-    if c.dual.small > 0:
-        _check(
-            (c.dual.time_a is not None and c.dual.time_b is not None) or c.dual.profile is not None,
-            "dual.small > 0 needs the step-time model: set dual.profile (a file from `hdbl profile`, or auto to "
-            "measure at start-up), or dual.time_a and dual.time_b (seconds per sample and per step on the "
-            "workers' device), or set dual.small=0.",
-        )
-    _check(c.ps.mode in PS_MODES + PEER_MODES,
-           f"ps.mode is {c.ps.mode!r}; use asp, bsp, ssp (parameter server), allreduce or localsgd (no server), "
-           f"or a kvstore name: {', '.join(KVSTORE_MODES)}.")
-    _check(c.ps.backend in ("auto", "horovod", "mpi4py"),
-           f"ps.backend is {c.ps.backend!r}; use auto, horovod or mpi4py.")
-    _check(c.ps.bucket_mb > 0, f"ps.bucket_mb is {c.ps.bucket_mb}; it must be > 0 (e.g. 25).")
-    if c.ps.mode in PEER_MODES:
-        _check(c.dual.small == 0,
-               f"dual.small is {c.dual.small} but ps.mode={c.ps.mode} has no server to merge two batch sizes; "
-               "set dual.small=0 (every worker trains with B_L), or use ps.mode=asp/bsp/ssp.")
-    _check(c.train.optimizer.lower() in OPTIMIZERS,
-           f"train.optimizer is {c.train.optimizer!r}; use one of {', '.join(OPTIMIZERS)}.")
-    _check(c.train.lr_schedule in ("multistep", "cosine"),
-           f"train.lr_schedule is {c.train.lr_schedule!r}; use multistep or cosine.")
-    _check(len(c.train.betas) == 2 and all(0 <= b < 1 for b in c.train.betas),
-           f"train.betas is {c.train.betas}; give two numbers in [0, 1), e.g. [0.9, 0.999].")
-    _check(c.train.trust_coefficient > 0, f"train.trust_coefficient is {c.train.trust_coefficient}; it must be > 0.")
-    _check(0 <= c.train.min_lr <= c.train.lr, f"train.min_lr is {c.train.min_lr}; it must be in [0, train.lr].")
-    _check(c.train.warmup_epochs >= 0, f"train.warmup_epochs is {c.train.warmup_epochs}; it must be >= 0.")
-    _check(0 <= c.train.warmup_start <= 1, f"train.warmup_start is {c.train.warmup_start}; it must be in [0, 1].")
-    _check(c.train.early_stop_patience >= 0,
-           f"train.early_stop_patience is {c.train.early_stop_patience}; use 0 (off) or a number of evaluations.")
-    _check(c.train.early_stop_min_delta >= 0,
-           f"train.early_stop_min_delta is {c.train.early_stop_min_delta}; it must be >= 0.")
+    """Range and consistency checks that need no data and no MPI (the plan is checked separately), one section
+    at a time. The choice lists come from the modules that own them, none of which imports torch or MPI."""
+    _validate_train(c.train)
+    _validate_dual(c.dual)
+    _validate_ps(c)
     if c.ps.mode == "localsgd":
-        from hdbl_mpi.local_steps import make_local_steps
+        _validate_local(c.local, c.train.epochs)
+    _validate_rest(c)
 
-        make_local_steps(c.local.strategy, c.local.h, c.local.h_min, c.local.h_max, max(c.train.epochs, 1),
-                         **c.local.options)  # raises ConfigError naming the local.* key
-        _check(0 <= c.local.slowmo_beta < 1, f"local.slowmo_beta is {c.local.slowmo_beta}; it must be in [0, 1).")
-        _check(c.local.slowmo_alpha > 0, f"local.slowmo_alpha is {c.local.slowmo_alpha}; it must be > 0.")
-    _check(
-        c.ps.staleness >= 1,
-        f"ps.staleness is {c.ps.staleness}; the SSP bound must be >= 1 (the spread of commit counts between the "
-        "fastest and the slowest worker); use ps.mode=bsp for lock-step rounds.",
+
+def _validate_train(t: TrainConfig) -> None:
+    from hdbl_mpi.optim import LR_SCHEDULES, OPTIMIZERS
+    from hdbl_mpi.plan import LR_SCALINGS
+
+    _check(t.epochs >= 1, f"train.epochs is {t.epochs}; it must be >= 1.")
+    _check(t.lr > 0, f"train.lr is {t.lr}; it must be > 0.")
+    _check(0 <= t.momentum < 1, f"train.momentum is {t.momentum}; it must be in [0, 1).")
+    _check(t.weight_decay >= 0, f"train.weight_decay is {t.weight_decay}; it must be >= 0.")
+    _check(t.lr_gamma > 0, f"train.lr_gamma is {t.lr_gamma}; it must be > 0.")
+    _check(  # milestones at or past train.epochs are allowed (a shortened run simply never reaches them)
+        all(m >= 1 for m in t.lr_milestones) and t.lr_milestones == sorted(set(t.lr_milestones)),
+        f"train.lr_milestones is {t.lr_milestones}; it must list increasing epochs >= 1.",
     )
-    _check(c.ps.merge in MERGE_RULES, f"ps.merge is {c.ps.merge!r}; use one of {', '.join(MERGE_RULES)}.")
+    _one_of(t.lr_scaling, LR_SCALINGS, "train.lr_scaling")
+    _check(t.threads >= 0, f"train.threads is {t.threads}; use 0 for automatic or a positive count.")
+    _check_device(t.device, "train.device")
+    _one_of(t.optimizer.lower(), OPTIMIZERS, "train.optimizer")
+    _one_of(t.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
+    _check(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas),
+           f"train.betas is {t.betas}; give two numbers in [0, 1), e.g. [0.9, 0.999].")
+    _check(t.trust_coefficient > 0, f"train.trust_coefficient is {t.trust_coefficient}; it must be > 0.")
+    _check(0 <= t.min_lr <= t.lr, f"train.min_lr is {t.min_lr}; it must be in [0, train.lr].")
+    _check(t.warmup_epochs >= 0, f"train.warmup_epochs is {t.warmup_epochs}; it must be >= 0.")
+    _check(0 <= t.warmup_start <= 1, f"train.warmup_start is {t.warmup_start}; it must be in [0, 1].")
+    _check(t.early_stop_patience >= 0,
+           f"train.early_stop_patience is {t.early_stop_patience}; use 0 (off) or a number of evaluations.")
+    _check(t.early_stop_min_delta >= 0, f"train.early_stop_min_delta is {t.early_stop_min_delta}; it must be >= 0.")
+
+
+def _check_device(device: str, key: str) -> None:
+    _check(device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()),
+           f"{key} is {device!r}; use auto, cpu, cuda or cuda:N.")
+
+
+def _validate_dual(d: DualConfig) -> None:
+    from hdbl_mpi.plan import FACTOR_RULES
+
+    _check(d.workers >= 1, f"dual.workers is {d.workers}; at least 1 worker is needed.")
+    _check(0 <= d.small <= d.workers, f"dual.small is {d.small}; it must be between 0 and dual.workers={d.workers}.")
+    for key in ("batch_large", "time_a", "time_b"):
+        _check(getattr(d, key) != [], f"dual.{key} is an empty list; give one value, or one per resolution.")
+    _check(d.batch_large is None or min(_as_list(d.batch_large)) >= 1,
+           f"dual.batch_large is {d.batch_large}; it must be >= 1.")
+    _check(d.batch_large is not None or d.profile is not None,
+           "dual.batch_large is not set: give the large batch B_L, or set dual.profile (a profile file or auto) so "
+           "that B_L is the profiled B_max.")
+    _check(d.profile_steps >= 1, f"dual.profile_steps is {d.profile_steps}; it must be >= 1.")
+    _check(d.profile_max_batch >= 1, f"dual.profile_max_batch is {d.profile_max_batch}; it must be >= 1.")
+    _check(d.replan_threshold > 1.0, f"dual.replan_threshold is {d.replan_threshold}; it must be > 1 (e.g. 1.05).")
+    _one_of(d.factor, FACTOR_RULES, "dual.factor")
+    if d.small > 0:
+        _check((d.time_a is not None and d.time_b is not None) or d.profile is not None,
+               "dual.small > 0 needs the step-time model: set dual.profile (a file from `hdbl profile`, or auto to "
+               "measure at start-up), or dual.time_a and dual.time_b (seconds per sample and per step on the "
+               "workers' device), or set dual.small=0.")
+
+
+def _validate_ps(c: Config) -> None:
+    from hdbl_mpi.baselines import BACKENDS, PEER_MODES
+    from hdbl_mpi.ps.failures import FAULT_TOLERANCE
+    from hdbl_mpi.ps.merge import MERGE_RULES
+    from hdbl_mpi.ps.policy import PS_MODES
+
+    ps = c.ps
+    _check(ps.mode in PS_MODES + PEER_MODES,
+           f"ps.mode is {ps.mode!r}; use asp, bsp, ssp (parameter server), allreduce or localsgd (no server), "
+           f"or a kvstore name: {', '.join(KVSTORE_MODES)}.")
+    _one_of(ps.backend, ("auto", *BACKENDS), "ps.backend")
+    _check(ps.bucket_mb > 0, f"ps.bucket_mb is {ps.bucket_mb}; it must be > 0 (e.g. 25).")
+    if ps.mode in PEER_MODES:
+        _check(c.dual.small == 0,
+               f"dual.small is {c.dual.small} but ps.mode={ps.mode} has no server to merge two batch sizes; "
+               "set dual.small=0 (every worker trains with B_L), or use ps.mode=asp/bsp/ssp.")
+    _check(ps.staleness >= 1,
+           f"ps.staleness is {ps.staleness}; the SSP bound must be >= 1 (the spread of commit counts between the "
+           "fastest and the slowest worker); use ps.mode=bsp for lock-step rounds.")
+    _one_of(ps.merge, MERGE_RULES, "ps.merge")
+    _one_of(ps.fault_tolerance, FAULT_TOLERANCE, "ps.fault_tolerance")
+    _check(ps.fault_tolerance != "ulfm" or ps.mode == "asp",
+           f"ps.fault_tolerance=ulfm needs ps.mode=asp (got {ps.mode}): BSP rounds and SSP bounds cannot go on "
+           "without a worker. Use abort (and --resume) there.")
+    _check(ps.servers >= 1, f"ps.servers is {ps.servers}; it must be >= 1 (1: one server, the default).")
+    _check(ps.servers == 1 or ps.mode in PS_MODES,
+           f"ps.servers is {ps.servers} but ps.mode={ps.mode} has no server; set ps.servers=1, or use "
+           "ps.mode=asp/bsp/ssp.")
+    _check(ps.servers == 1 or ps.fault_tolerance == "abort",
+           f"ps.servers={ps.servers} with ps.fault_tolerance=ulfm is not supported: a lost shard server would lose "
+           "its part of the weights. Use one server with ulfm, or abort (and --resume) with sharded servers.")
+    _check(ps.ft_detector_timeout_s > 0, f"ps.ft_detector_timeout_s is {ps.ft_detector_timeout_s}; it must be > 0.")
+    _check(ps.max_nonfinite >= 1,
+           f"ps.max_nonfinite is {ps.max_nonfinite}; it must be >= 1 (non-finite pushes in a row before stopping).")
+    _check(ps.timeout_s >= 0, f"ps.timeout_s is {ps.timeout_s}; use 0 for automatic or a positive number.")
+    _check_device(ps.device, "ps.device")
+
+
+def _validate_local(local: LocalConfig, epochs: int) -> None:
+    from hdbl_mpi.baselines.local_steps import make_local_steps
+
+    make_local_steps(local.strategy, local.h, local.h_min, local.h_max, max(epochs, 1),
+                     **local.options)  # raises ConfigError naming the local.* key
+    _check(0 <= local.slowmo_beta < 1, f"local.slowmo_beta is {local.slowmo_beta}; it must be in [0, 1).")
+    _check(local.slowmo_alpha > 0, f"local.slowmo_alpha is {local.slowmo_alpha}; it must be > 0.")
+
+
+def _validate_rest(c: Config) -> None:
+    """debug, eval, run and data."""
     from hdbl_mpi.run.faults import CRASH_MODES
 
-    _check(c.debug.crash in CRASH_MODES, f"debug.crash is {c.debug.crash!r}; use one of {', '.join(CRASH_MODES)}.")
-    _check(c.ps.fault_tolerance in ("abort", "ulfm"),
-           f"ps.fault_tolerance is {c.ps.fault_tolerance!r}; use abort or ulfm.")
-    _check(c.ps.fault_tolerance != "ulfm" or c.ps.mode == "asp",
-           f"ps.fault_tolerance=ulfm needs ps.mode=asp (got {c.ps.mode}): BSP rounds and SSP bounds cannot go on "
-           "without a worker. Use abort (and --resume) there.")
-    _check(c.ps.servers >= 1, f"ps.servers is {c.ps.servers}; it must be >= 1 (1: one server, the default).")
-    _check(c.ps.servers == 1 or c.ps.mode in PS_MODES,
-           f"ps.servers is {c.ps.servers} but ps.mode={c.ps.mode} has no server; set ps.servers=1, or use "
-           "ps.mode=asp/bsp/ssp.")
-    _check(c.ps.servers == 1 or c.ps.fault_tolerance == "abort",
-           f"ps.servers={c.ps.servers} with ps.fault_tolerance=ulfm is not supported: a lost shard server would lose "
-           "its part of the weights. Use one server with ulfm, or abort (and --resume) with sharded servers.")
-    _check(c.ps.ft_detector_timeout_s > 0, f"ps.ft_detector_timeout_s is {c.ps.ft_detector_timeout_s}; it must be > 0.")
-    _check(c.ps.max_nonfinite >= 1,
-           f"ps.max_nonfinite is {c.ps.max_nonfinite}; it must be >= 1 (non-finite pushes in a row before stopping).")
-    _check(c.ps.timeout_s >= 0, f"ps.timeout_s is {c.ps.timeout_s}; use 0 for automatic or a positive number.")
+    _one_of(c.debug.crash, CRASH_MODES, "debug.crash")
     _check(c.eval.every >= 0, f"eval.every is {c.eval.every}; use 0 (end only) or a number of epochs.")
     _check(c.eval.batch_size >= 1, f"eval.batch_size is {c.eval.batch_size}; it must be >= 1.")
     _check(c.run.checkpoint_every >= 0, f"run.checkpoint_every is {c.run.checkpoint_every}; it must be >= 0.")
-    _check(c.data.decoder in ("auto", "dali", "torchvision"),
-           f"data.decoder is {c.data.decoder!r}; use auto, dali or torchvision.")
+    _one_of(c.data.decoder, DECODERS, "data.decoder")
     _check(c.data.threads >= 0, f"data.threads is {c.data.threads}; use 0 or more decoding threads.")
-    _check(
-        c.data.resolution is None or c.data.resolution >= 8,
-        f"data.resolution is {c.data.resolution}; use at least 8 px, or leave it unset for the native size.",
-    )
+    _check(c.data.resolution is None or c.data.resolution >= 8,
+           f"data.resolution is {c.data.resolution}; use at least 8 px, or leave it unset for the native size.")
 
 
-OPTIMIZERS = ("sgd", "sgdm", "adamw", "lars", "lamb")  # built by hdbl_mpi.optim.make_optimizer
-PS_MODES = ("asp", "bsp", "ssp")
-PEER_MODES = ("allreduce", "localsgd")  # every rank a worker, no server
 # MXNet's kvstore names: dist_sync is a BSP parameter server, dist_async an ASP one, local one process.
 KVSTORE_MODES = {"dist_sync": "bsp", "dist_async": "asp", "local": "allreduce"}
+DECODERS = ("auto", "dali", "torchvision")  # data.decoder: how image folders are decoded (hdbl_mpi.data.folder)
 
 
 def has_server(config: Config) -> bool:
+    from hdbl_mpi.ps.policy import PS_MODES
+
     return config.ps.mode in PS_MODES
 
 

@@ -18,53 +18,6 @@ from torch import nn
 from hdbl_mpi.errors import ResourceError
 
 
-
-# Where launchers put a rank's index among the ranks of its host: Open MPI, MPICH/Hydra and Intel MPI, SLURM's
-# srun, Cray PALS, MVAPICH.
-LOCAL_RANK_VARIABLES = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "PALS_LOCAL_RANKID",
-                        "MV2_COMM_WORLD_LOCAL_RANK")
-
-
-def launcher_local_rank(environ: dict[str, str]) -> tuple[int, str] | None:
-    """(local rank, variable) as the launcher numbered this rank on its host, or None outside a launcher that
-    says. The launcher's numbering is the one its CPU binding and `--gpus-per-task` follow."""
-    for name in LOCAL_RANK_VARIABLES:
-        value = environ.get(name, "")
-        if value.isdigit():
-            return int(value), name
-    return None
-
-
-def wants_gpu(requested: str) -> bool:
-    """Whether a rank with this device setting takes one of its host's GPUs in turn (cuda:N names its own)."""
-    return requested in ("auto", "cuda") and torch.cuda.is_available()
-
-
-def gpu_slot(local_rank: int, peers: list[tuple[int, bool]]) -> int:
-    """This rank's turn among the ranks of its host that take a GPU: peers are (local rank, wants a GPU) of
-    every rank on the host. Counting only GPU takers keeps a CPU server from leaving GPU 0 idle and GPU 0
-    doubly used by the last worker."""
-    return sum(1 for rank, wants in peers if wants and rank < local_rank)
-
-
-def pick_device(requested: str, slot: int) -> torch.device:
-    """`auto`/`cuda` give the rank GPU `slot` (modulo the GPUs this rank sees, so one GPU per task under
-    SLURM's --gpus-per-task works too), `auto` falls back to the CPU without GPUs, `cuda:N` is taken as is."""
-    if requested == "cpu":
-        return torch.device("cpu")
-    if requested.startswith("cuda") or requested == "auto":
-        if not torch.cuda.is_available():
-            if requested == "auto":
-                return torch.device("cpu")
-            from hdbl_mpi.errors import ConfigError
-
-            raise ConfigError(f"device {requested!r} was asked for but torch sees no CUDA device; use auto or cpu.")
-        if ":" in requested:
-            return torch.device(requested)
-        return torch.device("cuda", slot % torch.cuda.device_count())
-    return torch.device(requested)
-
-
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -80,10 +33,13 @@ class StepStats:
 
 
 def is_out_of_memory(err: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
-    text = str(err)
-    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in text.lower() or \
-        "can't allocate memory" in text
+    """Whether `err` means "this batch does not fit": CUDA's OutOfMemoryError, Python's MemoryError (the
+    profiler's budget overrun is one), or the RuntimeError some back-ends (the CPU allocator, cuDNN, MPS) raise
+    instead. The one test, used by training and by the profiler's back-off alike."""
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def out_of_memory(err: BaseException, batch_size: int, resolution: int, device: torch.device) -> ResourceError:

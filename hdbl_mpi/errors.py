@@ -20,7 +20,7 @@ class ConfigError(HdblError):
 
 
 class PlanError(HdblError):
-    """The dual-batch plan (SPEC §4) cannot be satisfied with the given numbers."""
+    """The dual-batch plan (method §4) cannot be satisfied with the given numbers."""
 
 
 class DataError(HdblError):

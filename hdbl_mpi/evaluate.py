@@ -21,11 +21,13 @@ def evaluate_checkpoint(target: str, config_path: str | None, overrides: list[st
     test split and return the figures."""
     import torch
 
+    from hdbl_mpi.comm.placement import pick_device
     from hdbl_mpi.comm.wire import FlatState
     from hdbl_mpi.config import load_config
     from hdbl_mpi.data.sources import open_source
-    from hdbl_mpi.engine import evaluate, pick_device
+    from hdbl_mpi.engine import evaluate
     from hdbl_mpi.models import build_model
+    from hdbl_mpi.run.book import completed_epochs
     from hdbl_mpi.schedule import from_config as schedule_from_config
 
     path = Path(target)
@@ -45,7 +47,7 @@ def evaluate_checkpoint(target: str, config_path: str | None, overrides: list[st
     chosen = resolution or top
     start = time.perf_counter()
     loss, acc = evaluate(model, source, chosen, batch_size or config.eval.batch_size, device)
-    epoch = state.get("epoch", state.get("merged", 0) // max(config.dual.workers, 1))
+    epoch = completed_epochs(state, config.dual.workers)
     return {"checkpoint": str(checkpoint), "epoch": epoch, "mode": config.ps.mode, "dataset": info.name,
             "test_size": info.test_size, "resolution": chosen, "device": str(device), "top1": acc,
             "test_loss": loss, "seconds": time.perf_counter() - start, "torch": torch.__version__}

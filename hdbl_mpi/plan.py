@@ -1,4 +1,4 @@
-"""The dual-batch plan of SPEC §4: how much data and which batch size each worker group gets.
+"""The dual-batch plan of method §4: how much data and which batch size each worker group gets.
 
 Pure arithmetic (no torch, no MPI) so it can be checked against the paper's worked example in milliseconds and
 used by cheap commands on a login node.
@@ -13,14 +13,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from hdbl_mpi.errors import PlanError
+from hdbl_mpi.errors import ConfigError, PlanError
 
 FACTOR_RULES = ("ratio", "sqrt", "none")
 LR_SCALINGS = ("none", "sqrt", "linear")
 
 
 def round_half_up(x: float) -> int:
-    """Round to nearest, halves up. Python's round() rounds halves to even, which the SPEC's rule is not."""
+    """Round to nearest, halves up. Python's round() rounds halves to even, which method §4's rule is not."""
     return int(math.floor(x + 0.5))
 
 
@@ -68,7 +68,7 @@ class Plan:
 
 
 def update_factor(rule: str, d_small: int, d_large: int) -> float:
-    """Model-update factor f of a small-batch push (SPEC §3): d_S/d_L, its square root, or 1."""
+    """Model-update factor f of a small-batch push (method §3): d_S/d_L, its square root, or 1."""
     if rule == "ratio":
         return d_small / d_large
     if rule == "sqrt":
@@ -152,6 +152,37 @@ def make_plan(
 
     With no small-batch workers the step-time model is optional (it only predicts times then)."""
     D, n, n_s, B_L, a, b, t = dataset_size, workers, small, batch_large, time_a, time_b, extra_time
+    _check_counts(D, n, n_s, B_L, factor)
+    if n_s == 0 and (a is None or b is None):
+        d_l = round_half_up(D / n)
+        return Plan(D, n, 0, 1.0, B_L, None, d_l, None, max(1, round_half_up(d_l / B_L)), None, factor, 1.0,
+                    a, b, None, None, None)
+    _check_step_model(a, b, t)
+    assert a is not None and b is not None
+    T0 = (a + b / B_L) * D / n
+    if n_s == 0:
+        d_l = round_half_up(D / n)
+        return Plan(D, n, 0, 1.0, B_L, None, d_l, None, max(1, round_half_up(d_l / B_L)), None, factor, 1.0,
+                    a, b, T0, (a + b / B_L) * d_l, None)
+    if t <= 1.0:
+        raise PlanError(
+            f"dual.extra_time is {t}; with small-batch workers it must be > 1 (e.g. 1.05 or 1.1): the small "
+            "batch needs time beyond the all-large-batch commit. Set dual.small=0 for a plain large-batch run."
+        )
+    try:
+        d_l, d_s, b_s = _solve(D, n, n_s, B_L, a, b, t)
+    except PlanError as err:
+        raise PlanError(
+            f"Impossible dual-batch plan (D={D}, n={n}, n_S={n_s}, B_L={B_L}, a={a:.4g}, b={b:.4g}, t={t}): "
+            f"{err}. To fix: {'; '.join(_what_works(D, n, n_s, B_L, a, b, t))}."
+        ) from None
+    f = update_factor(factor, d_s, d_l)
+    steps_l, steps_s = max(1, round_half_up(d_l / B_L)), max(1, round_half_up(d_s / b_s))
+    return Plan(D, n, n_s, t, B_L, b_s, d_l, d_s, steps_l, steps_s, factor, f, a, b, T0,
+                (a + b / B_L) * d_l, (a + b / b_s) * d_s)
+
+
+def _check_counts(D: int, n: int, n_s: int, B_L: int, factor: str) -> None:
     if factor not in FACTOR_RULES:
         raise PlanError(f"dual.factor is {factor!r}; use one of {', '.join(FACTOR_RULES)}.")
     if n < 1:
@@ -162,10 +193,9 @@ def make_plan(
         raise PlanError(f"the large batch B_L is {B_L}; it must be a positive integer.")
     if D < n:
         raise PlanError(f"the training set has {D} samples, fewer than the {n} workers.")
-    if n_s == 0 and (a is None or b is None):
-        d_l = round_half_up(D / n)
-        return Plan(D, n, 0, 1.0, B_L, None, d_l, None, max(1, round_half_up(d_l / B_L)), None, factor, 1.0,
-                    a, b, None, None, None)
+
+
+def _check_step_model(a: float | None, b: float | None, t: float) -> None:
     for name, value in (("dual.time_a", a), ("dual.time_b", b), ("dual.extra_time", t)):
         if value is not None and not math.isfinite(value):
             raise PlanError(f"{name} is {value}; it must be a finite number (measure a and b with `hdbl profile`).")
@@ -180,38 +210,17 @@ def make_plan(
             f"the step-time model tau(B)=a*B+b has a={a}, b={b}; both must be >= 0 and not both 0. "
             f"Measure them with `hdbl profile` or copy them from a profile.{hint}"
         )
-    T0 = (a + b / B_L) * D / n
-    if n_s == 0:
-        d_l = round_half_up(D / n)
-        return Plan(D, n, 0, 1.0, B_L, None, d_l, None, max(1, round_half_up(d_l / B_L)), None, factor, 1.0,
-                    a, b, T0, (a + b / B_L) * d_l, None)
-    if t <= 1.0:
-        raise PlanError(
-            f"dual.extra_time is {t}; with small-batch workers it must be > 1 (e.g. 1.05 or 1.1): the small "
-            "batch needs time beyond the all-large-batch commit. Set dual.small=0 for a plain large-batch run."
-        )
-    try:
-        d_l, d_s, b_s = _solve(D, n, n_s, B_L, a, b, t)
-    except PlanError as err:
-        hints = []
-        t_range = feasible_extra_time(D, n, n_s, B_L, a, b)
-        if t_range:
-            hints.append(f"with dual.small={n_s}, dual.extra_time between {t_range[0]} and {t_range[1]} works")
-        else:
-            hints.append(f"no dual.extra_time in (1, 3] works with dual.small={n_s}")
-        n_ok = feasible_small_workers(D, n, B_L, a, b, t)
-        if n_ok:
-            hints.append(f"with dual.extra_time={t}, dual.small in {n_ok} works")
-        else:
-            hints.append(f"no dual.small works with dual.extra_time={t}")
-        raise PlanError(
-            f"Impossible dual-batch plan (D={D}, n={n}, n_S={n_s}, B_L={B_L}, a={a:.4g}, b={b:.4g}, t={t}): "
-            f"{err}. To fix: {'; '.join(hints)}."
-        ) from None
-    f = update_factor(factor, d_s, d_l)
-    steps_l, steps_s = max(1, round_half_up(d_l / B_L)), max(1, round_half_up(d_s / b_s))
-    return Plan(D, n, n_s, t, B_L, b_s, d_l, d_s, steps_l, steps_s, factor, f, a, b, T0,
-                (a + b / B_L) * d_l, (a + b / b_s) * d_s)
+
+
+def _what_works(D: int, n: int, n_s: int, B_L: int, a: float, b: float, t: float) -> list[str]:
+    """The t range (for this n_S) and the n_S values (for this t) that give a valid plan, as advice."""
+    t_range = feasible_extra_time(D, n, n_s, B_L, a, b)
+    hints = [f"with dual.small={n_s}, dual.extra_time between {t_range[0]} and {t_range[1]} works" if t_range
+             else f"no dual.extra_time in (1, 3] works with dual.small={n_s}"]
+    n_ok = feasible_small_workers(D, n, B_L, a, b, t)
+    hints.append(f"with dual.extra_time={t}, dual.small in {n_ok} works" if n_ok
+                 else f"no dual.small works with dual.extra_time={t}")
+    return hints
 
 
 def plan_resolutions(
@@ -290,3 +299,20 @@ def format_plan(plans: list[Plan], resolutions: list[int]) -> str:
     lines.append("Times are in the unit of a and b (seconds when they come from `hdbl profile`); an epoch is one "
                  "commit per worker, in parallel.")
     return "\n".join(lines)
+
+
+def plan_for_config(config, dataset_size: int, profile_entry: dict | None, index: int, count: int) -> Plan:
+    """The plan of the `index`-th of `count` resolutions of a run. Explicit config values win (one value for
+    every resolution, or a list with one per resolution); the profile entry fills in B_L (its B_max), a and b."""
+    d = config.dual
+
+    def pick(value, key: str):
+        if isinstance(value, list):
+            if len(value) != count:
+                raise ConfigError(f"dual.{'batch_large' if key == 'b_max' else 'time_' + key} has {len(value)} "
+                                  f"values but the schedule has {count} resolutions; give one per resolution.")
+            return value[index]
+        return value if value is not None or profile_entry is None else profile_entry[key]
+
+    return make_plan(dataset_size, d.workers, d.small, pick(d.batch_large, "b_max"), pick(d.time_a, "a"),
+                     pick(d.time_b, "b"), d.extra_time, d.factor)

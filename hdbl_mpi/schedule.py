@@ -1,4 +1,4 @@
-"""Cyclic progressive learning schedules (SPEC §5) as data: stages of (epochs, resolution, LR, dropout).
+"""Cyclic progressive learning schedules (method §5) as data: stages of (epochs, resolution, LR, dropout).
 
 Pure Python: the server derives the stage from the global commit count, and `hdbl schedule` prints a stage
 table on a login node. In each learning-rate phase the resolution cycles from low to high; dropout follows
@@ -132,7 +132,7 @@ def single_resolution(epochs: int, lr: float, milestones: list[int], gamma: floa
                             for i, (start, end) in enumerate(zip(edges, edges[1:], strict=False))])
 
 
-def from_config(config, native_resolution: int) -> Schedule:
+def from_config(config, native_resolution: int | None) -> Schedule:
     """The run's schedule: `schedule.preset`, the generic form (`schedule.phases` ...), or else one resolution
     (data.resolution or the data set's native one) with train.lr_milestones."""
     s = config.schedule
@@ -145,5 +145,6 @@ def from_config(config, native_resolution: int) -> Schedule:
     t = config.train
     if config.data.resolution is None and native_resolution is None:
         raise ConfigError("image folders have no native resolution: set data.resolution (e.g. 224) or a schedule.")
-    return single_resolution(t.epochs, t.lr, t.lr_milestones, t.lr_gamma,
-                             config.data.resolution or native_resolution, config.model.dropout)
+    resolution = config.data.resolution or native_resolution
+    assert resolution is not None
+    return single_resolution(t.epochs, t.lr, t.lr_milestones, t.lr_gamma, resolution, config.model.dropout)

@@ -1,17 +1,39 @@
-"""The first step of `hdbl train` on every rank, before torch is imported: rank 0 reads the config (or the run
-it resumes) and broadcasts it, so the files need to exist on one host only, and a bad config ends the job on
-every rank within seconds, with one message and exit code 2.
+"""The set-up every training mode shares, on every rank, before the first commit or step.
+
+1. Before torch loads, rank 0 reads the config (or the run it resumes) and broadcasts it, so the files need to
+   exist on one host only and a bad config ends the job on every rank within seconds (:func:`shared_config`).
+2. :func:`set_up`: every rank makes its world, takes its device, opens its data, then all agree; the step-time
+   model is measured or read, the plans and the model are made, rank 0 prepares the run directory (and loads
+   the checkpoint when resuming), all agree again, and everyone starts from rank 0's weights.
+
+Set-up errors are gathered with one allgather (:func:`agree`), so every rank learns that the job cannot start
+and exits with code 2: no rank is left waiting in a collective.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from hdbl_mpi.config import Config, config_from_dict, load_config
+from hdbl_mpi.config import Config, config_from_dict, dump_config, has_server, load_run_config
 from hdbl_mpi.errors import HdblError, SetupError
 from hdbl_mpi.run import rundir
+from hdbl_mpi.run.records import RunFacts
+
+if TYPE_CHECKING:
+    import torch
+    from mpi4py import MPI
+    from torch import nn
+
+    from hdbl_mpi.comm.wire import FlatState
+    from hdbl_mpi.comm.world import World
+    from hdbl_mpi.data.sources import BatchSource, DataInfo
+    from hdbl_mpi.plan import Plan
+    from hdbl_mpi.ps.shards import Layout
+    from hdbl_mpi.schedule import Schedule
 
 
 @dataclass
@@ -19,23 +41,19 @@ class SharedConfig:
     config: Config
     run_dir: str
     checkpoint: str | None  # the checkpoint to resume from
-    profile: list | None  # the stored profile the run uses (a file, or a resumed auto run's own)
+    profile: dict | None  # the stored profile the run uses (a file, or a resumed auto run's own)
     t_start: float
 
 
-def read_config(config_path: str | None, overrides: list[str], resume: str | None, run_dir: str | None):
+def read_config(config_path: str | None, overrides: list[str], resume: str | None,
+                run_dir: str | None) -> tuple[dict, str, Path | None, dict | None]:
     """Rank 0 only: the config tree, the run directory, the checkpoint to resume from (if any) and the stored
     profile the run uses (if any): a resumed `profile: auto` run reuses its own profile, so its plan stays put."""
+    config = load_run_config(config_path, overrides, resume)
     checkpoint = None
     if resume:
-        resume_dir = Path(resume)
-        saved = resume_dir / rundir.CONFIG
-        if not saved.is_file():
-            raise HdblError(f"--resume {resume}: no {rundir.CONFIG} there; pass the run directory of an earlier run.")
-        config = load_config(saved, overrides)
-        chosen, checkpoint = str(resume_dir), resume_dir / rundir.CHECKPOINT
+        chosen, checkpoint = resume, Path(resume) / rundir.CHECKPOINT
     else:
-        config = load_config(config_path, overrides)  # no file: the defaults plus --set overrides
         chosen = run_dir or config.run.dir or str(rundir.default_run_dir())
         config.run.dir = chosen
     profile = None
@@ -43,14 +61,13 @@ def read_config(config_path: str | None, overrides: list[str], resume: str | Non
     if source == "auto" and resume and (Path(chosen) / rundir.PROFILE).is_file():
         source = str(Path(chosen) / rundir.PROFILE)
     if source not in (None, "auto"):
-        from hdbl_mpi.profiles import load_profile
+        from hdbl_mpi.profiling.store import load_profile
 
         profile = load_profile(source)
     return config.to_dict(), chosen, checkpoint, profile
 
 
-
-def shared_config(comm, config_path: str | None, overrides: list[str], resume: str | None,
+def shared_config(comm: MPI.Intracomm, config_path: str | None, overrides: list[str], resume: str | None,
                   run_dir: str | None) -> SharedConfig:
     """Rank 0 reads, every rank receives; any error is raised as the same SetupError on every rank."""
     t_start = time.perf_counter()
@@ -66,3 +83,295 @@ def shared_config(comm, config_path: str | None, overrides: list[str], resume: s
         raise SetupError(error)
     config = config_from_dict(tree)  # the tree is identical on every rank, and so is any error
     return SharedConfig(config, chosen_dir, checkpoint, stored_profile, t_start)
+
+
+def agree(comm: MPI.Intracomm, error: BaseException | None, value: Any) -> list:
+    """Allgather each rank's (error, value); raise the same SetupError on every rank if any rank failed."""
+    message = None
+    if error is not None:
+        message = str(error) if isinstance(error, HdblError) else f"{type(error).__name__}: {error}"
+    gathered = comm.allgather((message, value))
+    failures = [(rank, msg) for rank, (msg, _) in enumerate(gathered) if msg is not None]
+    if failures:
+        by_message: dict[str, list[int]] = {}
+        for rank, msg in failures:
+            by_message.setdefault(msg, []).append(rank)
+        everyone = len(by_message) == 1 and len(failures) == comm.size
+        lines = [msg if everyone else f"(rank {', '.join(map(str, ranks))}) {msg}" for msg, ranks in by_message.items()]
+        raise SetupError("\n".join(lines))
+    return [v for _, v in gathered]
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    """What each rank found at set-up, agreed by all (and kept in summary.json)."""
+
+    train_size: int
+    native_resolution: int | None
+    device: str  # host:device
+    threads: int
+    decoder: str  # in-memory, dali-cpu, dali-gpu, torchvision
+    skipped: tuple[str, ...]  # damaged files left out
+    local_rank_from: str  # the launcher variable, or the MPI shared-memory split
+
+
+@dataclass
+class RunSetup:
+    """Everything a trainer starts from; the same shape for the parameter server and the data-parallel modes."""
+
+    config: Config
+    world: World
+    device: torch.device
+    data: DataInfo
+    train_source: BatchSource | None  # workers
+    test_source: BatchSource | None  # the evaluating rank (the server; rank 0 of a data-parallel run)
+    ranks: list[RankInfo]
+    dataset_size: int
+    schedule: Schedule
+    plans: dict[int, Plan]
+    model: nn.Module
+    flat: FlatState
+    layout: Layout | None  # parameter server: who owns which slice of the vector (one part with one server)
+    run_dir: Path
+    restored: dict | None  # rank 0, resuming: the checkpoint's state (the weights are in `flat` already)
+    t_start: float
+
+    @property
+    def top(self) -> int:
+        """The top resolution: the model's stem is chosen for it and the final evaluation happens there."""
+        return self.schedule.resolutions[-1]
+
+
+@dataclass
+class _Local:
+    world: World
+    device: torch.device
+    data: DataInfo
+    train_source: BatchSource | None
+    test_source: BatchSource | None
+    info: RankInfo
+
+
+def _local(config: Config, resume: bool) -> _Local:
+    """This rank's part: world, threads, device, seed and data (a download by one rank per host)."""
+    import socket
+
+    import torch
+    from mpi4py import MPI
+
+    from hdbl_mpi.comm.placement import place
+    from hdbl_mpi.comm.world import make_peer_world, make_world, threads_per_rank
+    from hdbl_mpi.data.sources import download_once, open_source
+
+    comm = MPI.COMM_WORLD
+    world = make_world(config.dual.workers, config.dual.small, comm, config.ps.servers) if has_server(config) \
+        else make_peer_world(config.dual.workers, comm)
+    torch.set_num_threads(threads_per_rank(world.local_size, config.train.threads))
+    torch.manual_seed(config.train.seed)
+    device, local_rank_from = place(world, config)
+    seed = config.train.seed * 1_000_003 + comm.rank * 7919 + (1 if resume else 0) * 104_729
+    download_once(config, world.local_rank == 0, world.local_comm)
+    data, source = open_source(config, train=world.is_worker, device=device, seed=seed)
+    test = source if not world.is_worker else None
+    if world.is_worker and world.rank == 0:  # data-parallel: rank 0 evaluates
+        test = open_source(config, train=False, device=device, seed=seed)[1]
+    info = RankInfo(data.train_size, data.native_resolution, f"{socket.gethostname()}:{device}",
+                    torch.get_num_threads(), data.decoder, tuple(data.skipped), local_rank_from)
+    return _Local(world, device, data, source if world.is_worker else None, test, info)
+
+
+def _agree_on_data(comm: MPI.Intracomm, config: Config, resume: bool) -> tuple[_Local, list[RankInfo], int]:
+    failure: BaseException | None = None
+    local = None
+    try:
+        local = _local(config, resume)
+    except Exception as err:  # reported on every rank by agree
+        failure = err
+    ranks = agree(comm, failure, None if local is None else local.info)
+    assert local is not None
+    workers = ranks[1:config.dual.workers + 1] if has_server(config) else ranks  # the server opens the test split
+    sizes = sorted({r.train_size for r in workers})
+    if len(sizes) != 1:
+        raise SetupError(f"the workers see training sets of different sizes {sizes}; point data.dir at the same "
+                         "files on every host.")
+    return local, ranks, sizes[0]
+
+
+def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
+    """Set up this rank for the run of `shared`, agreeing with every other rank at each step that can fail."""
+    from mpi4py import MPI
+
+    from hdbl_mpi.schedule import from_config as schedule_from_config
+
+    comm, config = MPI.COMM_WORLD, shared.config
+    local, ranks, dataset_size = _agree_on_data(comm, config, resume)
+    try:
+        schedule = schedule_from_config(config, ranks[0].native_resolution)
+    except HdblError as err:  # identical on every rank
+        raise SetupError(str(err)) from None
+    measured = _measured_profile(comm, config, local, schedule) if shared.profile is None else None
+    failure: BaseException | None = None
+    built, restored = None, None
+    try:
+        entries: list[dict | None] = list(measured) if measured else _stored_entries(config, schedule, shared.profile)
+        built = _build(config, local, schedule, dataset_size, entries)
+        restored = _prepare_run_dir(shared, schedule, built, measured or []) if comm.rank == 0 else None
+    except Exception as err:
+        failure = err
+    agree(comm, failure, None)
+    assert built is not None
+    plans, model, flat, layout = built
+    comm.Bcast(flat.to_host(), root=0)  # everyone starts from rank 0's weights (the checkpoint's when resuming)
+    flat.from_host()
+    return RunSetup(config, local.world, local.device, local.data, local.train_source, local.test_source, ranks,
+                    dataset_size, schedule, plans, model, flat, layout, Path(shared.run_dir), restored, shared.t_start)
+
+
+def _measured_profile(comm: MPI.Intracomm, config: Config, local: _Local, schedule: Schedule) -> list[dict] | None:
+    """`profile: auto`: the step-time model per resolution, measured now by every worker at once (so the timings
+    include the contention of the real run on shared hosts) and averaged; None without `profile: auto`."""
+    from hdbl_mpi.profiling.store import average_ranks
+
+    if config.dual.profile != "auto":
+        return None
+    mine, failure = None, None
+    if local.world.is_worker:
+        try:
+            mine = _auto_profile(config, local, schedule.resolutions)
+        except Exception as err:
+            failure = err
+    return average_ranks([e for e in agree(comm, failure, mine) if e is not None])
+
+
+def _stored_entries(config: Config, schedule: Schedule, stored: dict | None) -> list[dict | None]:
+    """The stored profile's entry per resolution (this torch version's where it has several), or no entries."""
+    import torch
+
+    from hdbl_mpi.profiling.store import lookup
+
+    if stored is None:
+        return [None] * len(schedule.resolutions)
+    return [lookup(stored, config.model.name, r, "fp32", config.dual.profile_device, torch.__version__)
+            for r in schedule.resolutions]
+
+
+def _auto_profile(config: Config, local: _Local, resolutions: list[int]) -> list[dict]:
+    """`profile: auto`: this worker's device at every resolution of the run (the model's stem is chosen for
+    the top resolution, as in training)."""
+    import os
+
+    from hdbl_mpi.models import build_model
+    from hdbl_mpi.profiling.measure import ProfileSettings, parse_bytes, profile_device
+
+    d, m, data = config.dual, config.model, local.data
+    budget = None
+    if local.device.type == "cpu":
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        budget = parse_bytes(d.memory_budget) if d.memory_budget else total // local.world.local_size
+    settings = ProfileSettings(steps=d.profile_steps, warmup=1, memory_budget=budget,
+                               max_batch=min(d.profile_max_batch, _scalar(d.batch_large) or 1 << 30))
+    top = resolutions[-1]
+    return profile_device(
+        lambda _: build_model(m.name, data.num_classes, data.channels, top, m.stem, m.dropout, m.width),
+        m.name, data.num_classes, data.channels, resolutions, local.device, settings)
+
+
+def _scalar(value: Any) -> Any:
+    """dual.batch_large as one number where it is one (a per-resolution list caps nothing here)."""
+    return None if isinstance(value, list) else value
+
+
+def _build(config: Config, local: _Local, schedule: Schedule, dataset_size: int,
+           entries: list[dict | None]) -> tuple[dict[int, Plan], nn.Module, FlatState, Layout | None]:
+    """The plan at every resolution and the model (on this rank's device, as one flat vector)."""
+    from hdbl_mpi.comm.wire import FlatState
+    from hdbl_mpi.models import build_model
+    from hdbl_mpi.plan import plan_for_config
+
+    resolutions = schedule.resolutions
+    plans = {r: plan_for_config(config, dataset_size, entries[i], i, len(resolutions))
+             for i, r in enumerate(resolutions)}
+    m, data = config.model, local.data
+    model = build_model(m.name, data.num_classes, data.channels, resolutions[-1], m.stem, m.dropout,
+                        m.width).to(local.device)
+    flat = FlatState(model)
+    layout = None
+    if has_server(config):
+        from hdbl_mpi.ps.shards import Layout
+
+        layout = Layout.make(flat.numel, config.dual.workers, config.ps.servers)  # refuses a model too small
+    return plans, model, flat, layout
+
+
+def _prepare_run_dir(shared: SharedConfig, schedule: Schedule, built: tuple, measured: list[dict]) -> dict | None:
+    """Rank 0: create the run directory, load the checkpoint when resuming (refusing a finished run), write
+    the resolved config, the plan and the profile measured at start-up."""
+    from hdbl_mpi.plan import plan_summary
+    from hdbl_mpi.profiling.store import save_profile
+
+    config, run_path = shared.config, Path(shared.run_dir)
+    plans, _, flat, _ = built
+    run_path.mkdir(parents=True, exist_ok=True)
+    if measured:
+        save_profile(run_path / rundir.PROFILE, measured)
+    restored = None
+    if shared.checkpoint:
+        restored = rundir.restore_checkpoint(Path(shared.checkpoint), flat.vector)
+        restored["restarts"] = [*restored.get("restarts", []), _restart(restored, run_path, schedule, config)]
+    rundir.atomic_write_text(run_path / rundir.CONFIG, dump_config(config))
+    resolutions = sorted(plans)
+    rundir.write_json(run_path / rundir.PLAN, plan_summary([plans[r] for r in resolutions], resolutions))
+    return restored
+
+
+def _restart(state: dict, run_path: Path, schedule: Schedule, config: Config) -> dict:
+    """The restart record of a resumed run; a run that already ended is refused, saying what to do."""
+    from hdbl_mpi.run.book import completed_epochs
+
+    done = completed_epochs(state, config.dual.workers)
+    if state.get("early_stopped_at") is not None:
+        raise HdblError(f"{run_path} stopped early after epoch {state['early_stopped_at']} "
+                        "(train.early_stop_patience); there is nothing to resume.")
+    if done >= schedule.epochs:
+        raise HdblError(f"{run_path} already finished its {done} epochs; to train longer, resume with "
+                        f"--set train.epochs=N (N > {schedule.epochs}).")
+    record = {"epoch": done, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if "merged" in state:
+        record["at_commit"] = state["merged"]
+    return record
+
+
+def run_facts(setup: RunSetup) -> RunFacts:
+    """The part of summary.json every mode shares: what ran, on what, where."""
+    import platform
+    import socket
+    from dataclasses import asdict
+
+    import mpi4py
+    import numpy as np
+    import torch
+    from mpi4py import MPI
+
+    from hdbl_mpi import __version__
+    from hdbl_mpi.plan import plan_summary
+
+    resolutions = sorted(setup.plans)
+    data, ranks = setup.data, setup.ranks
+    versions = {"hdbl_mpi": __version__, "python": platform.python_version(), "torch": torch.__version__,
+                "numpy": np.__version__, "mpi4py": mpi4py.__version__,
+                "mpi_library": MPI.Get_library_version().splitlines()[0].strip(" \x00"),
+                "mpi_standard": "{}.{}".format(*MPI.Get_version())}
+    return RunFacts(
+        world_size=setup.world.size, resolutions=resolutions, schedule=[asdict(s) for s in setup.schedule.stages],
+        dataset={"name": data.name, "train_size": setup.dataset_size, "test_size": data.test_size,
+                 "source": data.source, "classes": data.num_classes},
+        decoding={str(rank): info.decoder for rank, info in enumerate(ranks)},
+        skipped_files=sorted({f for info in ranks for f in info.skipped}),
+        model={"name": setup.config.model.name, "parameters_and_buffers": setup.flat.numel,
+               "bytes": setup.flat.nbytes},
+        plan=setup.plans[resolutions[-1]].to_dict(),
+        plans=plan_summary([setup.plans[r] for r in resolutions], resolutions),
+        devices={str(rank): {"device": info.device, "threads": info.threads, "local_rank_from": info.local_rank_from}
+                 for rank, info in enumerate(ranks)},
+        host=socket.gethostname(), versions=versions,
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))

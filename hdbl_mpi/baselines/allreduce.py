@@ -21,8 +21,6 @@ import torch
 from mpi4py import MPI
 from torch import nn
 
-BACKENDS = ("mpi4py", "horovod")
-
 
 class Mpi4pyAllreduce:
     """Bucketed, zero-copy gradient averaging over an mpi4py communicator."""

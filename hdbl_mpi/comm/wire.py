@@ -21,6 +21,7 @@ TAG_PUSH_HEADER = 11
 TAG_PUSH_WEIGHTS = 12
 TAG_REPLY_HEADER = 21
 TAG_REPLY_WEIGHTS = 22
+TAG_START = 23  # the server's first assignment to a worker, a REPLY header, at start-up
 TAG_RECORD = 31  # one pickled commit record (a small dict), worker -> server, off the hot path
 
 
@@ -29,7 +30,7 @@ class TimeoutWaiting(RuntimeError):
 
 
 def _state_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    named = [(f"param:{n}", p) for n, p in model.named_parameters()]
+    named: list[tuple[str, torch.Tensor]] = [(f"param:{n}", p) for n, p in model.named_parameters()]
     named += [(f"buffer:{n}", b) for n, b in model.named_buffers() if b.is_floating_point()]
     return named
 
@@ -108,7 +109,8 @@ class HeaderLayout:
 # Worker -> server, before the pushed weights.
 PUSH = HeaderLayout(("local_commit", "samples", "steps", "batch", "resolution", "loss_sum", "correct", "compute_s",
                      "finite"))
-# Server -> worker, before the merged weights (and, with epoch = -1, at start-up).
+# Server -> worker, before the merged weights (and alone, as TAG_START, at start-up). The worker's next assignment
+# (stage .. share, see hdbl_mpi.ps.assign) and the reply's control fields.
 REPLY = HeaderLayout(("global_commit", "epoch", "lr", "stop", "merged", "held_s", "batch", "stage", "resolution",
                       "dropout", "rejected", "share"))
 

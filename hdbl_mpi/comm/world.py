@@ -1,9 +1,14 @@
-"""Ranks, roles and group communicators (SPEC §2).
+"""Ranks and roles (method §2).
 
 Rank 0 is the server, ranks 1..n_S are the small-batch workers and ranks n_S+1..n the large-batch workers.
 With sharded servers (ps.servers = k > 1) ranks n+1..n+k-1 are the shard servers, after the workers, so that
-the workers' ranks do not depend on k. ``COMM_WORLD.Split`` gives each group its own communicator for
-collective work inside the group.
+the workers' ranks do not depend on k.
+
+The groups are roles, not communicators: every exchange is point-to-point between a worker and the server on
+the world communicator, and no collective runs inside a group. In ASP each worker commits on its own clock; a
+collective inside a group would make every worker wait for the slowest of its group, which is what the method
+avoids. The one split that has work is the host's shared-memory communicator (``local_comm``): one download per
+host, and GPU placement by local rank.
 """
 
 from __future__ import annotations
@@ -16,14 +21,12 @@ from mpi4py import MPI
 from hdbl_mpi.errors import WorldSizeError
 
 SERVER, SMALL, LARGE, PEER, SHARD = "server", "small", "large", "peer", "shard"
-_COLORS = {SERVER: 0, SMALL: 1, LARGE: 2, SHARD: 3}
 
 
 @dataclass
 class World:
     comm: MPI.Intracomm
-    group_comm: MPI.Intracomm
-    local_comm: MPI.Intracomm  # the ranks on this host (shared memory), e.g. for one download per host
+    local_comm: MPI.Comm  # the ranks on this host (shared memory), e.g. for one download per host
     rank: int
     size: int
     role: str
@@ -65,13 +68,12 @@ def make_world(workers: int, small: int, comm: MPI.Intracomm | None = None, serv
     comm = comm or MPI.COMM_WORLD
     check_world_size(comm.size, workers, small, servers)
     role = SHARD if comm.rank > workers else role_of(comm.rank, small)
-    group = comm.Split(_COLORS[role], comm.rank)
     local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
-    return World(comm, group, local, comm.rank, comm.size, role, local.rank, local.size)
+    return World(comm, local, comm.rank, comm.size, role, local.rank, local.size)
 
 
 def make_peer_world(workers: int, comm: MPI.Intracomm | None = None) -> World:
-    """Every rank a worker, no server (allreduce, LocalSGD); the group communicator is the whole job."""
+    """Every rank a worker, no server (allreduce, LocalSGD)."""
     comm = comm or MPI.COMM_WORLD
     if comm.size != workers:
         raise WorldSizeError(
@@ -80,7 +82,7 @@ def make_peer_world(workers: int, comm: MPI.Intracomm | None = None) -> World:
             f"--set dual.workers={comm.size}."
         )
     local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
-    return World(comm, comm, local, comm.rank, comm.size, PEER, local.rank, local.size)
+    return World(comm, local, comm.rank, comm.size, PEER, local.rank, local.size)
 
 
 def threads_per_rank(local_size: int, requested: int = 0) -> int:

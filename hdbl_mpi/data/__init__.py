@@ -16,7 +16,8 @@ from typing import TypeVar
 
 import torch
 
-from hdbl_mpi.data import cifar, idx, synthetic as synthetic_data
+from hdbl_mpi.data import cifar, idx
+from hdbl_mpi.data import synthetic as synthetic_data
 from hdbl_mpi.data.batches import eval_batches, make_batch
 from hdbl_mpi.errors import DataError
 

@@ -1,4 +1,4 @@
-"""Decoding ImageNet-style folders with NVIDIA DALI (SPEC §6): the fast path for :class:`FolderIndex` data.
+"""Decoding ImageNet-style folders with NVIDIA DALI (method §6): the fast path for :class:`FolderIndex` data.
 
 DALI decodes in its own C++ threads (on the CPU, or partly on the GPU with the 'mixed' decoder) and prefetches
 whole batches, so decoding overlaps training without the worker processes of a torch DataLoader (which also
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from hdbl_mpi.data.folder import VAL_RESIZE_RATIO, FolderIndex, _check_request, find_undecodable
+from hdbl_mpi.data.images import VAL_RESIZE_RATIO, FolderIndex, check_request, find_undecodable
 from hdbl_mpi.errors import DataError
 
 __all__ = ["DaliFolderLoader", "dali_available"]
@@ -99,8 +99,8 @@ class DaliFolderLoader:
 
         Training: exactly ``steps`` batches of ``batch``. Validation (``steps=None``): the whole split once.
         """
-        _check_request(self.train, steps, batch, resolution)
-        if self.train:
+        check_request(self.train, steps, batch, resolution)
+        if steps is not None:  # training (check_request made sure)
             return self._train_batches(steps, batch, resolution)
         return self._val_batches(batch, resolution)
 
@@ -179,7 +179,7 @@ class DaliFolderLoader:
         @pipeline_def(
             batch_size=batch,
             num_threads=self.num_threads,
-            device_id=self.device_id,
+            device_id=self.device_id,  # type: ignore[arg-type]  # None: DALI's CPU-only mode, which its stubs omit
             seed=(self.seed * 1_000_003 + self.builds) % (2**31 - 1),  # a rebuilt pipeline must not replay
         )
         def pipeline():

@@ -1,7 +1,7 @@
 """One batch interface for every data set, so the worker and the evaluator do not care where images live.
 
 A source has ``batches(steps, batch, resolution)``: with ``steps`` it yields that many training batches drawn
-from fresh random permutations of the whole training set (SPEC §4); with ``steps=None`` it yields the test
+from fresh random permutations of the whole training set (method §4); with ``steps=None`` it yields the test
 split once, in order. In-memory sets (:class:`ArraySource`) are resized to the stage's resolution on the fly;
 image folders use the DALI or torchvision loaders of :mod:`hdbl_mpi.data.folder`, which rebuild their
 pipeline when the resolution changes.
@@ -12,14 +12,29 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from hdbl_mpi.data import ArrayDataset, eval_batches, load_dataset, make_batch
 from hdbl_mpi.errors import DataError
 
+if TYPE_CHECKING:
+    from hdbl_mpi.config import Config
+
 # ImageNet statistics, the usual normalisation for photographs in class folders.
 FOLDER_MEAN, FOLDER_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class BatchSource(Protocol):
+    """Where a trainer takes its batches from, whatever holds the images (arrays in memory, DALI, torchvision).
+
+    ``batches(steps, batch, resolution)`` yields ``steps`` training batches of (images, labels) on the source's
+    device, drawn from fresh random permutations of the whole training set; ``steps=None`` yields the test split
+    once, in order (the last batch may be smaller)."""
+
+    def batches(self, steps: int | None, batch: int,
+                resolution: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 def sample_indices(dataset_size: int, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -58,6 +73,8 @@ class ArraySource:
         if steps is None:
             yield from eval_batches(d.x_test, d.y_test, batch, resolution, d.mean, d.std, device=self.device)
             return
+        if self.generator is None:
+            raise ValueError("a training source needs a generator (the test split has none)")
         index = sample_indices(d.train_size, steps * batch, self.generator)
         for step in range(steps):
             idx = index[step * batch : (step + 1) * batch]
@@ -66,12 +83,27 @@ class ArraySource:
             yield inputs, d.y_train[idx].to(self.device, non_blocking=True)
 
 
-def open_source(config, *, train: bool, device: torch.device, seed: int) -> tuple[DataInfo, object]:
+def download_once(config: Config, first_on_host: bool, host_comm: Any) -> None:
+    """With data.download set, one rank per host downloads the data set while the host's other ranks wait at
+    `host_comm` (the host's shared-memory communicator), so they never race on the files. Image folders are
+    never downloaded."""
+    c = config.data
+    if not c.download or c.name.lower() == "folder":
+        return
+    try:
+        if first_on_host:
+            load_dataset(c.name, c.dir, True, synthetic=c.synthetic)
+    finally:
+        host_comm.Barrier()
+
+
+def open_source(config: Config, *, train: bool, device: torch.device, seed: int) -> tuple[DataInfo, BatchSource]:
     """The data set of `config.data` for one process: the training split on a worker (train=True), the test
     split on the server. `data.name: folder` reads `data.dir/train` and `data.dir/val` image folders."""
     c = config.data
     if c.name.lower() == "folder":
-        from hdbl_mpi.data.folder import index_folder, make_folder_loader
+        from hdbl_mpi.data.folder import make_folder_loader
+        from hdbl_mpi.data.images import index_folder
 
         if not c.dir:
             raise DataError("data.name is folder but data.dir is not set; point it at a directory holding "

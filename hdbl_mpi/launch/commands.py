@@ -61,7 +61,7 @@ def find_tool(name: str, required: bool = True) -> str:
     return found
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mpi_version_text(mpirun: str) -> str:
     """The first line of `mpirun --version` ('' when it cannot be run)."""
     try:
@@ -72,7 +72,7 @@ def mpi_version_text(mpirun: str) -> str:
     return text.splitlines()[0] if text else ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mpi_flavour(mpirun: str) -> str:
     """'openmpi', 'mpich' or 'unknown', from `mpirun --version`."""
     try:

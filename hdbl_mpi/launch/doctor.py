@@ -186,7 +186,7 @@ def check_data(names: list[str], data_dir: str | None, required: bool) -> list[C
 
 
 def check_launcher() -> Check:
-    from hdbl_mpi.engine import launcher_local_rank
+    from hdbl_mpi.comm.placement import launcher_local_rank
 
     found = launcher_local_rank(dict(os.environ))
     if found is None:
@@ -255,9 +255,10 @@ def doctor(datasets: list[str], data_dir: str | None, data_required: bool, as_js
     if under_mpi:
         from mpi4py import MPI
 
-        reports = MPI.COMM_WORLD.gather(report, root=0)
-        if MPI.COMM_WORLD.rank != 0:
+        gathered = MPI.COMM_WORLD.gather(report, root=0)
+        if gathered is None:  # not rank 0
             return 0
+        reports = gathered
     else:
         reports = [report]
     result = combine(reports)

@@ -11,14 +11,18 @@ import argparse
 import os
 import shlex
 import sys
-from pathlib import Path
 
-from hdbl_mpi.config import has_server, load_config, required_ranks
+from hdbl_mpi.config import Config, add_run_arguments, has_server, load_run_config, required_ranks
 from hdbl_mpi.launch.commands import (
-    LAUNCHERS, Launch, LaunchError, build_command, hdbl_program, local_cores, ulfm_args,
+    LAUNCHERS,
+    Launch,
+    LaunchError,
+    build_command,
+    hdbl_program,
+    local_cores,
+    ulfm_args,
 )
 from hdbl_mpi.launch.hosts import Hosts, hosts_from_slurm, parse_hostfile, parse_hosts_arg
-from hdbl_mpi.run import rundir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,21 +54,20 @@ def _hosts(args: argparse.Namespace, environ: dict[str, str]) -> Hosts | None:
     return None
 
 
+def _train_config(args: list[str]) -> Config:
+    """The config `hdbl train ARGS` would run, read the way the trainer reads it (hdbl_mpi.config)."""
+    parser = argparse.ArgumentParser(prog="hdbl train", add_help=False)
+    add_run_arguments(parser)
+    parser.add_argument("--verbose", action="store_true")
+    train = parser.parse_args(args)
+    return load_run_config(train.config, train.set, train.resume)
+
+
 def ranks_for(command: list[str], np: int | None, hosts: Hosts | None) -> tuple[int, str, list[str]]:
     """(ranks, why) for the hdbl subcommand: `train` needs what its config says; `doctor` runs once per host;
     anything else needs --np. The third item is launcher flags the config asks for (ULFM)."""
     if command[0] == "train":
-        from hdbl_mpi.cli import build_parser
-
-        train = build_parser().parse_args(command)
-        if train.resume:
-            saved = Path(train.resume) / rundir.CONFIG
-            if not saved.is_file():
-                raise LaunchError(f"--resume {train.resume}: no {rundir.CONFIG} there; pass the run directory of an "
-                                  "earlier run.")
-            config = load_config(saved, train.set)
-        else:
-            config = load_config(train.config, train.set)
+        config = _train_config(command[1:])
         needed = required_ranks(config)
         servers = "1 server" if config.ps.servers == 1 else f"ps.servers={config.ps.servers} servers"
         why = (f"{servers} + dual.workers={config.dual.workers} workers" if has_server(config) else

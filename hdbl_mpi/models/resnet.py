@@ -3,7 +3,7 @@
 ResNet-18 comes from torchvision (a well-kept reference implementation) with two changes the method needs:
 the stem can be the CIFAR one (3x3 convolution, stride 1, no max-pool, as for 24/32 px inputs) or the ImageNet
 one (7x7 stride 2 + max-pool), and a dropout layer sits before the classifier because the cyclic schedule
-changes dropout with the resolution (SPEC §5). The small ResNet reuses torchvision's BasicBlock so both models
+changes dropout with the resolution (method §5). The small ResNet reuses torchvision's BasicBlock so both models
 share one block implementation.
 """
 

@@ -1,4 +1,4 @@
-"""Merge rules of SPEC §3 as interpolation weights.
+"""Merge rules of method §3 as interpolation weights.
 
 Both published rules are a linear interpolation W <- W + w*(W_k - W) towards the pushed weights W_k:
 

@@ -28,15 +28,18 @@ from mpi4py import MPI
 
 from hdbl_mpi.comm.wire import TAG_PUSH_WEIGHTS, TAG_REPLY_WEIGHTS, HeaderLayout, wait_bounded
 from hdbl_mpi.errors import ConfigError
+from hdbl_mpi.ps.policy import OP_ACCUMULATE, OP_ACCUMULATE_OWN, OP_AVERAGE, OP_DROP, OP_MERGE, Update
 
 ALIGN = 1024  # values (4 KiB): shard starts are multiples of this
 TAG_SHARD_OP = 41
 TAG_SHARD_GATHER = 42
 TAG_SHARD_DONE = 43  # a shard server's counters, sent to rank 0 when it finishes
 
-# Control message, rank 0 -> each shard server: what to do next, in rank 0's order.
+# Control message, rank 0 -> each shard server: what to do next, in rank 0's order. Operations 0..4 change the
+# vector (ps/policy.py decides them); these three move it.
 SHARD_OP = HeaderLayout(("op", "rank", "value"))
-OP_MERGE, OP_DROP, OP_ACCUMULATE, OP_ACCUMULATE_OWN, OP_AVERAGE, OP_REPLY, OP_GATHER, OP_FINISH = range(8)
+OP_REPLY, OP_GATHER, OP_FINISH = 5, 6, 7
+PUSH_OPS = (OP_MERGE, OP_DROP, OP_ACCUMULATE, OP_ACCUMULATE_OWN)  # each receives a worker's slice first
 
 
 def shard_bounds(numel: int, servers: int, align: int = ALIGN) -> list[tuple[int, int]]:
@@ -98,20 +101,37 @@ class ShardMath:
         self._sum: torch.Tensor | None = None
         self._scaled: torch.Tensor | None = None
 
+    def apply(self, update: Update) -> None:
+        """Apply one of the policy's updates (a pushed slice, when the update takes one, is in ``recv``)."""
+        if update.op == OP_MERGE:
+            self.merge(update.value)
+        elif update.op in (OP_ACCUMULATE, OP_ACCUMULATE_OWN):
+            self.accumulate(update.value, own=update.op == OP_ACCUMULATE_OWN)
+        elif update.op == OP_AVERAGE:
+            self.average(update.value)
+        elif update.op != OP_DROP:
+            raise ValueError(f"operation {update.op} does not change the vector")
+
     def merge(self, weight: float) -> None:
         self.W.lerp_(self.recv, weight)
 
+    def _round_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The BSP round's sum and a scratch vector, allocated at the first BSP push (ASP never needs them)."""
+        if self._sum is None or self._scaled is None:
+            self._sum, self._scaled = torch.zeros_like(self.W), torch.empty_like(self.W)
+        return self._sum, self._scaled
+
     def accumulate(self, factor: float, own: bool) -> None:
         """Add factor * (the received slice, or W itself for a rejected push) to the BSP round's sum."""
-        if self._sum is None:
-            self._sum, self._scaled = torch.zeros_like(self.W), torch.empty_like(self.W)
-        torch.mul(self.W if own else self.recv, factor, out=self._scaled)
-        self._sum.add_(self._scaled)
+        total, scaled = self._round_buffers()
+        torch.mul(self.W if own else self.recv, factor, out=scaled)
+        total.add_(scaled)
 
     def average(self, divisor: float) -> None:
         """End of a BSP round: W = sum / sum of factors."""
-        torch.div(self._sum, divisor, out=self.W)
-        self._sum.zero_()
+        total, _ = self._round_buffers()
+        torch.div(total, divisor, out=self.W)
+        total.zero_()
 
 
 class ShardFanout:
@@ -122,6 +142,7 @@ class ShardFanout:
         self.comm, self.layout, self.W_np = comm, layout, W_np
 
     def tell(self, op: int, rank: int = 0, value: float = 0.0) -> None:
+        """Send one operation to every shard server (rank: the worker it concerns, for pushes and replies)."""
         if not self.layout.others:
             return
         message = SHARD_OP.pack(op=op, rank=rank, value=value)
@@ -158,15 +179,12 @@ def serve_shard(comm: MPI.Intracomm, vector: np.ndarray, start: int, end: int, t
         t0 = time.perf_counter()
         message = SHARD_OP.unpack(op_in)
         op, rank, value = int(message["op"]), int(message["rank"]), message["value"]
-        if op in (OP_MERGE, OP_DROP, OP_ACCUMULATE, OP_ACCUMULATE_OWN):
+        if op in PUSH_OPS:
             comm.Recv(math_.recv_np, source=rank, tag=TAG_PUSH_WEIGHTS)
             counts["pushes"] += 1  # merged, accumulated or dropped (rejected)
-            if op == OP_MERGE:
-                math_.merge(value)
-            elif op != OP_DROP:
-                math_.accumulate(value, own=op == OP_ACCUMULATE_OWN)
+            math_.apply(Update(op, value))
         elif op == OP_AVERAGE:
-            math_.average(value)
+            math_.apply(Update(op, value))
         elif op == OP_REPLY:
             comm.Send(W_np, dest=rank, tag=TAG_REPLY_WEIGHTS)
             counts["replies"] += 1

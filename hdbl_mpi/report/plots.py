@@ -13,12 +13,12 @@ from hdbl_mpi.errors import HdblError
 from hdbl_mpi.report.tables import Run
 from hdbl_mpi.run.rundir import COMMITS, read_commits
 
-GROUP_COLOURS = {"small": "tab:orange", "large": "tab:blue"}
+GROUP_COLOURS = {"small": "tab:orange", "large": "tab:blue", "peer": "tab:green"}
 
 
 def _boundaries(run: Run) -> list[int]:
     """Epochs after which the learning rate (and so the stage) changes."""
-    lrs = [(r["epoch"], r["lr"]) for r in run.epochs]
+    lrs = [(r.epoch, r.lr) for r in run.epochs]
     return [e for (e, lr), (_, nxt) in zip(lrs, lrs[1:], strict=False) if nxt != lr]
 
 
@@ -34,17 +34,17 @@ def plot_runs(runs: list[Run], output: str | Path) -> None:
     grid = fig.add_gridspec(1 + len(runs), 3, height_ratios=[4.2] + [1.9] * len(runs))
     ax_epoch, ax_wall, ax_loss = (fig.add_subplot(grid[0, i]) for i in range(3))
     for run in runs:
-        evaluated = [r for r in run.epochs if r["test_acc"] is not None]
-        line, = ax_epoch.plot([r["epoch"] for r in evaluated], [r["test_acc"] for r in evaluated], "o-",
-                              label=run.name, markersize=3)
+        evaluated = [(r.epoch, r.wall_s, r.test_acc, r.test_loss) for r in run.epochs
+                     if r.test_acc is not None and r.test_loss is not None]
+        epochs, walls_s, accs, losses = (list(column) for column in zip(*evaluated, strict=True)) if evaluated \
+            else ([], [], [], [])
+        line, = ax_epoch.plot(epochs, accs, "o-", label=run.name, markersize=3)
         colour = line.get_color()
-        ax_wall.plot([r["wall_s"] for r in evaluated], [r["test_acc"] for r in evaluated], "o-", color=colour,
-                     label=run.name, markersize=3)
-        ax_loss.plot([r["epoch"] for r in evaluated], [r["test_loss"] for r in evaluated], "o-", color=colour,
-                     label=f"{run.name} test", markersize=3)
-        ax_loss.plot([r["epoch"] for r in run.epochs], [r["train_loss"] for r in run.epochs], "--", color=colour,
+        ax_wall.plot(walls_s, accs, "o-", color=colour, label=run.name, markersize=3)
+        ax_loss.plot(epochs, losses, "o-", color=colour, label=f"{run.name} test", markersize=3)
+        ax_loss.plot([r.epoch for r in run.epochs], [r.train_loss for r in run.epochs], "--", color=colour,
                      label=f"{run.name} train", alpha=0.7)
-        walls = {r["epoch"]: r["wall_s"] for r in run.epochs}
+        walls = {r.epoch: r.wall_s for r in run.epochs}
         for epoch in _boundaries(run):
             ax_epoch.axvline(epoch, color=colour, linestyle=":", alpha=0.6)
             ax_loss.axvline(epoch, color=colour, linestyle=":", alpha=0.6)
@@ -69,17 +69,17 @@ def _timeline(ax, run: Run) -> None:
     if not records:
         ax.set_title(f"{run.name}: no commits recorded")
         return
-    origin = min(r["time"] - r["commit_s"] for r in records)
-    workers = sorted({r["worker"] for r in records})
+    origin = min(r.start for r in records)
+    workers = sorted({r.worker for r in records})
     for record in records:
-        row = workers.index(record["worker"])
-        start = record["time"] - record["commit_s"] - origin
-        ax.broken_barh([(start, record["compute_s"])], (row - 0.35, 0.7), color=GROUP_COLOURS[record["group"]],
+        row = workers.index(record.worker)
+        start = record.start - origin
+        ax.broken_barh([(start, record.compute_s)], (row - 0.35, 0.7), color=GROUP_COLOURS[record.group],
                        edgecolor="white", linewidth=0.8)  # the white edge separates consecutive commits
-        ax.broken_barh([(start + record["compute_s"], record["exchange_s"] + record["wait_s"])], (row - 0.35, 0.7),
+        ax.broken_barh([(start + record.compute_s, record.exchange_s + record.wait_s)], (row - 0.35, 0.7),
                        color="0.6")
-    groups = {r["worker"]: r["group"] for r in records}
+    groups = {r.worker: r.group for r in records}
     ax.set_yticks(range(len(workers)), [f"{w} ({groups[w]})" for w in workers], fontsize=7)
-    ax.set(title=f"{run.name}: commits per worker (orange small-batch, blue large-batch compute; grey exchange "
-                 "+ wait)", xlabel="seconds since the first commit started")
+    ax.set(title=f"{run.name}: commits per worker (orange small-batch, blue large-batch, green data-parallel "
+                 "compute; grey exchange + wait)", xlabel="seconds since the first commit started")
     ax.grid(axis="x", alpha=0.3)

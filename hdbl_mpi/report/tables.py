@@ -19,32 +19,32 @@ import yaml
 
 from hdbl_mpi.errors import HdblError
 from hdbl_mpi.run import rundir
+from hdbl_mpi.run.records import EpochRow, Summary
 
 
 @dataclass
 class Run:
     path: Path
     name: str
-    summary: dict
-    epochs: list[dict]
+    summary: Summary
+    epochs: list[EpochRow]
     config: dict = field(default_factory=dict)
 
     @property
     def mode(self) -> str:
-        return self.summary.get("mode", "?")
+        return self.summary.outcome.mode
 
     @property
     def small(self) -> int:
-        return int(self.summary["plan"]["small"])
+        return int(self.summary.facts.plan["small"])
 
     @property
     def extra_time(self) -> float:
-        return float(self.summary["plan"]["extra_time"])
+        return float(self.summary.facts.plan["extra_time"])
 
     @property
     def resolutions(self) -> list[int]:
-        res = self.summary.get("resolutions", self.summary.get("resolution"))
-        return list(res) if isinstance(res, list) else [res]
+        return list(self.summary.facts.resolutions)
 
 
 def load_run(path: str | Path) -> Run:
@@ -57,39 +57,37 @@ def load_run(path: str | Path) -> Run:
         hint = ("the run has not finished (summary.json is written at the end)" if rundir.SUMMARY in missing
                 else "the run directory is incomplete")
         raise HdblError(f"{p} has no {' and no '.join(missing)}: {hint}. Report finished runs only.")
-    try:
-        summary = json.loads((p / rundir.SUMMARY).read_text())
-    except ValueError as err:
-        raise HdblError(f"{p / rundir.SUMMARY} is not valid JSON ({err}).") from None
+    summary = rundir.read_summary(p / rundir.SUMMARY)
     config = yaml.safe_load((p / rundir.CONFIG).read_text()) if (p / rundir.CONFIG).is_file() else {}
     return Run(p, p.name, summary, rundir.read_epochs(p / rundir.EPOCHS), config or {})
 
 
 def epoch_rows(run: Run) -> list[dict]:
     """epoch, train accuracy, valid accuracy (empty where not evaluated), wall seconds."""
-    return [{"epoch": r["epoch"], "train_acc": r["train_acc"], "valid_acc": r["test_acc"], "time_s": r["wall_s"]}
+    return [{"epoch": r.epoch, "train_acc": r.train_acc, "valid_acc": r.test_acc, "time_s": r.wall_s}
             for r in run.epochs]
 
 
 def comparison_rows(runs: list[Run], baseline: Run) -> list[dict]:
     """One row per run with its figures and the change against `baseline`."""
     rows = []
+    b = baseline.summary.outcome
     for run in runs:
-        s, b = run.summary, baseline.summary
+        s = run.summary.outcome
         rows.append({
             "run": run.name,
             "mode": run.mode,
             "n_S": run.small,
             "t": run.extra_time,
             "resolutions": "/".join(str(r) for r in run.resolutions),
-            "epochs": s.get("epochs_completed"),
-            "final_top1": s["final_top1"],
-            "best_top1": s["best_top1"],
-            "train_time_s": s["train_time_s"],
-            "eval_time_s": s["eval_time_s"],
-            "speedup": b["train_time_s"] / s["train_time_s"],
-            "final_delta_pp": 100.0 * (s["final_top1"] - b["final_top1"]),
-            "best_delta_pp": 100.0 * (s["best_top1"] - b["best_top1"]),
+            "epochs": s.epochs_completed,
+            "final_top1": s.final_top1,
+            "best_top1": s.best_top1,
+            "train_time_s": s.train_time_s,
+            "eval_time_s": s.eval_time_s,
+            "speedup": b.train_time_s / s.train_time_s,
+            "final_delta_pp": 100.0 * (s.final_top1 - b.final_top1),
+            "best_delta_pp": 100.0 * (s.best_top1 - b.best_top1),
             "baseline": run.path.resolve() == baseline.path.resolve(),
         })
     return rows

@@ -3,7 +3,7 @@
 Only the server rank writes here, so a cluster needs no shared file system for training itself.
 
     config.yaml      resolved config (after --set overrides); --resume reads it back
-    plan.json        the dual-batch plan (SPEC §4)
+    plan.json        the dual-batch plan (method §4)
     commits.jsonl    one JSON record per merged commit
     epochs.csv       epoch, lr, train loss/acc, test loss/acc, wall seconds
     summary.json     final figures, counters, versions, restarts
@@ -13,6 +13,7 @@ Only the server rank writes here, so a cluster needs no shared file system for t
     trace.json       Chrome-trace / Perfetto timeline of every commit (compute, exchange, wait per worker)
     tensorboard/     TensorBoard scalars per epoch, when the tensorboard extra is installed
 
+The records (a commit, an epoch row, the summary) are the dataclasses of run/records.py, written and read here.
 Every whole-file write goes to a temporary file in the same directory and is renamed over the target, so a
 crash never leaves a half-written file under the documented name.
 """
@@ -29,12 +30,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hdbl_mpi.run.records import EPOCH_COLUMNS, CommitRecord, EpochRow, Summary, from_mapping
+
 CONFIG, PLAN, COMMITS, EPOCHS, SUMMARY, CHECKPOINT, LOG, PROFILE, TRACE, TENSORBOARD = (
     "config.yaml", "plan.json", "commits.jsonl", "epochs.csv", "summary.json", "checkpoint.pt", "train.log",
     "profile.json", "trace.json", "tensorboard",
 )
-EPOCH_COLUMNS = ("epoch", "stage", "resolution", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "wall_s",
-                 "train_time_s")
 CHECKPOINT_FORMAT = 2  # 1: a bare torch.save file (no checksum); 2: header with SHA-256 and length
 CHECKPOINT_MAGIC = "HDBLCKPT"
 
@@ -70,28 +71,46 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def write_epochs(path: Path, rows: list[dict]) -> None:
+def write_summary(path: Path, summary: Summary) -> None:
+    write_json(path, summary.to_dict())
+
+
+def read_summary(path: Path) -> Summary:
+    """summary.json as a :class:`Summary`; an unreadable or incomplete file is an HdblError naming it."""
+    from hdbl_mpi.errors import HdblError
+
+    try:
+        return Summary.from_dict(json.loads(Path(path).read_text()))
+    except ValueError as err:
+        raise HdblError(f"{path} is not valid JSON ({err}).") from None
+    except KeyError as err:
+        raise HdblError(f"{path} is not a finished run's summary: {err.args[0]}.") from None
+
+
+def write_epochs(path: Path, rows: list[EpochRow]) -> None:
     """Rewrite epochs.csv from all known rows (a few hundred at most), sorted by epoch."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=EPOCH_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buffer, fieldnames=EPOCH_COLUMNS)
     writer.writeheader()
-    for row in sorted(rows, key=lambda r: r["epoch"]):
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in EPOCH_COLUMNS})
+    for row in sorted(rows, key=lambda r: r.epoch):
+        writer.writerow({k: ("" if v is None else v) for k, v in row.to_dict().items()})
     atomic_write_text(path, buffer.getvalue(), durable=False)
 
 
-def read_epochs(path: Path) -> list[dict]:
+def read_epochs(path: Path) -> list[EpochRow]:
     """Read epochs.csv back, with numbers as numbers and empty cells as None."""
-    rows = []
     with open(path, newline="") as handle:
-        for raw in csv.DictReader(handle):
-            rows.append({k: (None if v == "" else (int(v) if k in ("epoch", "stage", "resolution") else float(v)))
-                         for k, v in raw.items()})
-    return rows
+        return [from_mapping(EpochRow, {k: (None if v == "" else (int(v) if k in _INT_COLUMNS else float(v)))
+                                        for k, v in raw.items()})
+                for raw in csv.DictReader(handle)]
+
+
+_INT_COLUMNS = ("epoch", "stage", "resolution")
 
 
 class CommitLog:
-    """Append-only commits.jsonl, flushed per record so a crash loses at most the record being written."""
+    """Append-only commits.jsonl, flushed per record so a crash loses at most the record being written. A
+    resumed run first drops the records of commits after its checkpoint (`keep_up_to`)."""
 
     def __init__(self, path: Path, keep_up_to: int | None = None) -> None:
         if keep_up_to is not None and path.exists():
@@ -100,15 +119,16 @@ class CommitLog:
             atomic_write_text(path, "".join(line + "\n" for line in kept))
         self._handle = open(path, "a", buffering=1)
 
-    def write(self, record: dict) -> None:
-        self._handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+    def write(self, record: CommitRecord) -> None:
+        self._handle.write(json.dumps(record.to_dict(), separators=(",", ":")) + "\n")
 
     def close(self) -> None:
         self._handle.close()
 
 
-def read_commits(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+def read_commits(path: Path) -> list[CommitRecord]:
+    return [from_mapping(CommitRecord, json.loads(line)) for line in Path(path).read_text().splitlines()
+            if line.strip()]
 
 
 def save_checkpoint(path: Path, vector, state: dict) -> None:

@@ -16,7 +16,6 @@ from hdbl_mpi.baselines.allreduce import horovod_importable
 from hdbl_mpi.run import rundir
 from tests.conftest import run_train
 
-
 PEERS = ["dual.workers=2", "train.epochs=2", "eval.every=1"]
 
 
@@ -38,7 +37,7 @@ def test_allreduce_mode_writes_the_same_outputs_as_the_ps_modes(tmp_path):
     for name in (rundir.CONFIG, rundir.PLAN, rundir.EPOCHS, rundir.CHECKPOINT, rundir.COMMITS, rundir.LOG):
         assert (run.run_dir / name).is_file(), name
     epochs = rundir.read_epochs(run.run_dir / rundir.EPOCHS)
-    assert [r["epoch"] for r in epochs] == [1, 2] and all(r["test_acc"] is not None for r in epochs)
+    assert [r.epoch for r in epochs] == [1, 2] and all(r.test_acc is not None for r in epochs)
     assert sorted((r["worker"], r["epoch"]) for r in run.commits()) == [(0, 1), (0, 2), (1, 1), (1, 2)]
     assert "Epoch[2] Train-loss=" in run.output and "no server" in run.output
     report = subprocess.run([sys.executable, "-m", "hdbl_mpi.cli", "report", str(run.run_dir)], capture_output=True,
@@ -131,7 +130,7 @@ def test_kvstore_names_and_optimizers_in_the_ps_modes(tmp_path):
                                           "train.warmup_epochs=1", "train.min_lr=0.001"])
     assert run.returncode == 0, run.output
     assert run.summary()["mode"] == "bsp"
-    lrs = [r["lr"] for r in rundir.read_epochs(run.run_dir / rundir.EPOCHS)]
+    lrs = [r.lr for r in rundir.read_epochs(run.run_dir / rundir.EPOCHS)]
     assert lrs[0] == pytest.approx(0.0) and lrs[1] == pytest.approx(0.01)  # warm-up from 0, then cosine
     assert lrs[2] == pytest.approx(0.001 + 0.009 * 0.5)  # half-way through the cosine: (1 + cos(pi/2)) / 2
 

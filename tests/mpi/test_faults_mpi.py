@@ -11,7 +11,6 @@ import pytest
 from hdbl_mpi.run import rundir
 from tests.conftest import run_train
 
-
 TWO = ["dual.workers=2", "train.epochs=3", "run.checkpoint_every=1"]
 
 
@@ -108,7 +107,7 @@ def test_asp_goes_on_without_a_stalled_worker(tmp_path):
     s = run.summary()
     assert s["stalled_workers"] == [2] and s["commits_by_worker"] == {"1": 5, "2": 0}
     assert (s["commits_total"], s["missing_commits"], s["epochs_completed"]) == (5, 1, 2)
-    assert [r["epoch"] for r in rundir.read_epochs(run.run_dir / rundir.EPOCHS)] == [1, 2, 3]
+    assert [r.epoch for r in rundir.read_epochs(run.run_dir / rundir.EPOCHS)] == [1, 2, 3]
     assert s["final_top1"] is not None and time.monotonic() - start < 60
 
 

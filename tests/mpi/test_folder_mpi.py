@@ -7,7 +7,6 @@ import pytest
 from tests.conftest import run_train
 
 
-
 def _make_folder(root):
     from PIL import Image
 

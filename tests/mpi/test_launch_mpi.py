@@ -13,7 +13,6 @@ from hdbl_mpi.launch import netns
 from tests.conftest import FAST
 
 
-
 def _set_args(overrides: list[str]) -> list[str]:
     return [arg for item in overrides for arg in ("--set", item)]
 

@@ -9,7 +9,6 @@ import pytest
 from tests.conftest import run_train
 
 
-
 def test_profile_auto_writes_a_profile_and_plans_from_it(tmp_path):
     run = run_train(3, tmp_path / "run", ["dual.workers=2", "dual.small=1", "train.epochs=2", "dual.batch_large=null",
                                           "dual.profile=auto", "dual.profile_steps=3", "dual.profile_max_batch=64",

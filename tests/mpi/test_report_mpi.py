@@ -12,7 +12,6 @@ from hdbl_mpi.cli import main
 from tests.conftest import run_train
 
 
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 
-
 from hdbl_mpi.schedule import cyclic
 from tests.conftest import run_train
-
 
 SCHEDULE = ["schedule.phases=[2, 2]", "schedule.lrs=[0.05, 0.005]", "schedule.resolutions=[12, 16]",
             "schedule.dropouts=[0.0, 0.2]"]

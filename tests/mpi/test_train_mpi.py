@@ -13,7 +13,6 @@ import pytest
 
 from tests.conftest import run_train
 
-
 DUAL = ["dual.small=1", "dual.time_a=0.0012", "dual.time_b=0.004", "dual.extra_time=1.1"]
 
 

@@ -117,13 +117,13 @@ def test_the_planner_returns_a_plan_or_a_plan_error(D, n, n_s, B_L, a, b, t, fac
 @settings(max_examples=100, deadline=None)
 @given(length=st.integers(1, 5), resolutions=st.integers(1, 4))
 def test_per_resolution_lists_must_match_the_schedule(length, resolutions):
-    from hdbl_mpi.train import _make_plan
+    from hdbl_mpi.plan import plan_for_config
 
     tree = {"dual": {"batch_large": [64] * length, "workers": 2}}
     config = config_from_dict(tree)
     try:
         for index in range(resolutions):
-            _make_plan(config, 1000, None, index, resolutions)
+            plan_for_config(config, 1000, None, index, resolutions)
     except HdblError as err:
         assert length != resolutions
         assert f"dual.batch_large has {length} values but the schedule has {resolutions} resolutions" in str(err)

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import hdbl_mpi.data as data
-from hdbl_mpi.data import ArrayDataset, eval_batches, load_dataset, make_batch
-from hdbl_mpi.data import cifar
+from hdbl_mpi.data import ArrayDataset, cifar, eval_batches, load_dataset, make_batch
 from hdbl_mpi.data.idx import IMAGE_MAGIC, LABEL_MAGIC
 from hdbl_mpi.errors import DataError
 

@@ -7,10 +7,10 @@ from hdbl_mpi.config import load_config
 from hdbl_mpi.data import load_dataset
 from hdbl_mpi.data.sources import ArraySource, sample_indices
 from hdbl_mpi.engine import evaluate, train_steps
-from hdbl_mpi.optim import make_optimizer, param_groups
 from hdbl_mpi.models import build_model
+from hdbl_mpi.optim.optimizers import make_optimizer, param_groups
 from hdbl_mpi.plan import lr_scale
-from hdbl_mpi.ps.server import eval_due
+from hdbl_mpi.run.book import BookPolicy
 from hdbl_mpi.schedule import from_config
 
 
@@ -55,7 +55,7 @@ def test_lr_milestones_and_eval_schedule():
     schedule = from_config(config, native_resolution=28)  # no cyclic schedule: one stage per LR interval at 28 px
     assert [(s.start, s.end, s.resolution) for s in schedule.stages] == [(0, 4, 28), (4, 8, 28), (8, 10, 28)]
     assert [round(schedule.at(e).lr, 6) for e in (0, 3, 4, 7, 8, 9)] == [0.2, 0.2, 0.02, 0.02, 0.002, 0.002]
-    assert [e for e in range(1, 11) if eval_due(config, schedule.epochs, e)] == [3, 6, 9, 10]
+    assert [e for e in range(1, 11) if BookPolicy.from_config(config).eval_due(e, schedule.epochs)] == [3, 6, 9, 10]
 
 
 def test_lr_scaling_per_group():

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from hdbl_mpi.data import dali as dali_backend
-from hdbl_mpi.data.folder import FolderIndex, TorchvisionFolderLoader, index_folder, make_folder_loader
+from hdbl_mpi.data.folder import TorchvisionFolderLoader, make_folder_loader
+from hdbl_mpi.data.images import FolderIndex, index_folder
 from hdbl_mpi.errors import DataError
 
 MEAN = (0.4, 0.5, 0.6)

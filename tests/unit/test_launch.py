@@ -10,11 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from hdbl_mpi.engine import gpu_slot, launcher_local_rank
+from hdbl_mpi.comm.placement import gpu_slot, launcher_local_rank
 from hdbl_mpi.launch import commands
 from hdbl_mpi.launch.commands import Launch, build_command
 from hdbl_mpi.launch.hosts import (
-    HostError, expand_nodelist, expand_tasks_per_node, hosts_from_slurm, parse_hostfile, parse_hosts_arg,
+    HostError,
+    expand_nodelist,
+    expand_tasks_per_node,
+    hosts_from_slurm,
+    parse_hostfile,
+    parse_hosts_arg,
 )
 from hdbl_mpi.launch.job import add_arguments, prepare
 

@@ -1,4 +1,4 @@
-"""Merge rules (SPEC §3) as applied by the server: one torch.lerp_ with the rule's weight."""
+"""Merge rules (method §3) as applied by the server: one torch.lerp_ with the rule's weight."""
 
 import numpy as np
 import pytest

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from hdbl_mpi.errors import ConfigError
-from hdbl_mpi.optim import LAMB, LARS, EarlyStopping, lr_at, make_optimizer, param_groups
+from hdbl_mpi.optim.optimizers import LAMB, LARS, make_optimizer, param_groups
+from hdbl_mpi.optim.schedules import EarlyStopping, lr_at
 
 
 def _param(*values: float) -> nn.Parameter:

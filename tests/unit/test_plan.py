@@ -1,4 +1,4 @@
-"""The dual-batch plan against SPEC §4's worked example and its impossible cases."""
+"""The dual-batch plan against method §4's worked example and its impossible cases."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""`hdbl plan`: the stable command line for scripts, against the SPEC §4 formula."""
+"""`hdbl plan`: the stable command line for scripts, against the method §4 formula."""
 
 import json
 import subprocess
@@ -8,11 +8,11 @@ import pytest
 
 from hdbl_mpi.cli import main
 from hdbl_mpi.plan import round_half_up
-from hdbl_mpi.profiles import save_profile
+from hdbl_mpi.profiling.store import save_profile
 
 
 def spec(D, n, n_s, B_L, a, b, t):
-    """SPEC §4 written out independently of hdbl_mpi.plan."""
+    """method §4 written out independently of hdbl_mpi.plan."""
     n_l = n - n_s
     T0 = (a + b / B_L) * D / n
     if n_s == 0:
@@ -30,7 +30,7 @@ def run_plan(capsys, *args):
 
 CASES = [
     # D, n, n_S, t, resolutions, B_L, a, b
-    (50_000, 4, 1, 1.05, [32], [500], [5.6607e-4], [0.014041]),  # SPEC's worked example
+    (50_000, 4, 1, 1.05, [32], [500], [5.6607e-4], [0.014041]),  # method §4's worked example
     (50_000, 4, 3, 1.05, [32], [500], [5.6607e-4], [0.014041]),
     (50_000, 4, 3, 1.1, [24, 32], [600, 560], [4.1e-4, 5.6607e-4], [0.012, 0.014041]),
     (1_281_167, 4, 4, 1.05, [160, 224, 288], [2330, 1110, 740], [2.1e-4, 4.0e-4, 6.6e-4], [0.05, 0.06, 0.07]),

@@ -1,4 +1,4 @@
-"""Device profiling (SPEC §4): line fits, B_max prediction and back-off, real CPU profiles, profile files."""
+"""Device profiling (method §4): line fits, B_max prediction and back-off, real CPU profiles, profile files."""
 
 import json
 import math
@@ -8,10 +8,10 @@ import sys
 import pytest
 import torch
 
-import hdbl_mpi.profile as P
+import hdbl_mpi.profiling.measure as P
 from hdbl_mpi.errors import ConfigError, HdblError
 from hdbl_mpi.models import build_model
-from hdbl_mpi.profile import (
+from hdbl_mpi.profiling.measure import (
     Fit,
     OutOfMemory,
     confirm_bmax,
@@ -27,7 +27,7 @@ from hdbl_mpi.profile import (
     profile_resolution,
     time_steps,
 )
-from hdbl_mpi.profiles import average_entries, load_profile, lookup, profile_key, save_profile
+from hdbl_mpi.profiling.store import average_entries, load_profile, lookup, profile_key, save_profile
 
 CPU = torch.device("cpu")
 GiB = 2**30

@@ -7,6 +7,7 @@ import torch
 
 from hdbl_mpi.errors import HdblError
 from hdbl_mpi.run import rundir
+from hdbl_mpi.run.records import CommitRecord, EpochRow
 
 
 def test_atomic_write_leaves_no_temporary_files(tmp_path):
@@ -18,26 +19,32 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
 
 
 def test_epochs_csv_round_trip(tmp_path):
-    rows = [{"epoch": 2, "lr": 0.1, "train_loss": 0.5, "train_acc": 0.8, "test_loss": None, "test_acc": None,
-             "wall_s": 3.0, "train_time_s": 2.5},
-            {"epoch": 1, "lr": 0.1, "train_loss": 0.9, "train_acc": 0.6, "test_loss": 0.7, "test_acc": 0.75,
-             "wall_s": 1.5, "train_time_s": 1.2}]
+    rows = [EpochRow(epoch=2, stage=0, resolution=28, lr=0.1, train_loss=0.5, train_acc=0.8, test_loss=None,
+                     test_acc=None, wall_s=3.0, train_time_s=2.5),
+            EpochRow(epoch=1, stage=0, resolution=28, lr=0.1, train_loss=0.9, train_acc=0.6, test_loss=0.7,
+                     test_acc=0.75, wall_s=1.5, train_time_s=1.2)]
     rundir.write_epochs(tmp_path / "epochs.csv", rows)
     back = rundir.read_epochs(tmp_path / "epochs.csv")
-    assert [r["epoch"] for r in back] == [1, 2]  # sorted by epoch
-    assert back[0]["test_acc"] == 0.75 and back[1]["test_acc"] is None
+    assert [r.epoch for r in back] == [1, 2]  # sorted by epoch
+    assert back[0].test_acc == 0.75 and back[1].test_acc is None
+
+
+def _record(commit: int) -> CommitRecord:
+    return CommitRecord(worker=1, group="large", host="h", global_commit=commit, local_commit=commit, epoch=0,
+                        stage=0, resolution=16, batch=8, steps=1, samples=8, lr=0.1, train_loss=1.0, train_acc=0.5,
+                        compute_s=0.1, exchange_s=0.01, wait_s=0.0, commit_s=0.11, time=1.0)
 
 
 def test_commit_log_drops_records_after_the_checkpoint(tmp_path):
     path = tmp_path / "commits.jsonl"
     log = rundir.CommitLog(path)
     for i in range(1, 6):
-        log.write({"global_commit": i})
+        log.write(_record(i))
     log.close()
     log = rundir.CommitLog(path, keep_up_to=3)
-    log.write({"global_commit": 4})
+    log.write(_record(4))
     log.close()
-    assert [r["global_commit"] for r in rundir.read_commits(path)] == [1, 2, 3, 4]
+    assert [r.global_commit for r in rundir.read_commits(path)] == [1, 2, 3, 4]
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):
@@ -74,6 +81,7 @@ WRITER = """
 import sys, torch
 from pathlib import Path
 from hdbl_mpi.run import rundir
+from hdbl_mpi.run.records import CommitRecord, EpochRow
 print("writing", flush=True)
 while True:  # rewrite a large checkpoint until killed, so the kill lands inside a write
     rundir.save_checkpoint(Path(sys.argv[1]), torch.full((40_000_000,), 2.0), {"merged": 99})

@@ -1,4 +1,4 @@
-"""Cyclic progressive schedules: the papers' presets stage by stage (SPEC §5), the generic form, validation."""
+"""Cyclic progressive schedules: the papers' presets stage by stage (method §5), the generic form, validation."""
 
 import pytest
 

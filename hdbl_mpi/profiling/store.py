@@ -1,6 +1,6 @@
 """Profile files: the step-time and memory measurements of `hdbl profile`, stored as JSON and looked up.
 
-Kept apart from the measuring code (``hdbl_mpi.profile``) and free of torch and MPI, so that `hdbl plan
+Kept apart from the measuring code (``hdbl_mpi.profiling.measure``) and free of torch and MPI, so that `hdbl plan
 --profile FILE` and the training set-up read a profile instantly. A profile holds one entry per (device,
 torch version, model, resolution, precision): a and b of tau(B) = a*B + b with R², B_max, and the raw samples
 they came from.
@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from hdbl_mpi.errors import HdblError
 
@@ -34,7 +35,7 @@ def save_profile(path: str | Path, entries: list[dict]) -> dict:
     """Merge `entries` into the profile file at `path` (an entry with the same key is replaced); the whole
     profile. Written to a temporary file and renamed, so an interrupted run never leaves a truncated profile."""
     path = Path(path)
-    profile = load_profile(path) if path.exists() else {"format": PROFILE_FORMAT, "entries": {}}
+    profile: dict[str, Any] = load_profile(path) if path.exists() else {"format": PROFILE_FORMAT, "entries": {}}
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for entry in entries:
         key = _entry_key(entry)
@@ -146,10 +147,15 @@ def average_entries(entries: list[dict]) -> dict:
             "margin": memories[0].get("margin"),
             "method": "+".join(sorted({m.get("method", "?") for m in memories})),
         }
-    samples = [e.get("samples") for e in entries]
-    if all(s is not None for s in samples) and all(s["batch"] == samples[0]["batch"] for s in samples):
+    samples: list[dict] = [e["samples"] for e in entries if e.get("samples") is not None]
+    if len(samples) == n and all(s["batch"] == samples[0]["batch"] for s in samples):
         result["samples"] = {
             "batch": list(samples[0]["batch"]),
             "median_s": [sum(vals) / n for vals in zip(*(s["median_s"] for s in samples), strict=True)],
         }
     return result
+
+
+def average_ranks(per_rank: list[list[dict]]) -> list[dict]:
+    """One entry per resolution from every rank's entries (each rank's list in the same resolution order)."""
+    return [average_entries(list(same)) for same in zip(*per_rank, strict=True)]

@@ -1,4 +1,4 @@
-"""Measuring the step-time model tau(B) = a*B + b and the largest batch B_max on the actual device (SPEC §4).
+"""Measuring the step-time model tau(B) = a*B + b and the largest batch B_max on the actual device (method §4).
 
 The dual-batch plan needs, per resolution, how long one training step of batch B takes and how large B may
 get before the device runs out of memory. Both depend on the model, the resolution, the precision and the
@@ -12,13 +12,15 @@ hard limit, so the capacity is a user-given budget and a step "runs out of memor
 exceeds that budget.
 
 No MPI here: a caller profiles on every rank and combines the results with
-:func:`hdbl_mpi.profiles.average_entries`; profile files are read and written by :mod:`hdbl_mpi.profiles`.
+:func:`hdbl_mpi.profiling.store.average_entries`; profile files are read and written by
+:mod:`hdbl_mpi.profiling.store`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import math
 import platform
@@ -34,11 +36,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from hdbl_mpi.data import make_batch
+from hdbl_mpi.engine import is_out_of_memory
 from hdbl_mpi.errors import ConfigError, HdblError
 
 __all__ = [
     "PRECISIONS",
     "Fit",
+    "ProfileSettings",
+    "profile_device",
     "OutOfMemory",
     "TrainingStep",
     "confirm_bmax",
@@ -190,7 +195,7 @@ def make_training_step(
     precision: str = "fp32",
     pool_size: int = 4096,
     seed: int = 0,
-) -> Callable[[int], None]:
+) -> TrainingStep:
     """`step(batch)` doing one real training step of `model` (already on `device`), as training does it.
 
     Timing a forward pass alone, or a step without the batch pipeline, would underestimate a and b and give a
@@ -270,7 +275,7 @@ def _trim_heap() -> None:
             _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
         except (OSError, AttributeError):
             _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
+    if callable(_MALLOC_TRIM):
         _MALLOC_TRIM(0)
 
 
@@ -355,25 +360,10 @@ def peak_memory(step: Callable[[int], None], batch: int, device: torch.device, m
     raise ValueError(f"unknown memory method {method!r}; use cuda, rss or saved-tensors")
 
 
-class OutOfMemory(Exception):
-    """A step needed more memory than allowed: raised for a CPU step whose peak exceeds the memory budget,
-    so that the back-off treats a budget overrun like a CUDA out-of-memory error."""
-
-
-_TORCH_OOM: tuple[type[BaseException], ...] = tuple(
-    {c for c in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if c}
-)
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """Whether `err` means "this batch does not fit", which the back-off handles, as opposed to a real failure.
-
-    Older torch and some back-ends (cuDNN, MPS) report exhaustion as a plain RuntimeError, hence the message
-    test.
-    """
-    if isinstance(err, OutOfMemory) or (_TORCH_OOM and isinstance(err, _TORCH_OOM)):
-        return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+class OutOfMemory(MemoryError):
+    """A step needed more memory than allowed: raised for a CPU step whose peak exceeds the memory budget, so
+    that the back-off (and :func:`hdbl_mpi.engine.is_out_of_memory`) treats a budget overrun like a CUDA
+    out-of-memory error."""
 
 
 def predict_bmax(memory: Fit, capacity_bytes: float, margin: float = 0.9) -> int:
@@ -417,7 +407,7 @@ def confirm_bmax(
     """
     if not 0 < backoff < 1:
         raise ValueError(f"backoff must be in (0, 1), got {backoff}")
-    batch, failed = int(predicted), []
+    batch, failed = int(predicted), list[int]()
     while True:
         if batch < min_batch:
             tried = f" (tried {', '.join(map(str, failed))})" if failed else ""
@@ -604,8 +594,40 @@ def _profile_step(
     max_batch: int,
 ) -> dict:
     """The measurements of :func:`profile_resolution` on a built step (kept apart so that every reference to
-    the model is gone once it returns)."""
-    # (1) memory: fit peak(B), predict B_max under the capacity, confirm with a real step.
+    the model is gone once it returns): memory first, because the timing sweep must stay below B_max."""
+    memory, mem_batches, mem_bytes = _fit_memory(step, resolution, device, precision, method, memory_batches,
+                                                 max_batch)
+    predicted = _predict(memory, capacity, margin, max_batch, resolution, precision, device)
+    b_max, backoffs = confirm_bmax(_confirming_step(step, device, method, capacity), predicted,
+                                   on_oom=lambda: _release(device))
+    wanted = [int(b) for b in batches] if batches is not None else _default_time_batches(b_max)
+    time_batches = sorted({b for b in wanted if 1 <= b <= b_max})
+    skipped = sorted({b for b in wanted if not 1 <= b <= b_max})
+    if len(time_batches) < 2:
+        raise HdblError(
+            f"Only {time_batches} of the timing batch sizes {sorted(set(wanted))} are between 1 and B_max = "
+            f"{b_max}; a line needs two. Pass batch sizes <= {b_max}."
+        )
+    step_s = [time_steps(step, b, steps, warmup, device) for b in time_batches]  # tau(B) on the median step time
+    medians = [statistics.median(s) for s in step_s]
+    tau = fit_line(time_batches, medians, relative=True)
+    entry = {
+        "device": device_name(device), "torch": torch.__version__, "model": None, "resolution": int(resolution),
+        "precision": precision, "a": tau.a, "b": tau.b, "r2": tau.r2, "b_max": int(b_max),
+        "b_max_predicted": int(predicted), "oom_backoffs": backoffs,
+        "memory": {"a": memory.a, "b": memory.b, "r2": memory.r2, "capacity": int(capacity), "margin": margin,
+                   "method": method, "batches": mem_batches, "bytes": mem_bytes},
+        "samples": {"batch": time_batches, "step_s": step_s, "median_s": medians},
+        "steps": steps, "warmup": warmup,
+    }
+    if skipped:
+        entry["skipped_batches"] = skipped
+    return entry
+
+
+def _fit_memory(step: TrainingStep, resolution: int, device: torch.device, precision: str, method: str,
+                memory_batches: Sequence[int] | None, max_batch: int) -> tuple[Fit, list[int], list[int]]:
+    """Peak memory at a few batch sizes and its line in B."""
     sizes = [b for b in (memory_batches or DEFAULT_MEMORY_BATCHES) if b <= max_batch]
     if len(set(sizes)) < 2:
         sizes = sorted({max(1, max_batch // 8), max(1, max_batch // 4), max(1, max_batch // 2), max_batch})
@@ -620,75 +642,38 @@ def _profile_step(
             f"The model does not fit in memory at batch 2 (resolution {resolution}, {precision}); use a "
             "smaller model or resolution."
         )
-    memory = fit_line(mem_batches, mem_bytes)
+    return fit_line(mem_batches, mem_bytes), mem_batches, mem_bytes
+
+
+def _predict(memory: Fit, capacity: int, margin: float, max_batch: int, resolution: int, precision: str,
+             device: torch.device) -> int:
+    """B_max predicted by the memory line under the capacity (at most max_batch)."""
     if memory.a <= 0:
         # Memory did not grow measurably over the sampled sizes (e.g. RSS dominated by a cached heap):
         # nothing bounds B below max_batch, and the confirmation step still guards the cap.
-        predicted = max_batch
-    else:
-        try:
-            predicted = min(predict_bmax(memory, capacity, margin), max_batch)
-        except ValueError as err:
-            raise HdblError(
-                f"At resolution {resolution} ({precision}) the model does not fit in the memory capacity "
-                f"({capacity} bytes): {err} Use a smaller model or resolution"
-                + (", or a larger --memory-budget." if device.type == "cpu" else ".")
-            ) from err
-
-    if device.type == "cpu":
-
-        def guarded(batch: int) -> None:
-            peak = peak_memory(step, batch, device, method)
-            if peak > capacity:
-                raise OutOfMemory(f"batch {batch} peaked at {peak} bytes, over the budget of {capacity} bytes")
-
-        confirm_step: Callable[[int], None] = guarded
-    else:
-        confirm_step = step
-    b_max, backoffs = confirm_bmax(confirm_step, predicted, on_oom=lambda: _release(device))
-
-    # (2) time: tau(B) on the median step time of each batch size up to B_max.
-    wanted = [int(b) for b in batches] if batches is not None else _default_time_batches(b_max)
-    time_batches = sorted({b for b in wanted if 1 <= b <= b_max})
-    skipped = sorted({b for b in wanted if not 1 <= b <= b_max})
-    if len(time_batches) < 2:
+        return max_batch
+    try:
+        return min(predict_bmax(memory, capacity, margin), max_batch)
+    except ValueError as err:
         raise HdblError(
-            f"Only {time_batches} of the timing batch sizes {sorted(set(wanted))} are between 1 and B_max = "
-            f"{b_max}; a line needs two. Pass batch sizes <= {b_max}."
-        )
-    step_s = [time_steps(step, b, steps, warmup, device) for b in time_batches]
-    medians = [statistics.median(s) for s in step_s]
-    tau = fit_line(time_batches, medians, relative=True)
+            f"At resolution {resolution} ({precision}) the model does not fit in the memory capacity "
+            f"({capacity} bytes): {err} Use a smaller model or resolution"
+            + (", or a larger --memory-budget." if device.type == "cpu" else ".")
+        ) from err
 
-    entry = {
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "model": None,
-        "resolution": int(resolution),
-        "precision": precision,
-        "a": tau.a,
-        "b": tau.b,
-        "r2": tau.r2,
-        "b_max": int(b_max),
-        "b_max_predicted": int(predicted),
-        "oom_backoffs": backoffs,
-        "memory": {
-            "a": memory.a,
-            "b": memory.b,
-            "r2": memory.r2,
-            "capacity": int(capacity),
-            "margin": margin,
-            "method": method,
-            "batches": mem_batches,
-            "bytes": mem_bytes,
-        },
-        "samples": {"batch": time_batches, "step_s": step_s, "median_s": medians},
-        "steps": steps,
-        "warmup": warmup,
-    }
-    if skipped:
-        entry["skipped_batches"] = skipped
-    return entry
+
+def _confirming_step(step: TrainingStep, device: torch.device, method: str, capacity: int) -> Callable[[int], None]:
+    """The step that confirms B_max: on a CPU, a step whose measured peak exceeds the budget counts as
+    out-of-memory (a CPU has no hard limit of its own)."""
+    if device.type != "cpu":
+        return step
+
+    def guarded(batch: int) -> None:
+        peak = peak_memory(step, batch, device, method)
+        if peak > capacity:
+            raise OutOfMemory(f"batch {batch} peaked at {peak} bytes, over the budget of {capacity} bytes")
+
+    return guarded
 
 
 def plot_profile(profile: dict, path: str | Path) -> None:
@@ -723,3 +708,32 @@ def plot_profile(profile: dict, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(str(path))
     plt.close(fig)
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How to profile: the same for `hdbl profile` and for `dual.profile: auto` at the start of a run."""
+
+    precision: str = "fp32"
+    steps: int = 20
+    warmup: int = 2
+    memory_budget: int | None = None  # bytes; the CPU's capacity for B_max (GPUs use their memory)
+    margin: float = 0.9
+    max_batch: int = 4096
+    batches: Sequence[int] | None = None  # None: spread up to B_max
+
+
+def profile_device(model_factory: Callable[[int], nn.Module], model: str, num_classes: int, in_channels: int,
+                   resolutions: Sequence[int], device: torch.device, settings: ProfileSettings) -> list[dict]:
+    """This rank's profile entries, one per resolution (`model_factory(resolution)` builds the model). The one
+    measuring function behind `hdbl profile` and `dual.profile: auto`; under MPI every rank calls it on its own
+    device and :func:`hdbl_mpi.profiling.store.average_ranks` combines the ranks' entries."""
+    entries = []
+    for r in resolutions:
+        entry = profile_resolution(functools.partial(model_factory, r), num_classes, in_channels, r, device,
+                                   settings.precision, batches=settings.batches, steps=settings.steps,
+                                   warmup=settings.warmup, memory_budget=settings.memory_budget, margin=settings.margin,
+                                   max_batch=settings.max_batch)
+        entry["model"] = model
+        entries.append(entry)
+    return entries

@@ -1,4 +1,4 @@
-"""LocalSGD's number of local steps H per round, and the SlowMo outer update (SPEC §7).
+"""LocalSGD's number of local steps H per round, and the SlowMo outer update (method §7).
 
 In LocalSGD each of K workers takes H optimizer steps on its own shard, then the workers average their
 parameters: one synchronisation round. A larger H means fewer averages (less communication) but more drift

@@ -1,0 +1,174 @@
+"""What the server does when a worker misbehaves: non-finite pushes, stalled workers (ASP), lost workers (ULFM).
+
+Kept apart from the message loop because these are the riskiest edits in the server: each rule is one method
+with its reason in the docstring, and docs/reliability.md names the test behind each.
+
+- A push with a non-finite loss or weights is not merged; the worker gets W back and resets its momentum. Too
+  many in a row from one worker means training diverged: the run stops with the advice to lower the LR.
+- ASP goes on without a worker that has not committed for ps.timeout_s / 2 once the others are done.
+- With ``ps.fault_tolerance: ulfm`` a worker that dies is dropped and the survivors take over its commits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from hdbl_mpi.errors import HdblError
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
+
+    from hdbl_mpi.ps.state import Roster, ServerState
+
+FAULT_TOLERANCE = ("abort", "ulfm")  # ps.fault_tolerance
+
+
+class _RunLength(Protocol):
+    total: int  # commits the run will merge
+
+    def close(self, force: bool = False) -> None: ...
+
+
+class _Planner(Protocol):
+    def lr(self) -> float: ...
+
+    def survivors(self, alive: list[int], reason: str) -> dict | str: ...
+
+
+class ServerView(Protocol):
+    """What failure handling uses of the server (ps/server.py)."""
+
+    state: ServerState
+    roster: Roster
+    timeout_s: float
+    run_dir: Path
+    comm: Any
+    release_due: bool
+
+    @property
+    def assign(self) -> _Planner: ...
+
+    @property
+    def epochs(self) -> _RunLength: ...
+
+    def line(self, text: str) -> None: ...
+
+    def release(self) -> None: ...
+
+
+def is_process_failure(err: MPI.Exception) -> bool:
+    """ULFM's error classes: a peer died, or a communicator was revoked because one did."""
+    from mpi4py import MPI
+
+    return err.Get_error_class() in (MPI.ERR_PROC_FAILED, MPI.ERR_PROC_FAILED_PENDING, MPI.ERR_REVOKED)
+
+
+class Failures:
+    """The server's failure handling; it acts on the server's roster, counters and epochs."""
+
+    def __init__(self, server: ServerView, max_nonfinite: int, ulfm: bool) -> None:
+        self.server, self.max_nonfinite, self.ulfm = server, max_nonfinite, ulfm
+        self.streak = {w: 0 for w in server.roster.workers}  # consecutive rejected pushes per rank
+        self.rejected: set[int] = set()  # ranks whose last push was rejected (told so in the reply)
+
+    # -- non-finite pushes ---------------------------------------------------------------------------------------
+    def check_push(self, src: int, info: dict[str, float]) -> bool:
+        """True when the push is to be rejected (non-finite loss or weights, as the worker flagged it)."""
+        bad = not info["finite"] or not math.isfinite(info["loss_sum"])
+        if not bad:
+            self.streak[src] = 0
+            return False
+        s = self.server
+        st = s.state
+        st.nonfinite_rejected[str(src)] = st.nonfinite_rejected.get(str(src), 0) + 1
+        self.streak[src] += 1
+        self.rejected.add(src)
+        lr = s.assign.lr()
+        s.line(f"rejected a non-finite push from rank {src} (commit {int(info['local_commit'])}, loss "
+               f"{info['loss_sum'] / max(info['samples'], 1):.4g}, lr {lr:.4g}); it restarts from the global "
+               f"weights ({self.streak[src]} in a row)")
+        if self.streak[src] >= self.max_nonfinite:
+            raise HdblError(
+                f"{self.streak[src]} pushes in a row from rank {src} had a non-finite loss or weights, each time "
+                f"after restarting from the global weights: training diverged. Lower train.lr (now {lr:.4g}) or "
+                f"add a warm-up (train.warmup_epochs); --resume continues from the last checkpoint in {s.run_dir}."
+            )
+        return True
+
+    def was_rejected(self, rank: int) -> bool:
+        """Whether `rank`'s last push was rejected; asked once, for its reply."""
+        if rank in self.rejected:
+            self.rejected.discard(rank)
+            return True
+        return False
+
+    # -- stalled workers (ASP) -----------------------------------------------------------------------------------
+    def check_stalled(self) -> None:
+        """ASP goes on without a worker that has not committed for ps.timeout_s / 2: its commit in progress no
+        longer holds back the end of the run (the others make up its share of the commits). Mid-run the others
+        go on regardless; only at the end, when the rest were told to stop, does its commit hold the run up.
+        BSP and SSP cannot: their rounds and bounds wait for every worker, and the overall timeout ends them with
+        a message instead."""
+        s = self.server
+        roster, limit, now = s.roster, s.timeout_s / 2, time.monotonic()
+        if not roster.stopped:
+            return
+        for w in sorted(roster.training):
+            if now - roster.training_since[w] <= limit:
+                continue
+            roster.training.discard(w)
+            roster.stalled.add(w)
+            s.line(f"rank {w} has not committed for {limit:.0f} s (half of ps.timeout_s): going on without it")
+            s.release()
+            if not roster.training and s.state.merged < s.epochs.total:
+                # Everyone else was already told to stop, counting on this commit: end the run one short.
+                s.state.missing_commits = s.epochs.total - s.state.merged
+                s.epochs.total = s.state.merged
+                s.epochs.close(force=True)
+
+    def came_back(self, rank: int) -> None:
+        """A worker given up on as stalled committed after all: it was only slow."""
+        if rank in self.server.roster.stalled:
+            self.server.roster.stalled.discard(rank)
+            self.server.line(f"rank {rank}, given up on as stalled, committed again; it is back in the run")
+
+    # -- lost workers (ULFM) -------------------------------------------------------------------------------------
+    def holds(self, stop: bool) -> bool:
+        """With ULFM, a worker whose stop depends on commits still under way is held instead of stopped: if one
+        of those workers dies, the held one is sent to make up its commit rather than the run ending short."""
+        return stop and self.ulfm and self.server.state.merged < self.server.epochs.total
+
+    def lose(self, err: MPI.Exception) -> None:
+        """ULFM: acknowledge the failure, find the dead ranks and go on without them. In ASP a commit's share of
+        the data does not depend on who makes it and an epoch is n commits, so the survivors take over the lost
+        workers' commits and every epoch still covers the data set; nothing waits for the dead ranks."""
+        from mpi4py import MPI
+
+        s = self.server
+        s.comm.Ack_failed()
+        group = s.comm.Get_failed()
+        dead = set(MPI.Group.Translate_ranks(group, list(range(group.Get_size())), s.comm.Get_group()))
+        group.Free()
+        roster = s.roster
+        for w in sorted(dead - roster.lost - {0}):
+            roster.lost.add(w)
+            roster.training.discard(w)
+            roster.pending.pop(w, None)
+            roster.stalled.discard(w)
+            s.state.lost_workers.append({"rank": w, "at_commit": s.state.merged,
+                                         "error_class": err.Get_error_class()})
+            s.line(f"rank {w} failed ({err.Get_error_string().strip()}): going on with {len(roster.alive())} "
+                   "worker(s); the survivors take over its commits")
+        if not roster.alive():
+            raise HdblError("every worker failed; the run cannot go on. Resume it with --resume.")
+        change = s.assign.survivors(roster.alive(), f"lost rank(s) {sorted(roster.lost)}")
+        if isinstance(change, str):
+            s.line(change)
+        else:
+            s.line(f"re-planned for {change['workers']} survivors ({change['small']} small-batch): "
+                   f"d_L={change['d_large']}" + (f" d_S={change['d_small']} B_S={change['batch_small']} "
+                                                 f"f={change['factor_small']:.4f}" if change["small"] else ""))
+        s.release_due = True  # workers whose replies a failed send interrupted get theirs next

@@ -1,0 +1,89 @@
+"""The parameter-server modes (ASP, BSP, SSP; method §3): this rank's part after the shared set-up.
+
+Rank 0 serves (hdbl_mpi.ps.server), ranks 1..n train (hdbl_mpi.ps.worker), and with sharded servers ranks
+n+1..n+k-1 merge their slices (hdbl_mpi.ps.shards).
+"""
+
+from __future__ import annotations
+
+import time
+
+from hdbl_mpi.comm.world import SHARD
+from hdbl_mpi.plan import Plan
+from hdbl_mpi.ps.assign import Assignments
+from hdbl_mpi.ps.evaluator import Evaluator
+from hdbl_mpi.ps.server import Server
+from hdbl_mpi.ps.shards import serve_shard
+from hdbl_mpi.ps.state import ServerState
+from hdbl_mpi.ps.worker import Worker
+from hdbl_mpi.run.book import RunResult
+from hdbl_mpi.startup import RunSetup
+
+RESUME_POLICY = ("global weights, server counters and epoch history come from the checkpoint; worker momentum "
+                 "buffers restart from zero and worker RNGs are reseeded from (seed, rank, resumed or not)")
+
+
+def timeout_for(timeout_s: float, plans: dict[int, Plan]) -> float:
+    """Longest wait for any message: the configured one, else 600 s plus 20 of the longest planned commits."""
+    if timeout_s > 0:
+        return timeout_s
+    predicted = [p.epoch_time for p in plans.values() if p.epoch_time is not None]
+    return 600.0 + 20.0 * max(predicted, default=0.0)
+
+
+def run_parameter_server(setup: RunSetup, verbose: bool) -> RunResult | None:
+    """Serve, train or merge a shard, as this rank's role says; the server returns the run's result."""
+    world, config, layout = setup.world, setup.config, setup.layout
+    assert layout is not None
+    timeout_s = timeout_for(config.ps.timeout_s, setup.plans)
+    if world.role == SHARD:
+        _, start, end = next(part for part in layout.parts if part[0] == world.rank)
+        serve_shard(world.comm, setup.flat.host, start, end, timeout_s)
+        return None
+    if world.is_worker:
+        assert setup.train_source is not None
+        Worker(world, config, setup.model, setup.flat, setup.train_source, setup.device, timeout_s, verbose,
+               layout).run()
+        return None
+    return _serve(setup, timeout_s)
+
+
+def _serve(setup: RunSetup, timeout_s: float) -> RunResult:
+    config, n = setup.config, setup.config.dual.workers
+    state = ServerState(**setup.restored) if setup.restored else ServerState()
+    workers = list(range(1, n + 1))
+    assign = Assignments(config, setup.schedule, setup.plans, state, workers)
+    assign.send_first(setup.world.comm, workers)  # the workers start while the server builds itself
+    assert setup.test_source is not None
+    evaluator = Evaluator(setup.model, setup.test_source, config.eval.batch_size, setup.device)
+    # The global model lives on the host, where MPI receives and merges; the model's own vector (on ps.device)
+    # becomes the evaluator's staging area.
+    weights = setup.flat.vector.detach().to("cpu", copy=True)
+    server = Server(setup.world, config, setup.schedule, setup.plans, weights, setup.run_dir, evaluator, state,
+                    timeout_s, setup.layout, assign)
+    server.line(_start_line(setup))
+    try:
+        server.serve()
+    finally:
+        server.close()
+    wall = state.wall_time_s + time.perf_counter() - setup.t_start
+    outcome = server.epochs.book.outcome(config.ps.mode, server.elapsed_train(), wall, state.merged // n,
+                                         RESUME_POLICY)
+    result = RunResult(outcome, server.mode_figures(), f"{state.merged} commits")
+    stalled = sorted(server.roster.stalled)
+    if stalled:  # finished without them; they cannot be waited for at MPI_Finalize
+        result.abort_code = 3
+        result.abort_reason = (f"finished without stalled rank(s) {stalled} (see summary.json); ending the job with "
+                               "code 3 because they never returned")
+    return result
+
+
+def _start_line(setup: RunSetup) -> str:
+    config, schedule = setup.config, setup.schedule
+    plan, servers = setup.plans[setup.top], config.ps.servers
+    return (f"hdbl train: {setup.world.size} ranks ({servers} server{'s' if servers > 1 else ''}, "
+            f"{plan.small} small-batch, {plan.large} large-batch workers), mode {config.ps.mode}, "
+            f"D={setup.dataset_size}, d_L={plan.d_large} B_L={plan.batch_large}"
+            + (f", d_S={plan.d_small} B_S={plan.batch_small} f={plan.factor_small:.4f}" if plan.small else "")
+            + f", {schedule.epochs} epochs in {len(schedule.stages)} stage(s) at "
+            f"{'/'.join(map(str, schedule.resolutions))} px, run dir {setup.run_dir}")
