@@ -101,7 +101,8 @@ def push_commits(comm, flat, layout) -> list[float]:
     while True:
         local += 1
         header_out = PUSH.pack(local_commit=local, samples=100, steps=1, finite=1.0)
-        times.append(push_and_pull(comm, flat, header_out, header_in, 120.0, "bench reply", layout))
+        times.append(push_and_pull(comm, flat.to_host(), header_out, header_in, 120.0, "bench reply", layout))
+        flat.from_host()
         reply = REPLY.unpack(header_in)
         comm.send(CommitRecord(worker=comm.rank, group="large", host="bench", global_commit=int(reply["global_commit"]),
                                local_commit=local, epoch=int(reply["epoch"]), stage=0, resolution=32, batch=100,

@@ -25,7 +25,7 @@ def _train(args: argparse.Namespace) -> int:
             keepalive = KeepAlive(comm, shared.config.ps.ft_detector_timeout_s / 8)
         from hdbl_mpi.train import train
 
-        result = train(shared, bool(args.resume), args.verbose)
+        result = train(shared, bool(args.resume), args.verbose, args.plan_only)
         if keepalive is not None:
             keepalive.stop()
         return result
@@ -158,14 +158,15 @@ def _profile_here(args: argparse.Namespace, comm) -> tuple[list[dict], HdblError
 
 
 def _load_runs(paths: list[str]):
-    from hdbl_mpi.report.tables import load_run
+    from hdbl_mpi.report.runs import load_run
 
     return [load_run(p) for p in paths]
 
 
 def _report(args: argparse.Namespace) -> int:
     """`hdbl report`: tables from run directories (no MPI, no torch)."""
-    from hdbl_mpi.report.tables import load_run, render
+    from hdbl_mpi.report.runs import load_run
+    from hdbl_mpi.report.tables import render
 
     try:
         runs = _load_runs(args.run_dirs)
@@ -253,6 +254,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    """`hdbl sweep`: a grid of runs over seeds, then the comparison (hdbl_mpi.sweep)."""
+    from hdbl_mpi.sweep import sweep
+
+    try:
+        return sweep(args)
+    except HdblError as err:
+        print(f"hdbl sweep: error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
 def _launch(args: argparse.Namespace) -> int:
     from hdbl_mpi.launch.job import launch
 
@@ -264,13 +276,12 @@ def _launch(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hdbl_mpi.config import add_run_arguments
+    from hdbl_mpi.config import add_train_arguments
 
     parser = argparse.ArgumentParser(prog="hdbl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train under mpirun: rank 0 serves, the other ranks are workers")
-    add_run_arguments(train)
-    train.add_argument("--verbose", action="store_true", help="workers print one line per commit")
+    add_train_arguments(train)
     train.set_defaults(func=_train)
 
     plan = sub.add_parser("plan", help="the dual-batch plan (d_L, d_S, B_S, f per resolution) from a, b, B_L")
@@ -343,6 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     doc.add_argument("--data-dir", help="where to look first (as data.dir)")
     doc.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     doc.set_defaults(func=_doctor)
+
+    from hdbl_mpi.sweep import add_arguments as sweep_arguments
+
+    sweep = sub.add_parser("sweep", help="a grid of runs over seeds (workstation or SLURM array), then the comparison")
+    sweep_arguments(sweep)
+    sweep.set_defaults(func=_sweep)
 
     from hdbl_mpi.launch.job import add_arguments
 

@@ -95,18 +95,21 @@ class DualConfig:
     memory_budget: str | None = None  # auto on a CPU: memory a worker may use (e.g. 4GiB); None: RAM / ranks per host
     replan: bool = False  # refit a, b from the commits and re-balance B_S when the groups drift apart
     replan_threshold: float = 1.05  # ... when slowest / fastest group compute time exceeds this
+    commits_per_epoch: int = 1  # k: each worker commits k times per epoch (d/k samples each); 1 as in the papers
 
 
 @dataclass
 class PSConfig:
     mode: str = "asp"  # asp | bsp | ssp (parameter server) | allreduce | localsgd (no server); kvstore names too
-    backend: str = "auto"  # allreduce: auto (Horovod when it imports, else mpi4py) | horovod | mpi4py
+    backend: str = "auto"  # allreduce: auto (Horovod when it imports, else mpi4py) | horovod | mpi4py | ddp
     bucket_mb: float = 25.0  # allreduce over mpi4py: gradient bucket size
     staleness: int = 2  # SSP bound s
     fault_tolerance: str = "abort"  # abort (a lost rank ends the job; --resume) | ulfm (ASP goes on without it)
     ft_detector_timeout_s: float = 10.0  # ulfm: a rank silent this long is declared dead (heartbeat detector)
     max_nonfinite: int = 3  # stop after this many non-finite pushes in a row from one worker (each is rejected)
-    merge: str = "journal"  # journal | conference
+    merge: str = "journal"  # journal | conference (the papers' rules) | delta (an outer step on each worker's change)
+    outer_lr: float = 0.0  # merge delta: W += outer_lr * f * (W_k - W_pulled) (0: 1/dual.workers); BN stats as journal
+    outer_momentum: float = 0.0  # merge delta: Nesterov momentum of the outer step (0: none)
     timeout_s: float = 0.0  # longest wait for any message; 0: 600 s + 20 planned commit times
     device: str = "cpu"  # the server's evaluation device (cpu | auto | cuda | cuda:N); it merges on the host
     servers: int = 1  # k server ranks, each owning a contiguous shard of the weights (ranks 0 and n+1..n+k-1)
@@ -302,13 +305,17 @@ def load_run_config(config_path: str | None, overrides: list[str], resume: str |
     return load_config(saved, overrides)
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments that choose a run's config, shared by `hdbl train` and `hdbl launch train`."""
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `hdbl train`, read by the trainer and by `hdbl launch train` (to count the ranks the
+    config needs) alike: the config and run directory, and two switches."""
     parser.add_argument("config", nargs="?", help="YAML config (e.g. configs/demo.yaml); omit with --resume")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.epochs=20 (repeatable)")
     parser.add_argument("--run-dir", help="run directory (default: run.dir, else runs/<date>-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--verbose", action="store_true", help="workers print one line per commit")
+    parser.add_argument("--plan-only", action="store_true",
+                        help="set up (profile: auto included), write plan.json and print the plan, then stop")
 
 
 def config_from_dict(tree: dict) -> Config:
@@ -390,6 +397,7 @@ def _validate_dual(d: DualConfig) -> None:
     _check(d.profile_steps >= 1, f"dual.profile_steps is {d.profile_steps}; it must be >= 1.")
     _check(d.profile_max_batch >= 1, f"dual.profile_max_batch is {d.profile_max_batch}; it must be >= 1.")
     _check(d.replan_threshold > 1.0, f"dual.replan_threshold is {d.replan_threshold}; it must be > 1 (e.g. 1.05).")
+    _check(d.commits_per_epoch >= 1, f"dual.commits_per_epoch is {d.commits_per_epoch}; it must be >= 1.")
     _one_of(d.factor, FACTOR_RULES, "dual.factor")
     if d.small > 0:
         _check((d.time_a is not None and d.time_b is not None) or d.profile is not None,
@@ -414,10 +422,18 @@ def _validate_ps(c: Config) -> None:
         _check(c.dual.small == 0,
                f"dual.small is {c.dual.small} but ps.mode={ps.mode} has no server to merge two batch sizes; "
                "set dual.small=0 (every worker trains with B_L), or use ps.mode=asp/bsp/ssp.")
+        _check(c.dual.commits_per_epoch == 1,
+               f"dual.commits_per_epoch is {c.dual.commits_per_epoch} but ps.mode={ps.mode} has no commits (it "
+               "synchronises every step, or every local.h steps); set it to 1, or use ps.mode=asp/bsp/ssp.")
     _check(ps.staleness >= 1,
            f"ps.staleness is {ps.staleness}; the SSP bound must be >= 1 (the spread of commit counts between the "
            "fastest and the slowest worker); use ps.mode=bsp for lock-step rounds.")
     _one_of(ps.merge, MERGE_RULES, "ps.merge")
+    _check(ps.merge != "delta" or ps.mode in ("asp", "ssp"),
+           f"ps.merge=delta needs ps.mode=asp or ssp (got {ps.mode}): a BSP round averages models that all started "
+           "from the same W, which is already the delta step with outer_lr 1.")
+    _check(ps.outer_lr >= 0, f"ps.outer_lr is {ps.outer_lr}; use 0 (1/dual.workers) or a positive step size.")
+    _check(0 <= ps.outer_momentum < 1, f"ps.outer_momentum is {ps.outer_momentum}; it must be in [0, 1).")
     _one_of(ps.fault_tolerance, FAULT_TOLERANCE, "ps.fault_tolerance")
     _check(ps.fault_tolerance != "ulfm" or ps.mode == "asp",
            f"ps.fault_tolerance=ulfm needs ps.mode=asp (got {ps.mode}): BSP rounds and SSP bounds cannot go on "

@@ -47,7 +47,7 @@ def evaluate_checkpoint(target: str, config_path: str | None, overrides: list[st
     chosen = resolution or top
     start = time.perf_counter()
     loss, acc = evaluate(model, source, chosen, batch_size or config.eval.batch_size, device)
-    epoch = completed_epochs(state, config.dual.workers)
+    epoch = completed_epochs(state, config.dual.workers * config.dual.commits_per_epoch)
     return {"checkpoint": str(checkpoint), "epoch": epoch, "mode": config.ps.mode, "dataset": info.name,
             "test_size": info.test_size, "resolution": chosen, "device": str(device), "top1": acc,
             "test_loss": loss, "seconds": time.perf_counter() - start, "torch": torch.__version__}

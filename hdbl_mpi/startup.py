@@ -299,7 +299,8 @@ def _build(config: Config, local: _Local, schedule: Schedule, dataset_size: int,
     if has_server(config):
         from hdbl_mpi.ps.shards import Layout
 
-        layout = Layout.make(flat.numel, config.dual.workers, config.ps.servers)  # refuses a model too small
+        # refuses a model too small to shard
+        layout = Layout.make(flat.numel, config.dual.workers, config.ps.servers, flat.params_numel)
     return plans, model, flat, layout
 
 
@@ -328,7 +329,7 @@ def _restart(state: dict, run_path: Path, schedule: Schedule, config: Config) ->
     """The restart record of a resumed run; a run that already ended is refused, saying what to do."""
     from hdbl_mpi.run.book import completed_epochs
 
-    done = completed_epochs(state, config.dual.workers)
+    done = completed_epochs(state, config.dual.workers * config.dual.commits_per_epoch)
     if state.get("early_stopped_at") is not None:
         raise HdblError(f"{run_path} stopped early after epoch {state['early_stopped_at']} "
                         "(train.early_stop_patience); there is nothing to resume.")

@@ -19,9 +19,14 @@ from hdbl_mpi.run.records import Summary
 from hdbl_mpi.startup import RunSetup, SharedConfig, run_facts, set_up
 
 
-def train(shared: SharedConfig, resume: bool, verbose: bool) -> int:
-    """Run the job of `shared` (the config rank 0 read and every rank received, see hdbl_mpi.startup)."""
+def train(shared: SharedConfig, resume: bool, verbose: bool, plan_only: bool = False) -> int:
+    """Run the job of `shared` (the config rank 0 read and every rank received, see hdbl_mpi.startup); with
+    `plan_only`, stop after the set-up (profile: auto included) and print the plan it made."""
     setup = set_up(shared, resume)
+    if plan_only:
+        if setup.world.rank == 0:
+            print_plan(setup)
+        return 0
     if has_server(setup.config):
         from hdbl_mpi.ps.run import run_parameter_server
 
@@ -33,6 +38,16 @@ def train(shared: SharedConfig, resume: bool, verbose: bool) -> int:
     if result is not None:
         finish(setup, result)
     return 0
+
+
+def print_plan(setup: RunSetup) -> None:
+    from hdbl_mpi.plan import format_plan
+
+    resolutions = sorted(setup.plans)
+    print(format_plan([setup.plans[r] for r in resolutions], resolutions))
+    print(f"hdbl train: plan only: {setup.run_dir / rundir.PLAN}"
+          + (f", measured profile {setup.run_dir / rundir.PROFILE}" if (setup.run_dir / rundir.PROFILE).is_file()
+             else ""), flush=True)
 
 
 def finish(setup: RunSetup, result: RunResult) -> None:

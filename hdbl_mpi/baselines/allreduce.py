@@ -1,6 +1,6 @@
-"""Gradient averaging for the synchronous data-parallel baseline: over mpi4py, or through Horovod.
+"""Gradient averaging for the synchronous data-parallel baseline: over mpi4py, through Horovod, or PyTorch DDP.
 
-Both give every rank the mean of all ranks' gradients before each optimizer step, which is what a user's
+Each gives every rank the mean of all ranks' gradients before each optimizer step, which is what a user's
 conventional synchronous job (Horovod's DistributedOptimizer, PyTorch DDP) does, so the hybrid method is
 compared with the real thing and not with a slower stand-in.
 
@@ -161,3 +161,74 @@ def average_vector(comm: MPI.Intracomm, vector: np.ndarray) -> None:
     if comm.size > 1:
         comm.Allreduce(MPI.IN_PLACE, vector, op=MPI.SUM)
         vector /= comm.size
+
+
+class TorchDDP:
+    """PyTorch's DistributedDataParallel, initialised from the MPI world the launcher started (mpirun,
+    horovodrun or srun): rank and size from mpi4py, and the rendezvous address and port chosen by rank 0 and
+    broadcast over MPI, so no other launcher (torchrun) or environment is needed. gloo on the CPU, NCCL on GPUs.
+
+    Buffers (BatchNorm statistics) are not broadcast every step (``broadcast_buffers=False``): like the mpi4py
+    and Horovod backends, the run averages them at the end of each epoch, so the three backends train the same
+    model. MASTER_ADDR and MASTER_PORT, when set, win over the automatic choice (e.g. on hosts with several
+    networks, where GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME pick the interface too)."""
+
+    name = "ddp"
+
+    def __init__(self, comm: MPI.Intracomm, device: torch.device, bucket_mb: float = 25.0,
+                 timeout_s: float = 600.0) -> None:
+        from datetime import timedelta
+
+        import torch.distributed as dist
+
+        self.dist, self.device, self.bucket_mb = dist, device, bucket_mb
+        self.backend = "nccl" if device.type == "cuda" else "gloo"
+        addr, port = rendezvous(comm)
+        dist.init_process_group(self.backend, init_method=f"tcp://{addr}:{port}", rank=comm.rank,
+                                world_size=comm.size, timeout=timedelta(seconds=timeout_s))
+        self.address = f"{addr}:{port}"
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index if self.device.index is not None else 0] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=self.bucket_mb, broadcast_buffers=False)
+
+    def close(self) -> None:
+        if self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+
+def rendezvous(comm: MPI.Intracomm) -> tuple[str, int]:
+    """The address and a free port of rank 0 for torch.distributed, agreed over MPI: the loopback address when
+    every rank runs on rank 0's host, else rank 0's address on the network that routes to the others."""
+    import os
+    import socket
+
+    hosts = comm.allgather(socket.gethostname())
+    choice = None
+    if comm.rank == 0:
+        addr = os.environ.get("MASTER_ADDR") or ("127.0.0.1" if len(set(hosts)) == 1 else _routable_address())
+        port = int(os.environ.get("MASTER_PORT", "0")) or _free_port()
+        choice = (addr, port)
+    return comm.bcast(choice, root=0)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def _routable_address() -> str:
+    """This host's address on its default route (a UDP 'connect' sends nothing), else its resolved name."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            return str(s.getsockname()[0])
+    except OSError:
+        return socket.gethostbyname(socket.gethostname())

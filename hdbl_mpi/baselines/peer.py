@@ -5,8 +5,8 @@ parameter-server modes (each worker trains its share d_L of the training set, ro
 same model, data, schedule, optimizer and LR rules, and the run directory has the same files, so
 `hdbl report` compares a baseline with the hybrid method one to one.
 
-- allreduce: gradients are averaged every step, over mpi4py (bucketed, overlapped with backward) or through
-  Horovod's DistributedOptimizer (`ps.backend`).
+- allreduce: gradients are averaged every step, over mpi4py (bucketed, overlapped with backward), through
+  Horovod's DistributedOptimizer, or in PyTorch's DistributedDataParallel (`ps.backend`).
 - localsgd: each worker takes H local steps, then the models (parameters and BatchNorm statistics) are averaged;
   H follows `local.strategy`, and SlowMo (`local.slowmo_beta`, `local.slowmo_alpha`) can act on the average. A
   round also ends at the end of an epoch, so every epoch ends with one model to evaluate.
@@ -26,7 +26,13 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from hdbl_mpi.baselines.allreduce import HorovodAllreduce, Mpi4pyAllreduce, average_vector, horovod_importable
+from hdbl_mpi.baselines.allreduce import (
+    HorovodAllreduce,
+    Mpi4pyAllreduce,
+    TorchDDP,
+    average_vector,
+    horovod_importable,
+)
 from hdbl_mpi.baselines.local_steps import make_local_steps, slowmo_update
 from hdbl_mpi.config import Config
 from hdbl_mpi.engine import evaluate, train_steps
@@ -129,11 +135,16 @@ class PeerTrainer:
             self.optimizer.load_state_dict(state.optimizer)
         self.exchange: Mpi4pyAllreduce | None = None
         self.horovod: HorovodAllreduce | None = None
+        self.ddp: TorchDDP | None = None
+        self.train_model = self.model  # what the steps run: the model, or DDP's wrapper of it
         if backend == "mpi4py":
             self.exchange = Mpi4pyAllreduce(self.model, self.comm, self.config.ps.bucket_mb)
         elif backend == "horovod":
             self.horovod = HorovodAllreduce(self.comm)
             self.optimizer = self.horovod.wrap(self.model, self.optimizer)
+        elif backend == "ddp":
+            self.ddp = TorchDDP(self.comm, setup.device, self.config.ps.bucket_mb, self.config.ps.timeout_s or 600.0)
+            self.train_model = self.ddp.wrap(self.model)
         epochs = setup.schedule.epochs
         self.rounds = LocalRounds(self.config, epochs, state, self.flat.to_host(), self.comm) \
             if self.config.ps.mode == "localsgd" else None
@@ -159,8 +170,9 @@ class PeerTrainer:
             return scheduled_lr(self.config.train, schedule, epoch + i / steps)
 
         wait_before = self.exchange.wait_s if self.exchange is not None else 0.0
+        syncs_before = self.state.syncs
         after_step, averaging_s = self._round_hook(epoch, steps, lr_of_step)
-        stats = train_steps(self.model, self.optimizer, self.setup.train_source, steps, batch, stage.resolution,
+        stats = train_steps(self.train_model, self.optimizer, self.setup.train_source, steps, batch, stage.resolution,
                             self.setup.device, exchange=self.exchange, lr_of_step=lr_of_step, after_step=after_step)
         inside, outside = averaging_s[0], 0.0  # LocalSGD's averaging happens between steps, inside stats.seconds
         if self.config.ps.mode == "allreduce":
@@ -181,7 +193,7 @@ class PeerTrainer:
             commit_s=stats.seconds + outside, time=time.time(), dropout=stage.dropout))
         row = EpochRow(epoch=epoch + 1, stage=schedule.index_at(epoch), resolution=stage.resolution,
                        lr=lr_of_step(0), train_loss=float(totals[0] / totals[2]),
-                       train_acc=float(totals[1] / totals[2]))
+                       train_acc=float(totals[1] / totals[2]), commits=self.state.syncs - syncs_before)
         return row, float(totals[2]), stats.seconds
 
     def _round_hook(self, epoch: int, steps: int, lr_of_step: Any) -> tuple[Any, list[float]]:
@@ -269,7 +281,10 @@ class PeerTrainer:
             "horovod": None if self.horovod is None else {"version": self.horovod.version,
                                                           **self.horovod.controllers()},
             "syncs": st.syncs,
-            "bytes_per_sync": self.exchange.nbytes if self.exchange is not None else self.flat.nbytes,
+            "ddp": None if self.ddp is None else {"process_group": self.ddp.backend, "rendezvous": self.ddp.address,
+                                                  "bucket_mb": self.ddp.bucket_mb, "broadcast_buffers": False},
+            "bytes_per_sync": self.exchange.nbytes if self.exchange is not None else
+            self.flat.params_numel * 4 if self.config.ps.mode == "allreduce" else self.flat.nbytes,
             "local_steps": None if c.ps.mode != "localsgd" else {
                 "strategy": c.local.strategy, "h_changes": st.h_history, "slowmo": c.local.slowmo,
                 "slowmo_beta": c.local.slowmo_beta, "slowmo_alpha": c.local.slowmo_alpha},
@@ -278,6 +293,8 @@ class PeerTrainer:
 
     def close(self) -> None:
         self.book.close()
+        if self.ddp is not None:
+            self.ddp.close()
         if self.commit_log is not None:
             self.commit_log.close()
 

@@ -50,6 +50,7 @@ class FlatState:
         self.names = [n for n, _ in named]
         self.shapes = [tuple(t.shape) for _, t in named]
         self.numel = sum(t.numel() for _, t in named)
+        self.params_numel = sum(t.numel() for n, t in named if n.startswith("param:"))  # they come first
         device = named[0][1].device
         self.vector = torch.empty(self.numel, dtype=torch.float32, device=device)
         offset = 0

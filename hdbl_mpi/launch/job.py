@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 
-from hdbl_mpi.config import Config, add_run_arguments, has_server, load_run_config, required_ranks
+from hdbl_mpi.config import Config, add_train_arguments, has_server, load_run_config, required_ranks
 from hdbl_mpi.launch.commands import (
     LAUNCHERS,
     Launch,
@@ -57,8 +57,7 @@ def _hosts(args: argparse.Namespace, environ: dict[str, str]) -> Hosts | None:
 def _train_config(args: list[str]) -> Config:
     """The config `hdbl train ARGS` would run, read the way the trainer reads it (hdbl_mpi.config)."""
     parser = argparse.ArgumentParser(prog="hdbl train", add_help=False)
-    add_run_arguments(parser)
-    parser.add_argument("--verbose", action="store_true")
+    add_train_arguments(parser)
     train = parser.parse_args(args)
     return load_run_config(train.config, train.set, train.resume)
 

@@ -20,7 +20,7 @@ from hdbl_mpi.errors import PlanError
 from hdbl_mpi.optim.schedules import scheduled_lr
 from hdbl_mpi.plan import Plan, lr_scale, make_plan, round_half_up
 from hdbl_mpi.ps.balance import Balance
-from hdbl_mpi.ps.merge import merge_weight
+from hdbl_mpi.ps.merge import push_update
 from hdbl_mpi.ps.state import ServerState
 from hdbl_mpi.schedule import Schedule
 
@@ -57,12 +57,15 @@ class Assignments:
     def __init__(self, config: Config, schedule: Schedule, plans: dict[int, Plan], state: ServerState,
                  workers: list[int]) -> None:
         self.train, self.rule, self.n = config.train, config.ps.merge, config.dual.workers
+        self.k = config.dual.commits_per_epoch
+        self.per_epoch = self.n * self.k  # commits of one epoch
         self.schedule, self.plans, self.state = schedule, plans, state
         self.base = plans[max(plans)]  # d_L, d_S, n_S and f are the same at every resolution
         self.live: dict[int, Plan] = {}  # the survivors' plans after a lost worker
         for r, p in plans.items():
             state.batch_small.setdefault(str(r), p.batch_small)
-        self.weights = {w: merge_weight(self.rule, self.factor(w)) for w in workers}
+        self.outer_lr = config.ps.outer_lr or 1.0 / self.n  # 0: 1/n, the average of the workers' changes
+        self.updates = {w: push_update(self.rule, self.factor(w), self.outer_lr) for w in workers}
         threshold = config.dual.replan_threshold
         self.balances = {r: Balance(p, threshold) for r, p in plans.items()} \
             if config.dual.replan and self.base.small else None
@@ -76,18 +79,18 @@ class Assignments:
 
     def stage(self) -> int:
         """The stage of commits starting now: from the global commit count, the same for every worker."""
-        return self.schedule.index_at(self.state.merged // self.n)
+        return self.schedule.index_at(self.state.merged // self.per_epoch)
 
     def send_first(self, comm: Any, workers: list[int]) -> None:
         """Every worker's first assignment, at start-up: sent before the server builds the rest of itself, so the
         workers' first commits overlap with that (after this, each reply carries the next assignment)."""
         for w in workers:
-            header = self.next(w).header(epoch=self.state.merged // self.n, merged=self.state.merged)
+            header = self.next(w).header(epoch=self.state.merged // self.per_epoch, merged=self.state.merged)
             comm.Send(header, dest=w, tag=TAG_START)
 
     def lr(self) -> float:
         """The scheduled LR now (warm-up and cosine move per commit), before any per-batch scaling."""
-        return scheduled_lr(self.train, self.schedule, self.state.merged / self.n)
+        return scheduled_lr(self.train, self.schedule, self.state.merged / self.per_epoch)
 
     def next(self, rank: int) -> Assignment:
         index = self.stage()
@@ -96,7 +99,7 @@ class Assignments:
         plan = self.live.get(r, self.plans[r])
         batch = int(self.state.batch_small[str(r)]) if group == SMALL else self.plans[r].batch_large
         lr = self.lr() * lr_scale(self.train.lr_scaling, batch, self.plans[r].batch_large)
-        return Assignment(index, r, batch, plan.share(group)[0], lr, stage.dropout)
+        return Assignment(index, r, batch, round_half_up(plan.share(group)[0] / self.k), lr, stage.dropout)
 
     def observe(self, group: str, info: dict[str, float], at_commit: int) -> dict | None:
         """Feed a commit's timing to the balance monitor (dual.replan); a re-plan record when B_S changes.
@@ -116,8 +119,8 @@ class Assignments:
     def survivors(self, alive: list[int], reason: str) -> dict | str:
         """Re-plan d_L, d_S, B_S and f for the surviving workers of each group; the re-plan record, or why the old
         shares stay. An epoch stays n commits (counters, stages and LR are defined that way), so the plan is
-        made for D * n'/n samples over the n' survivors: their n commits per epoch again cover the data set once,
-        with the groups balanced."""
+        made for D * n'/n samples over the n' survivors: their n commits per epoch (n*k with k commits per worker
+        and epoch) again cover the data set once, with the groups balanced."""
         small = sum(1 for w in alive if self.group(w) == SMALL)
         try:
             live = {r: make_plan(round_half_up(p.dataset_size * len(alive) / self.n), len(alive), small,
@@ -130,7 +133,7 @@ class Assignments:
             if p.batch_small is not None:
                 self.state.batch_small[str(r)] = p.batch_small
         for w in alive:
-            self.weights[w] = merge_weight(self.rule, self.factor(w))
+            self.updates[w] = push_update(self.rule, self.factor(w), self.outer_lr)
         if self.balances is not None:
             self.balances = {r: Balance(p, self.balances[r].threshold) for r, p in live.items()} if small else None
         top = live[max(live)]

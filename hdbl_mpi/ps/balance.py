@@ -70,10 +70,12 @@ def group_times(records: list[CommitRecord], resolution: int | None = None) -> d
     return out
 
 
-def balance_report(plan: Plan, records: list[CommitRecord], resolution: int) -> dict:
-    """Predicted vs measured per-commit time of each group at one resolution, and the imbalance."""
+def balance_report(plan: Plan, records: list[CommitRecord], resolution: int, k: int = 1) -> dict:
+    """Predicted vs measured per-commit time of each group at one resolution (k commits per worker and epoch),
+    and the imbalance."""
     times = group_times(records, resolution)
-    predicted = {"large": plan.commit_time_large, "small": plan.commit_time_small}
+    predicted = {group: None if t is None else t / k
+                 for group, t in (("large", plan.commit_time_large), ("small", plan.commit_time_small))}
     report: dict = {"resolution": resolution, "predicted_compute_s": {}, "measured_compute_s": {},
                     "measured_commit_s": {}}
     for group, measured in times.items():

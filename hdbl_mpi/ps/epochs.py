@@ -1,6 +1,7 @@
-"""The server's epochs: close one every n merged commits, evaluate in the background, checkpoint, stop early.
+"""The server's epochs: close one every n*k merged commits (n workers, k = dual.commits_per_epoch), evaluate in
+the background, checkpoint, stop early.
 
-An epoch is n commits counted at the server (method §5). Its row goes into the epoch book (run/book.py, shared
+An epoch is n*k commits counted at the server (method §5). Its row goes into the epoch book (run/book.py, shared
 with the data-parallel trainers); evaluations run on a snapshot in the :class:`~hdbl_mpi.ps.evaluator.Evaluator`
 thread and their results come back while training goes on, so early stopping ends the run at the first epoch
 boundary that covers every commit already under way.
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 class ServerView(Protocol):
     """What the epochs use of the server (ps/server.py)."""
 
-    n: int
+    per_epoch: int  # commits of one epoch: n workers x k commits each
     state: ServerState
     schedule: Schedule
     roster: Roster
@@ -40,6 +41,8 @@ class ServerView(Protocol):
 
     def checkpoint_state(self) -> dict[str, Any]: ...
 
+    def recorded_through(self, commit: int) -> bool: ...
+
     def elapsed_train(self) -> float: ...
 
 
@@ -50,20 +53,21 @@ class ServerEpochs:
     def __init__(self, server: ServerView, book: EpochBook, evaluator: Evaluator,
                  lr_at: Callable[[float], float]) -> None:
         self.server, self.book, self.evaluator, self.lr_at = server, book, evaluator, lr_at
-        self.total = server.schedule.epochs * server.n
+        self.total = server.schedule.epochs * server.per_epoch
         self.t_epoch = time.perf_counter()
+        self.pending: tuple[int, torch.Tensor, dict[str, Any]] | None = None  # a checkpoint awaiting records
 
     @property
     def epochs(self) -> int:
-        return self.total // self.server.n
+        return self.total // self.server.per_epoch
 
     def close(self, force: bool = False) -> None:
         """Close the epoch when its n-th commit is merged; `force` closes a short last epoch (a stalled worker's
         commit will not come)."""
         s, st = self.server, self.server.state
-        if st.merged % s.n and not force:
+        if st.merged % s.per_epoch and not force:
             return
-        epoch = -(-st.merged // s.n)
+        epoch = -(-st.merged // s.per_epoch)
         row = self._row(epoch)
         now = time.perf_counter()
         self.book.add(row, st.epoch_samples / max(now - self.t_epoch, 1e-9))
@@ -81,8 +85,18 @@ class ServerEpochs:
             if last:
                 self.evaluator.submit(FINAL, snapshot, s.schedule.resolutions[-1])  # the final model, top resolution
             if due_ckpt:
-                self.book.save(snapshot, s.checkpoint_state())
+                self.pending = (st.merged, snapshot, s.checkpoint_state())
         self.book.write_epochs()
+        self.save_when_recorded()
+
+    def save_when_recorded(self, force: bool = False) -> None:
+        """Write the pending checkpoint once every commit it covers has its record (a worker sends the record
+        after the reply, so a crash right after an epoch's last merge could otherwise leave a checkpoint whose
+        last commit has no line in commits.jsonl, and a resumed run with a gap there). `force`: at the end."""
+        if self.pending is not None and (force or self.server.recorded_through(self.pending[0])):
+            _, snapshot, state = self.pending
+            self.pending = None
+            self.book.save(snapshot, state)
 
     def _row(self, epoch: int) -> EpochRow:
         s, st = self.server, self.server.state
@@ -91,7 +105,8 @@ class ServerEpochs:
                         lr=self.lr_at(epoch - 1),
                         train_loss=st.epoch_loss_sum / max(st.epoch_samples, 1),
                         train_acc=st.epoch_correct / max(st.epoch_samples, 1),
-                        wall_s=st.wall_time_s + time.perf_counter() - s.t_start, train_time_s=s.elapsed_train())
+                        wall_s=st.wall_time_s + time.perf_counter() - s.t_start, train_time_s=s.elapsed_train(),
+                        commits=st.merged - (epoch - 1) * s.per_epoch)
 
     def collect(self, results: list[EvalResult]) -> None:
         """Record finished evaluations; an evaluation that triggers early stopping shortens the run."""
@@ -108,13 +123,13 @@ class ServerEpochs:
         """End the run at the first epoch boundary that covers every commit already under way; those commits
         are still merged."""
         s, st = self.server, self.server.state
-        end = -(-(st.merged + len(s.roster.training)) // s.n) * s.n
+        end = -(-(st.merged + len(s.roster.training)) // s.per_epoch) * s.per_epoch
         if end == st.merged:  # nothing under way and that epoch already closed: finish the next one
-            end += s.n
+            end += s.per_epoch
         if end >= self.total:
             return
         self.total = end
         s.progress.total = end
-        st.early_stopped_at = end // s.n
+        st.early_stopped_at = end // s.per_epoch
         s.line(f"early stop: {self.book.stop_reason()} (last after epoch {evaluated_epoch}); the run ends after "
                f"epoch {st.early_stopped_at}")

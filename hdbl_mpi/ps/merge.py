@@ -1,29 +1,52 @@
-"""Merge rules of method §3 as interpolation weights.
+"""The merge rules (method §3): what one push does to the global model W. This file is the one place to read
+or change them; ``ps/shards.py`` applies the arithmetic and ``ps/policy.py`` decides when.
 
-Both published rules are a linear interpolation W <- W + w*(W_k - W) towards the pushed weights W_k:
+The papers' rules interpolate W <- W + w*(W_k - W) towards the pushed weights W_k:
 
 - journal (default): W <- (W + f*W_k) / (1 + f), i.e. w = f / (1 + f);
 - conference:        W <- W + (f/2) * (W_k - W),  i.e. w = f / 2.
 
-Expressing them as one weight keeps the server's hot path a single fused pass over the vector
-(``torch.lerp_``: read W, read W_k, write W) whichever rule is chosen, and keeps the rule itself here, in one
-place, free of torch and MPI.
+Expressed as one weight, the server's hot path is a single fused pass over the vector (``torch.lerp_``: read W,
+read W_k, write W) whichever is chosen.
+
+- delta (not from the papers; an option beside them): the worker pushes its change since it last pulled,
+  Delta_k = W_k - W_pulled, and the server takes an outer step W <- W + outer_lr * f * Delta_k (with optional
+  Nesterov momentum, ``ps.outer_momentum``), as asynchronous local-SGD methods treat a worker's change as a
+  pseudo-gradient. The interpolation rules move W only part of the way towards W_k *and* towards the stale
+  W_pulled that W_k grew from, so some of the other workers' progress since that pull is undone at every merge;
+  the delta step adds the worker's progress and leaves theirs alone. BatchNorm running statistics are estimates,
+  not parameters, and are never stepped: they merge with the journal interpolation.
 """
 
 from __future__ import annotations
 
-MERGE_RULES = ("journal", "conference")
+from hdbl_mpi.ps.policy import OP_DELTA, OP_MERGE, Update
+
+MERGE_RULES = ("journal", "conference", "delta")
 
 
 def merge_weight(rule: str, factor: float) -> float:
-    """Interpolation weight towards a push with model-update factor `factor` (1 for large-batch workers)."""
+    """Interpolation weight towards a push with model-update factor `factor` (1 for large-batch workers); for
+    the delta rule, the weight of the pushed BatchNorm statistics."""
     if factor <= 0:
         raise ValueError(f"model-update factor must be > 0, got {factor}")
-    if rule == "journal":
+    if rule in ("journal", "delta"):
         return factor / (1.0 + factor)
     if rule == "conference":
         return factor / 2.0
     raise ValueError(f"unknown merge rule {rule!r}; use one of {', '.join(MERGE_RULES)}")
+
+
+def push_update(rule: str, factor: float, outer_lr: float = 1.0) -> Update:
+    """What an accepted asynchronous push with factor `factor` does to W under `rule`."""
+    if rule == "delta":
+        return Update(OP_DELTA, outer_lr * factor, merge_weight(rule, factor))
+    return Update(OP_MERGE, merge_weight(rule, factor))
+
+
+def pushes_change(rule: str) -> bool:
+    """Whether workers push their parameters' change since the last pull (delta) rather than the parameters."""
+    return rule == "delta"
 
 
 def bsp_weights(factors: list[float]) -> list[float]:

@@ -22,12 +22,14 @@ OP_DROP = 1  # receive W_k and discard it: a rejected (non-finite) push
 OP_ACCUMULATE = 2  # BSP: add value * W_k to the round's sum
 OP_ACCUMULATE_OWN = 3  # BSP, rejected push: add value * W (the worker "changed nothing")
 OP_AVERAGE = 4  # BSP round end: W <- sum / value
+OP_DELTA = 5  # W_params += value * Delta_k (outer step, with momentum), W_buffers <- lerp(W_buffers, B_k, value2)
 
 
 @dataclass(frozen=True)
 class Update:
     op: int
     value: float = 0.0
+    value2: float = 0.0
 
 
 class SyncPolicy:
@@ -36,9 +38,9 @@ class SyncPolicy:
     mode: ClassVar[str] = "asp"
     goes_on_without_stalled: ClassVar[bool] = True  # may end the run without a worker that stopped committing
 
-    def on_push(self, rejected: bool, factor: float, weight: float) -> Update:
-        """A push with model-update factor `factor` and merge weight `weight` (ps/merge.py)."""
-        return Update(OP_DROP) if rejected else Update(OP_MERGE, weight)
+    def on_push(self, rejected: bool, factor: float, merge: Update) -> Update:
+        """A push with model-update factor `factor`; `merge` is what the merge rule does with it (ps/merge.py)."""
+        return Update(OP_DROP) if rejected else merge
 
     def round_end(self, held: int, active: int) -> Update | None:
         """`held` workers wait for a reply out of `active` still training: an update that ends the round, or
@@ -80,7 +82,7 @@ class Bsp(SyncPolicy):
         self.factor_sum = 0.0
         self.closed = False
 
-    def on_push(self, rejected: bool, factor: float, weight: float) -> Update:
+    def on_push(self, rejected: bool, factor: float, merge: Update) -> Update:
         self.closed = False
         self.factor_sum += factor
         return Update(OP_ACCUMULATE_OWN if rejected else OP_ACCUMULATE, factor)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 
 from hdbl_mpi.comm.world import SHARD
+from hdbl_mpi.config import Config
 from hdbl_mpi.plan import Plan
 from hdbl_mpi.ps.assign import Assignments
 from hdbl_mpi.ps.evaluator import Evaluator
@@ -38,7 +39,7 @@ def run_parameter_server(setup: RunSetup, verbose: bool) -> RunResult | None:
     timeout_s = timeout_for(config.ps.timeout_s, setup.plans)
     if world.role == SHARD:
         _, start, end = next(part for part in layout.parts if part[0] == world.rank)
-        serve_shard(world.comm, setup.flat.host, start, end, timeout_s)
+        serve_shard(world.comm, setup.flat.host, start, end, timeout_s, layout.split(start), config.ps.outer_momentum)
         return None
     if world.is_worker:
         assert setup.train_source is not None
@@ -67,8 +68,9 @@ def _serve(setup: RunSetup, timeout_s: float) -> RunResult:
     finally:
         server.close()
     wall = state.wall_time_s + time.perf_counter() - setup.t_start
-    outcome = server.epochs.book.outcome(config.ps.mode, server.elapsed_train(), wall, state.merged // n,
-                                         RESUME_POLICY)
+    policy = RESUME_POLICY + ("; the outer momentum restarts from zero" if config.ps.outer_momentum else "")
+    outcome = server.epochs.book.outcome(config.ps.mode, server.elapsed_train(), wall,
+                                         state.merged // server.per_epoch, policy)
     result = RunResult(outcome, server.mode_figures(), f"{state.merged} commits")
     stalled = sorted(server.roster.stalled)
     if stalled:  # finished without them; they cannot be waited for at MPI_Finalize
@@ -85,5 +87,14 @@ def _start_line(setup: RunSetup) -> str:
             f"{plan.small} small-batch, {plan.large} large-batch workers), mode {config.ps.mode}, "
             f"D={setup.dataset_size}, d_L={plan.d_large} B_L={plan.batch_large}"
             + (f", d_S={plan.d_small} B_S={plan.batch_small} f={plan.factor_small:.4f}" if plan.small else "")
+            + f", {config.dual.commits_per_epoch} commit(s) per worker and epoch, merge {_merge_text(config)}"
             + f", {schedule.epochs} epochs in {len(schedule.stages)} stage(s) at "
             f"{'/'.join(map(str, schedule.resolutions))} px, run dir {setup.run_dir}")
+
+
+def _merge_text(config: Config) -> str:
+    ps = config.ps
+    if ps.merge != "delta":
+        return ps.merge
+    lr = ps.outer_lr or 1.0 / config.dual.workers
+    return f"delta (outer lr {lr:g}" + (f", momentum {ps.outer_momentum:g})" if ps.outer_momentum else ")")

@@ -61,10 +61,12 @@ class Server:
         self.world, self.comm, self.config, self.schedule = world, world.comm, config, schedule
         self.run_dir, self.state, self.timeout_s = run_dir, state, timeout_s
         self.n = config.dual.workers
+        self.per_epoch = self.n * config.dual.commits_per_epoch  # commits of one epoch
         self.W = weights  # the global model, float32 on the CPU; with sharded servers only shard 0 stays current
         self.layout = layout or Layout(((0, 0, weights.numel()),))
         start, end = self.layout.own
-        self.own, self.own_np = ShardMath(weights[start:end]), weights.numpy()[start:end]
+        self.own = ShardMath(weights[start:end], self.layout.split(start), config.ps.outer_momentum)
+        self.own_np = weights.numpy()[start:end]
         self.fanout = ShardFanout(self.comm, self.layout, weights.numpy())
         self.roster = Roster(list(range(1, self.n + 1)))
         for w in self.roster.workers:
@@ -77,8 +79,9 @@ class Server:
         self.release_due = False
         self.records: list[CommitRecord] = []  # this run segment's commit records
         self.records_seen = {w: 0 for w in self.roster.workers}
+        self.awaiting: dict[int, int] = {}  # global commit -> rank: replied to, its record not yet in
         self.commit_log = rundir.CommitLog(run_dir / rundir.COMMITS, keep_up_to=state.merged)
-        self.progress = Progress(schedule.epochs * self.n, state.merged, self.n, run_dir / rundir.LOG)
+        self.progress = Progress(schedule.epochs * self.per_epoch, state.merged, self.per_epoch, run_dir / rundir.LOG)
         scalars = Scalars(run_dir / rundir.TENSORBOARD)
         self.line(f"TensorBoard: {scalars.status}")
         book = EpochBook(state, BookPolicy.from_config(config), run_dir, self.progress, scalars)
@@ -121,6 +124,7 @@ class Server:
                 continue
             self._idle(last_heard)
             backoff.pause()
+        self.epochs.save_when_recorded(force=True)
         self.shard_servers = self.fanout.finish()
         self.commit_log.close()
         write_trace(self.run_dir / rundir.TRACE, rundir.read_commits(self.run_dir / rundir.COMMITS))
@@ -156,8 +160,8 @@ class Server:
         self.comm.Recv(header, source=src, tag=TAG_PUSH_HEADER)
         info = PUSH.unpack(header)
         bad = self.failures.check_push(src, info)
-        update = self.policy.on_push(bad, self.assign.factor(src), self.assign.weights[src])
-        self.fanout.tell(update.op, src, update.value)  # shard servers take their slices while this rank does its own
+        update = self.policy.on_push(bad, self.assign.factor(src), self.assign.updates[src])
+        self.fanout.tell(update.op, src, update.value, update.value2)  # shard servers take their slices meanwhile
         self.comm.Recv(self.own.recv_np, source=src, tag=TAG_PUSH_WEIGHTS)
         arrived = time.perf_counter()
         self.own.apply(update)
@@ -197,6 +201,14 @@ class Server:
         self.records_seen[src] += 1
         self.records.append(record)
         self.commit_log.write(record)
+        self.awaiting.pop(record.global_commit, None)
+        self.epochs.save_when_recorded()
+
+    def recorded_through(self, commit: int) -> bool:
+        """Whether every commit up to `commit` has its record in commits.jsonl: none is held for its reply or
+        replied to without its record yet (a lost worker's record never comes)."""
+        return all(c > commit for c, _ in self.roster.pending.values()) and all(
+            c > commit or rank in self.roster.lost for c, rank in self.awaiting.items())
 
     # -- replies -------------------------------------------------------------------------------------------------
     def release(self) -> None:
@@ -211,10 +223,12 @@ class Server:
 
     def _reply(self, w: int, stop: bool) -> None:
         global_id, arrived = self.roster.pending.pop(w)
+        st = self.state
         header = self.assign.next(w).header(
-            global_commit=global_id, epoch=self.state.merged // self.n, stop=float(stop), merged=self.state.merged,
+            global_commit=global_id, epoch=st.merged // self.per_epoch, stop=float(stop), merged=st.merged,
             held_s=time.perf_counter() - arrived, rejected=float(self.failures.was_rejected(w)))
         self.comm.Send(header, dest=w, tag=TAG_REPLY_HEADER)
+        self.awaiting[global_id] = w
         self.fanout.tell(OP_REPLY, w)
         self.comm.Send(self.own_np, dest=w, tag=TAG_REPLY_WEIGHTS)
         if stop:
@@ -241,7 +255,8 @@ class Server:
             "commits_by_worker": dict(st.commits_by_worker),
             "samples_by_group": dict(st.samples_by_group),
             "group_commit_times": group_times(self.records),
-            "balance": [balance_report(plans[r], self.records, r) for r in sorted(plans)],
+            "balance": [balance_report(plans[r], self.records, r, self.assign.k) for r in sorted(plans)],
+            "commits_per_epoch": self.assign.k,
             "replans": list(st.replans),
             "nonfinite_rejected": dict(st.nonfinite_rejected),
             "stalled_workers": sorted(self.roster.stalled),
@@ -249,6 +264,8 @@ class Server:
             "lost_workers": list(st.lost_workers),
             "batch_small_final": st.batch_small,
             "merge": self.config.ps.merge,
+            "outer": {"lr": self.assign.outer_lr, "momentum": self.config.ps.outer_momentum}
+            if self.config.ps.merge == "delta" else None,
             "servers": len(self.layout.parts),
             "shards": [{"rank": r, "start": s, "end": e} for r, s, e in self.layout.parts],
             "shard_servers": self.shard_servers,  # each shard server's pushes, replies, gathers and busy seconds

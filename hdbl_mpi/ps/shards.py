@@ -28,18 +28,18 @@ from mpi4py import MPI
 
 from hdbl_mpi.comm.wire import TAG_PUSH_WEIGHTS, TAG_REPLY_WEIGHTS, HeaderLayout, wait_bounded
 from hdbl_mpi.errors import ConfigError
-from hdbl_mpi.ps.policy import OP_ACCUMULATE, OP_ACCUMULATE_OWN, OP_AVERAGE, OP_DROP, OP_MERGE, Update
+from hdbl_mpi.ps.policy import OP_ACCUMULATE, OP_ACCUMULATE_OWN, OP_AVERAGE, OP_DELTA, OP_DROP, OP_MERGE, Update
 
 ALIGN = 1024  # values (4 KiB): shard starts are multiples of this
 TAG_SHARD_OP = 41
 TAG_SHARD_GATHER = 42
 TAG_SHARD_DONE = 43  # a shard server's counters, sent to rank 0 when it finishes
 
-# Control message, rank 0 -> each shard server: what to do next, in rank 0's order. Operations 0..4 change the
+# Control message, rank 0 -> each shard server: what to do next, in rank 0's order. Operations 0..5 change the
 # vector (ps/policy.py decides them); these three move it.
-SHARD_OP = HeaderLayout(("op", "rank", "value"))
-OP_REPLY, OP_GATHER, OP_FINISH = 5, 6, 7
-PUSH_OPS = (OP_MERGE, OP_DROP, OP_ACCUMULATE, OP_ACCUMULATE_OWN)  # each receives a worker's slice first
+SHARD_OP = HeaderLayout(("op", "rank", "value", "value2"))
+OP_REPLY, OP_GATHER, OP_FINISH = 6, 7, 8
+PUSH_OPS = (OP_MERGE, OP_DROP, OP_ACCUMULATE, OP_ACCUMULATE_OWN, OP_DELTA)  # each receives a worker's slice first
 
 
 def shard_bounds(numel: int, servers: int, align: int = ALIGN) -> list[tuple[int, int]]:
@@ -70,11 +70,17 @@ class Layout:
     """Who owns which slice: ``parts[i] = (rank, start, end)``; one part (rank 0, whole vector) without sharding."""
 
     parts: tuple[tuple[int, int, int], ...]
+    params: int | None = None  # the vector's first `params` values are parameters, the rest buffers (None: all)
 
     @classmethod
-    def make(cls, numel: int, workers: int, servers: int) -> Layout:
+    def make(cls, numel: int, workers: int, servers: int, params: int | None = None) -> Layout:
         bounds = shard_bounds(numel, servers)
-        return cls(tuple((rank, s, e) for rank, (s, e) in zip(server_ranks(workers, servers), bounds, strict=True)))
+        ranks = server_ranks(workers, servers)
+        return cls(tuple((rank, s, e) for rank, (s, e) in zip(ranks, bounds, strict=True)), params)
+
+    def split(self, start: int) -> int | None:
+        """Where the buffers begin in the slice that starts at `start` (None: the slice is all parameters)."""
+        return None if self.params is None else self.params - start
 
     @property
     def own(self) -> tuple[int, int]:
@@ -92,14 +98,21 @@ class ShardMath:
     ``W`` is a view into the owner's global vector; ``recv`` receives a worker's slice. ASP merges are one
     fused ``lerp_`` (read W and W_k, write W). A BSP round sums f_k * W_k with separately rounded multiply and
     add, then divides: each element is rounded the same way whatever the slice, so k shards reproduce one
-    server bit for bit."""
+    server bit for bit.
 
-    def __init__(self, W: torch.Tensor) -> None:
+    The delta rule steps the parameters (the first `split` values of this slice: parameters come before the
+    floating-point buffers in the flat vector) by the pushed change, with Nesterov momentum `momentum`, and
+    interpolates the buffers (BatchNorm statistics)."""
+
+    def __init__(self, W: torch.Tensor, split: int | None = None, momentum: float = 0.0) -> None:
         self.W = W
         self.recv = torch.empty_like(W)
         self.recv_np = self.recv.numpy()
+        self.split = W.numel() if split is None else max(0, min(split, W.numel()))
+        self.momentum = momentum
         self._sum: torch.Tensor | None = None
         self._scaled: torch.Tensor | None = None
+        self._velocity: torch.Tensor | None = None
 
     def apply(self, update: Update) -> None:
         """Apply one of the policy's updates (a pushed slice, when the update takes one, is in ``recv``)."""
@@ -109,11 +122,27 @@ class ShardMath:
             self.accumulate(update.value, own=update.op == OP_ACCUMULATE_OWN)
         elif update.op == OP_AVERAGE:
             self.average(update.value)
+        elif update.op == OP_DELTA:
+            self.step(update.value, update.value2)
         elif update.op != OP_DROP:
             raise ValueError(f"operation {update.op} does not change the vector")
 
     def merge(self, weight: float) -> None:
         self.W.lerp_(self.recv, weight)
+
+    def step(self, lr: float, buffer_weight: float) -> None:
+        """Delta rule: parameters W += lr * Delta (Nesterov: v = m*v + lr*Delta; W += lr*Delta + m*v), the
+        buffers move towards the pushed ones by `buffer_weight`."""
+        s = self.split
+        params, delta = self.W[:s], self.recv[:s]
+        if self.momentum:
+            if self._velocity is None:
+                self._velocity = torch.zeros_like(params)
+            self._velocity.mul_(self.momentum).add_(delta, alpha=lr)
+            params.add_(delta, alpha=lr).add_(self._velocity, alpha=self.momentum)
+        else:
+            params.add_(delta, alpha=lr)
+        self.W[s:].lerp_(self.recv[s:], buffer_weight)
 
     def _round_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The BSP round's sum and a scratch vector, allocated at the first BSP push (ASP never needs them)."""
@@ -141,11 +170,11 @@ class ShardFanout:
     def __init__(self, comm: MPI.Intracomm, layout: Layout, W_np: np.ndarray) -> None:
         self.comm, self.layout, self.W_np = comm, layout, W_np
 
-    def tell(self, op: int, rank: int = 0, value: float = 0.0) -> None:
+    def tell(self, op: int, rank: int = 0, value: float = 0.0, value2: float = 0.0) -> None:
         """Send one operation to every shard server (rank: the worker it concerns, for pushes and replies)."""
         if not self.layout.others:
             return
-        message = SHARD_OP.pack(op=op, rank=rank, value=value)
+        message = SHARD_OP.pack(op=op, rank=rank, value=value, value2=value2)
         for shard_rank, _, _ in self.layout.others:
             self.comm.Send(message, dest=shard_rank, tag=TAG_SHARD_OP)
 
@@ -163,13 +192,15 @@ class ShardFanout:
         return {str(r): self.comm.recv(source=r, tag=TAG_SHARD_DONE) for r, _, _ in self.layout.others}
 
 
-def serve_shard(comm: MPI.Intracomm, vector: np.ndarray, start: int, end: int, timeout_s: float) -> dict:
+def serve_shard(comm: MPI.Intracomm, vector: np.ndarray, start: int, end: int, timeout_s: float,
+                split: int | None = None, momentum: float = 0.0) -> dict:
     """A shard server's loop: apply rank 0's operations to this slice until told to finish.
 
     `vector` holds the initial global weights (everyone received them at start-up); the slice [start, end) is
-    this server's from then on. Waits for rank 0 are bounded by `timeout_s`, so a lost rank 0 ends this rank
-    with an error instead of a hang. Returns counters for the run summary."""
-    math_ = ShardMath(torch.from_numpy(vector[start:end]))
+    this server's from then on; its first `split` values are parameters (the delta rule steps them, with
+    Nesterov `momentum`). Waits for rank 0 are bounded by `timeout_s`, so a lost rank 0 ends this rank with an error
+    instead of a hang. Returns counters for the run summary."""
+    math_ = ShardMath(torch.from_numpy(vector[start:end]), split, momentum)
     W_np = vector[start:end]
     op_in = SHARD_OP.empty()
     counts = {"pushes": 0, "replies": 0, "gathers": 0, "busy_s": 0.0}
@@ -178,13 +209,14 @@ def serve_shard(comm: MPI.Intracomm, vector: np.ndarray, start: int, end: int, t
                      f"the next operation from server rank 0 (shard server rank {comm.rank})")
         t0 = time.perf_counter()
         message = SHARD_OP.unpack(op_in)
-        op, rank, value = int(message["op"]), int(message["rank"]), message["value"]
+        op, rank, update = int(message["op"]), int(message["rank"]), Update(int(message["op"]), message["value"],
+                                                                            message["value2"])
         if op in PUSH_OPS:
             comm.Recv(math_.recv_np, source=rank, tag=TAG_PUSH_WEIGHTS)
             counts["pushes"] += 1  # merged, accumulated or dropped (rejected)
-            math_.apply(Update(op, value))
+            math_.apply(update)
         elif op == OP_AVERAGE:
-            math_.apply(Update(op, value))
+            math_.apply(update)
         elif op == OP_REPLY:
             comm.Send(W_np, dest=rank, tag=TAG_REPLY_WEIGHTS)
             counts["replies"] += 1

@@ -36,19 +36,19 @@ from hdbl_mpi.engine import StepStats, set_lr, train_steps
 from hdbl_mpi.models import set_dropout
 from hdbl_mpi.optim.optimizers import optimizer_for
 from hdbl_mpi.ps.assign import Assignment
+from hdbl_mpi.ps.merge import pushes_change
 from hdbl_mpi.ps.shards import Layout
 from hdbl_mpi.run.faults import maybe_crash
 from hdbl_mpi.run.records import CommitRecord
 
 
-def push_and_pull(comm, flat: FlatState, header_out, header_in, timeout_s: float, what: str,
+def push_and_pull(comm, host: np.ndarray, header_out, header_in, timeout_s: float, what: str,
                   layout: Layout | None = None) -> float:
-    """One commit exchange: push the header to rank 0 and each shard of the weights to its server (all shards
-    at once), wait (bounded) for rank 0's reply header, then receive every merged shard straight into the
-    model's vector. Returns the round-trip seconds."""
+    """One commit exchange: push the header to rank 0 and each shard of `host` (the model's flat vector on the
+    host) to its server (all shards at once), wait (bounded) for rank 0's reply header, then receive every
+    merged shard straight into `host`. Returns the round-trip seconds."""
     start = time.perf_counter()
-    host = flat.to_host()
-    parts = layout.parts if layout is not None else ((0, 0, flat.numel),)
+    parts = layout.parts if layout is not None else ((0, 0, host.size),)
     comm.Send(header_out, dest=0, tag=TAG_PUSH_HEADER)
     if len(parts) == 1:
         comm.Send(host, dest=0, tag=TAG_PUSH_WEIGHTS)
@@ -58,7 +58,6 @@ def push_and_pull(comm, flat: FlatState, header_out, header_in, timeout_s: float
         MPI.Request.Waitall([comm.Isend(host[s:e], dest=r, tag=TAG_PUSH_WEIGHTS) for r, s, e in parts])
         wait_bounded(comm.Irecv(header_in, source=0, tag=TAG_REPLY_HEADER), timeout_s, what)
         MPI.Request.Waitall([comm.Irecv(host[s:e], source=r, tag=TAG_REPLY_WEIGHTS) for r, s, e in parts])
-    flat.from_host()
     return time.perf_counter() - start
 
 
@@ -72,6 +71,8 @@ class Worker:
         self.timeout_s, self.verbose, self.layout = timeout_s, verbose, layout
         self.optimizer = optimizer_for(model, config.train)
         self.host = socket.gethostname()
+        # The delta rule (ps/merge.py): the parameters as last pulled, to push their change since then.
+        self.pulled = flat.to_host()[:flat.params_numel].copy() if pushes_change(config.ps.merge) else None
 
     def run(self) -> None:
         """Commit until the server says stop; every commit's record goes to the server (it owns the run dir)."""
@@ -84,8 +85,7 @@ class Worker:
             maybe_crash(self.config.debug, self.world.rank, local)
             stats = self._train(task, local)
             header_out = self._push_header(task, stats, local)
-            roundtrip = push_and_pull(self.comm, self.flat, header_out, header_in, self.timeout_s,
-                                      f"the server's reply to commit {local} of rank {self.world.rank}", self.layout)
+            roundtrip = self._exchange(header_out, header_in, local)
             reply = REPLY.unpack(header_in)
             if reply["rejected"]:  # the server dropped this push: restart from the global weights, fresh momentum
                 self.optimizer.state.clear()
@@ -93,6 +93,20 @@ class Worker:
             if reply["stop"]:
                 return
             task = Assignment.from_header(reply)  # the next stage, batch, share, LR and dropout
+
+    def _exchange(self, header_out: np.ndarray, header_in: np.ndarray, local: int) -> float:
+        """Push this commit (with the delta rule, the parameters' change since the last pull) and pull the merged
+        model; the round-trip seconds."""
+        host = self.flat.to_host()
+        params = self.flat.params_numel
+        if self.pulled is not None:
+            np.subtract(host[:params], self.pulled, out=host[:params])
+        roundtrip = push_and_pull(self.comm, host, header_out, header_in, self.timeout_s,
+                                  f"the server's reply to commit {local} of rank {self.world.rank}", self.layout)
+        self.flat.from_host()
+        if self.pulled is not None:
+            self.pulled[:] = host[:params]
+        return roundtrip
 
     def _train(self, task: Assignment, local: int) -> StepStats:
         set_lr(self.optimizer, task.lr)

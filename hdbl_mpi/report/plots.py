@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hdbl_mpi.errors import HdblError
-from hdbl_mpi.report.tables import Run
+from hdbl_mpi.report.runs import Run
 from hdbl_mpi.run.rundir import COMMITS, read_commits
 
 GROUP_COLOURS = {"small": "tab:orange", "large": "tab:blue", "peer": "tab:green"}

@@ -12,60 +12,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import yaml
 
 from hdbl_mpi.errors import HdblError
-from hdbl_mpi.run import rundir
-from hdbl_mpi.run.records import EpochRow, Summary
-
-
-@dataclass
-class Run:
-    path: Path
-    name: str
-    summary: Summary
-    epochs: list[EpochRow]
-    config: dict = field(default_factory=dict)
-
-    @property
-    def mode(self) -> str:
-        return self.summary.outcome.mode
-
-    @property
-    def small(self) -> int:
-        return int(self.summary.facts.plan["small"])
-
-    @property
-    def extra_time(self) -> float:
-        return float(self.summary.facts.plan["extra_time"])
-
-    @property
-    def resolutions(self) -> list[int]:
-        return list(self.summary.facts.resolutions)
-
-
-def load_run(path: str | Path) -> Run:
-    """Read one run directory; a missing or unfinished run is an error that names the missing file."""
-    p = Path(path)
-    if not p.is_dir():
-        raise HdblError(f"{p} is not a directory; pass run directories (the --run-dir of `hdbl train`).")
-    missing = [name for name in (rundir.SUMMARY, rundir.EPOCHS) if not (p / name).is_file()]
-    if missing:
-        hint = ("the run has not finished (summary.json is written at the end)" if rundir.SUMMARY in missing
-                else "the run directory is incomplete")
-        raise HdblError(f"{p} has no {' and no '.join(missing)}: {hint}. Report finished runs only.")
-    summary = rundir.read_summary(p / rundir.SUMMARY)
-    config = yaml.safe_load((p / rundir.CONFIG).read_text()) if (p / rundir.CONFIG).is_file() else {}
-    return Run(p, p.name, summary, rundir.read_epochs(p / rundir.EPOCHS), config or {})
-
-
-def epoch_rows(run: Run) -> list[dict]:
-    """epoch, train accuracy, valid accuracy (empty where not evaluated), wall seconds."""
-    return [{"epoch": r.epoch, "train_acc": r.train_acc, "valid_acc": r.test_acc, "time_s": r.wall_s}
-            for r in run.epochs]
+from hdbl_mpi.report.runs import Run, epoch_rows
+from hdbl_mpi.report.seeds import group_runs, render_seed_table, seed_rows
 
 
 def comparison_rows(runs: list[Run], baseline: Run) -> list[dict]:
@@ -79,6 +29,7 @@ def comparison_rows(runs: list[Run], baseline: Run) -> list[dict]:
             "mode": run.mode,
             "n_S": run.small,
             "t": run.extra_time,
+            "k": run.commits_per_epoch,
             "resolutions": "/".join(str(r) for r in run.resolutions),
             "epochs": s.epochs_completed,
             "final_top1": s.final_top1,
@@ -94,14 +45,15 @@ def comparison_rows(runs: list[Run], baseline: Run) -> list[dict]:
 
 
 def grid(rows: list[dict]) -> dict[str, dict] | None:
-    """n_S x t tables per mode and resolutions (so that cyclic and one-resolution runs of the same n_S and t
-    never share a cell), when the runs vary in n_S or t; None otherwise. Cells hold final top-1 and train time;
-    a combination run twice keeps the last one given."""
+    """n_S x t tables per mode, resolutions and commits per epoch (so that cyclic and one-resolution runs of the
+    same n_S and t never share a cell), when the runs vary in n_S or t; None otherwise. Cells hold final top-1
+    and train time; a combination run twice keeps the last one given."""
     if len({r["n_S"] for r in rows}) < 2 and len({r["t"] for r in rows}) < 2:
         return None
     out: dict[str, dict] = {}
     for row in rows:
-        table = out.setdefault(f"{row['mode']} at {row['resolutions']} px", {"n_S": [], "t": [], "cells": {}})
+        kind = f"{row['mode']} at {row['resolutions']} px" + (f", k={row['k']}" if row["k"] not in (None, 1) else "")
+        table = out.setdefault(kind, {"n_S": [], "t": [], "cells": {}})
         if row["n_S"] not in table["n_S"]:
             table["n_S"].append(row["n_S"])
         if row["t"] not in table["t"]:
@@ -128,9 +80,13 @@ def render(runs: list[Run], baseline: Run, fmt: str) -> str:
     """The report in markdown, csv or json."""
     rows = comparison_rows(runs, baseline)
     table = grid(rows)
+    groups = group_runs(runs)
+    seeds = None
+    if any(len(g.runs) > 1 for g in groups):  # some configuration ran with several seeds
+        seeds = seed_rows(groups, next(g for g in groups if baseline in g.runs))
     if fmt == "json":
         return json.dumps({"baseline": baseline.name, "runs": {r.name: epoch_rows(r) for r in runs},
-                           "comparison": rows, "grid": table}, indent=2)
+                           "comparison": rows, "grid": table, "over_seeds": seeds}, indent=2)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
@@ -146,12 +102,16 @@ def render(runs: list[Run], baseline: Run, fmt: str) -> str:
         return buffer.getvalue()
     if fmt != "markdown":
         raise HdblError(f"unknown report format {fmt!r}; use markdown, csv or json.")
-    parts = [f"## Comparison (baseline: {baseline.name})", ""]
+    parts = []
+    if seeds:
+        parts += ["## Mean over seeds (± sample standard deviation)", "", render_seed_table(seeds), ""]
+    parts += [f"## Comparison (baseline: {baseline.name})", ""]
     parts.append(_markdown_table(
-        ["run", "mode", "n_S", "t", "resolutions", "final top-1", "best top-1", "train s", "eval s", "speed-up",
+        ["run", "mode", "n_S", "t", "k", "resolutions", "final top-1", "best top-1", "train s", "eval s", "speed-up",
          "Δ final (pp)", "Δ best (pp)"],
         [[r["run"] + (" (baseline)" if r["baseline"] else ""), r["mode"], str(r["n_S"]), f"{r['t']:g}",
-          r["resolutions"], _pct(r["final_top1"]), _pct(r["best_top1"]), f"{r['train_time_s']:.1f}",
+          "—" if r["k"] is None else str(r["k"]), r["resolutions"], _pct(r["final_top1"]), _pct(r["best_top1"]),
+          f"{r['train_time_s']:.1f}",
           f"{r['eval_time_s']:.1f}", f"{r['speedup']:.3f}x", f"{r['final_delta_pp']:+.2f}",
           f"{r['best_delta_pp']:+.2f}"] for r in rows]))
     if table:

@@ -53,10 +53,10 @@ class BookState:
         return asdict(self)
 
 
-def completed_epochs(state: dict[str, Any], workers: int) -> int:
+def completed_epochs(state: dict[str, Any], commits_per_epoch: int) -> int:
     """Epochs a checkpoint's state has completed: a data-parallel run counts them, a parameter-server run
-    counts merged commits (n per epoch)."""
-    return int(state["epoch"]) if "epoch" in state else int(state.get("merged", 0)) // max(workers, 1)
+    counts merged commits (n workers x k commits per epoch)."""
+    return int(state["epoch"]) if "epoch" in state else int(state.get("merged", 0)) // max(commits_per_epoch, 1)
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ class CommitRecord:
 
 
 EPOCH_COLUMNS = ("epoch", "stage", "resolution", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "wall_s",
-                 "train_time_s")
+                 "train_time_s", "commits")
 
 
 @dataclass
@@ -76,6 +76,7 @@ class EpochRow:
     test_acc: float | None = None
     wall_s: float = 0.0
     train_time_s: float = 0.0
+    commits: int | None = None  # merged in this epoch (n*k), or a data-parallel run's synchronisations
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -5,7 +5,7 @@ Only the server rank writes here, so a cluster needs no shared file system for t
     config.yaml      resolved config (after --set overrides); --resume reads it back
     plan.json        the dual-batch plan (method §4)
     commits.jsonl    one JSON record per merged commit
-    epochs.csv       epoch, lr, train loss/acc, test loss/acc, wall seconds
+    epochs.csv       epoch, stage, resolution, lr, train loss/acc, test loss/acc, wall and train seconds, commits
     summary.json     final figures, counters, versions, restarts
     checkpoint.pt    last checkpoint (weights, counters, history; format version + SHA-256); replaced atomically
     train.log        what the server printed
@@ -105,7 +105,7 @@ def read_epochs(path: Path) -> list[EpochRow]:
                 for raw in csv.DictReader(handle)]
 
 
-_INT_COLUMNS = ("epoch", "stage", "resolution")
+_INT_COLUMNS = ("epoch", "stage", "resolution", "commits")
 
 
 class CommitLog:

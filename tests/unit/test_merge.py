@@ -42,3 +42,39 @@ def test_bad_rule_and_factor():
         merge_weight("average", 1.0)
     with pytest.raises(ValueError):
         merge_weight("journal", 0.0)
+
+
+def test_the_delta_rule_steps_parameters_and_interpolates_buffers():
+    """W_params += outer_lr * f * Delta_k; the BatchNorm statistics (after the split) move as in the journal rule."""
+    from hdbl_mpi.ps.merge import push_update
+    from hdbl_mpi.ps.policy import OP_DELTA
+    from hdbl_mpi.ps.shards import ShardMath
+
+    update = push_update("delta", 0.5, outer_lr=0.8)
+    assert (update.op, update.value, update.value2) == (OP_DELTA, pytest.approx(0.4), pytest.approx(1 / 3))
+    W = torch.tensor([1.0, 2.0, 3.0, 10.0, 20.0])
+    math_ = ShardMath(W, split=3)
+    math_.recv.copy_(torch.tensor([0.5, -1.0, 0.0, 13.0, 17.0]))  # parameter changes, then pushed buffers
+    math_.apply(update)
+    assert W.tolist() == pytest.approx([1.2, 1.6, 3.0, 11.0, 19.0])
+
+
+def test_outer_nesterov_momentum_accumulates_over_pushes():
+    """v = m*v + lr*Delta; W += lr*Delta + m*v: the same change pushed twice moves W further the second time."""
+    from hdbl_mpi.ps.shards import ShardMath
+
+    W = torch.zeros(2)
+    math_ = ShardMath(W, momentum=0.5)
+    for _ in range(2):
+        math_.recv.fill_(1.0)
+        math_.step(0.1, 0.5)
+    # push 1: v = 0.1, W = 0.1 + 0.05 = 0.15; push 2: v = 0.05 + 0.1 = 0.15, W = 0.15 + 0.1 + 0.075 = 0.325
+    assert W.tolist() == pytest.approx([0.325, 0.325])
+
+
+def test_workers_push_their_change_only_under_the_delta_rule():
+    from hdbl_mpi.ps.merge import push_update, pushes_change
+    from hdbl_mpi.ps.policy import OP_MERGE
+
+    assert pushes_change("delta") and not pushes_change("journal") and not pushes_change("conference")
+    assert push_update("journal", 1.0).op == OP_MERGE and push_update("journal", 1.0).value == 0.5

@@ -87,3 +87,28 @@ def test_a_wrong_rank_count_for_sharded_servers_names_the_fix():
     check_world_size(5, 3, 1, 2)  # 3 workers + 2 servers
     with pytest.raises(WorldSizeError, match=r"ps.servers=2 servers \+ dual.workers=3 workers .* `mpirun -np 5"):
         check_world_size(4, 3, 1, 2)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_delta_steps_on_shards_reproduce_one_server(k):
+    """The delta rule with momentum on k shards (the parameter/buffer split inside one of them) equals one server."""
+    from hdbl_mpi.ps.merge import push_update
+
+    g = torch.Generator().manual_seed(1)
+    numel = 3 * ALIGN * k + 77
+    params = numel - 500  # the last 500 values are buffers (BatchNorm statistics)
+    start = torch.randn(numel, generator=g)
+    pushes = [torch.randn(numel, generator=g) for _ in range(3)]
+    updates = [push_update("delta", f, 0.7) for f in (1.0, 0.6, 1.0)]
+    whole = start.clone()
+    one = ShardMath(whole, split=params, momentum=0.9)
+    layout = Layout.make(numel, 4, k, params)
+    sharded = start.clone()
+    parts = [(ShardMath(sharded[s:e], layout.split(s), 0.9), slice(s, e)) for _, s, e in layout.parts]
+    for push, update in zip(pushes * 2, updates * 2, strict=True):
+        one.recv.copy_(push)
+        one.apply(update)
+        for math_, part in parts:
+            math_.recv.copy_(push[part])
+            math_.apply(update)
+    assert torch.equal(whole, sharded)
