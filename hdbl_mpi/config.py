@@ -90,7 +90,7 @@ class DualConfig:
     factor: str = "ratio"  # model-update factor of small pushes: ratio (d_S/d_L) | sqrt | none
     profile: str | None = None  # a `hdbl profile` file, or "auto": every worker profiles its device at start-up
     profile_device: str | None = None  # device name to pick from a profile file that holds several
-    profile_steps: int = 5  # auto: timed steps per batch size (hdbl profile uses 20)
+    profile_steps: int = 20  # auto: timed steps per batch size (as hdbl profile; fewer make B_S noisy)
     profile_max_batch: int = 1024  # auto: largest batch size tried
     memory_budget: str | None = None  # auto on a CPU: memory a worker may use (e.g. 4GiB); None: RAM / ranks per host
     replan: bool = False  # refit a, b from the commits and re-balance B_S when the groups drift apart

@@ -101,6 +101,35 @@ def parse_grid(items: list[str]) -> Grid:
     return grid
 
 
+def load_grids(path: str) -> list[tuple[str, Grid]]:
+    """Labelled grids from a YAML file: a list of {label: NAME, grid: {key: [values ...] or value}}; each grid's
+    runs are named by its label and the values that vary in it."""
+    import yaml
+
+    try:
+        entries = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise HdblError(f"--grids {path}: cannot read it ({err}).") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("grid"), dict)
+                                                for e in entries):
+        raise HdblError(f"--grids {path} must be a YAML list of {{label: NAME, grid: {{key: [values]}}}} entries.")
+    grids = []
+    for e in entries:
+        grid = [(str(k), [_yaml_text(v) for v in (vs if isinstance(vs, list) else [vs])])
+                for k, vs in e["grid"].items()]
+        grids.append((str(e.get("label", "")), grid))
+    return grids
+
+
+def _yaml_text(value: object) -> str:
+    """A grid value as --set would spell it (YAML flow style for lists and mappings)."""
+    import yaml
+
+    if isinstance(value, (list, dict)) or value is None:
+        return yaml.safe_dump(value, default_flow_style=True).strip()
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _split_values(text: str) -> list[str]:
     values, depth, current = [], 0, ""
     for ch in text:
@@ -310,6 +339,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "--set; a --preset brings its own)")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                         help="values of one config key; the runs are every combination (repeatable)")
+    parser.add_argument("--grids", metavar="FILE.yaml", help="several labelled grids in one sweep: a YAML list of "
+                        "{label: NAME, grid: {key: [values]}}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every run (repeatable)")
     parser.add_argument("--seeds", type=int, help="runs per configuration, train.seed = 0..N-1 (default 1, or the "
                         "preset's)")
@@ -331,9 +362,11 @@ def _resolve(args: argparse.Namespace) -> tuple[str | None, list[tuple[str, Grid
         config = args.config or preset.config
         grids = preset.grids() + ([("", parse_grid(args.grid))] if args.grid else [])
         return config, grids, args.seeds or preset.seeds
-    if not args.grid:
-        raise HdblError("hdbl sweep needs at least one --grid KEY=V1,V2,... (or --preset NAME).")
-    return args.config, [("", parse_grid(args.grid))], args.seeds or 1
+    grids = load_grids(args.grids) if args.grids else []
+    grids += [("", parse_grid(args.grid))] if args.grid else []
+    if not grids:
+        raise HdblError("hdbl sweep needs --grid KEY=V1,V2,... or --grids FILE (or --preset NAME).")
+    return args.config, grids, args.seeds or 1
 
 
 def sweep(args: argparse.Namespace) -> int:
@@ -400,7 +433,7 @@ def _report_command(args: argparse.Namespace, config: str | None) -> list[str]:
     """This sweep's command with --report-only (what the job after the array runs)."""
     argv = [sys.executable, "-m", "hdbl_mpi.cli", "sweep", *([config] if config else []), "--out", args.out,
             "--report-only"]
-    for flag, values in (("--grid", args.grid), ("--set", args.set)):
+    for flag, values in (("--grid", args.grid), ("--set", args.set), ("--grids", [args.grids] if args.grids else [])):
         argv += [a for v in values for a in (flag, v)]
     for flag, value in (("--seeds", args.seeds), ("--preset", args.preset), ("--baseline", args.baseline)):
         argv += [flag, str(value)] if value else []

@@ -59,6 +59,7 @@ __all__ = [
     "predict_bmax",
     "profile_resolution",
     "time_steps",
+    "time_sweep",
 ]
 
 PRECISIONS = ("fp32", "amp")
@@ -68,7 +69,7 @@ _CLEAR_REFS = "/proc/self/clear_refs"
 _PROC_STATUS = "/proc/self/status"
 
 DEFAULT_MEMORY_BATCHES = (8, 16, 32, 64)
-DEFAULT_TIME_POINTS = 6
+DEFAULT_TIME_POINTS = 8
 
 
 # --------------------------------------------------------------------------------------------- line fits
@@ -239,6 +240,32 @@ def time_steps(
         step(batch)
         _sync(device)
         seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def time_sweep(step: Callable[[int], None], batches: Sequence[int], steps: int = 20, warmup: int = 2,
+               device: torch.device | None = None) -> list[list[float]]:
+    """Seconds of `steps` timed steps at each batch size, the sizes taken in turn (one step of each, then the
+    next round), after `warmup` untimed steps of each.
+
+    Interleaving matters where the device is shared: on a CPU shared by several workers that all profile at
+    start-up, the load changes while they do (one finishes its memory probes, another starts timing); timing
+    each size in one block would give each size a different load, and the fitted line, its intercept b above
+    all, would follow the load instead of the batch. Taken in turn, every size sees the same mix."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    device = torch.device(device) if device is not None else None
+    for batch in batches:
+        for _ in range(max(0, warmup)):
+            step(batch)
+    seconds: list[list[float]] = [[] for _ in batches]
+    for _ in range(steps):
+        for i, batch in enumerate(batches):
+            _sync(device)
+            start = time.perf_counter()
+            step(batch)
+            _sync(device)
+            seconds[i].append(time.perf_counter() - start)
     return seconds
 
 
@@ -510,9 +537,10 @@ def _geometric_batches(low: int, high: int, count: int) -> list[int]:
 
 
 def _default_time_batches(b_max: int) -> list[int]:
-    """~6 batch sizes from 8 (less when B_max is small) up to B_max, the range a plan picks B_S and B_L from."""
-    low = 8 if b_max >= 32 else max(1, b_max // 4)
-    return _geometric_batches(low, b_max, DEFAULT_TIME_POINTS)
+    """~8 batch sizes from 2 up to B_max, evenly spaced in log scale: the range a plan picks B_S and B_L from.
+    The small sizes carry the fixed cost per step b, which the plan's B_S is proportional to; starting at 8 left
+    the intercept to extrapolation, and B_S to noise."""
+    return _geometric_batches(min(2, b_max), b_max, DEFAULT_TIME_POINTS)
 
 
 def _release(device: torch.device) -> None:
@@ -608,7 +636,7 @@ def _profile_step(
             f"Only {time_batches} of the timing batch sizes {sorted(set(wanted))} are between 1 and B_max = "
             f"{b_max}; a line needs two. Pass batch sizes <= {b_max}."
         )
-    step_s = [time_steps(step, b, steps, warmup, device) for b in time_batches]  # tau(B) on the median step time
+    step_s = time_sweep(step, time_batches, steps, warmup, device)  # tau(B) on the median step time
     medians = [statistics.median(s) for s in step_s]
     tau = fit_line(time_batches, medians, relative=True)
     entry = {

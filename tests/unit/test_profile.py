@@ -272,7 +272,7 @@ def test_budget_overrun_backs_off_with_counted_memory(monkeypatch):
     e = profile_resolution(wide_model, 10, 1, 32, CPU, steps=1, warmup=0, memory_budget=budget, margin=1.0,
                            memory_batches=(2, 4, 8), max_batch=64)
     assert e["b_max_predicted"] == 24 and e["b_max"] == 24 and e["oom_backoffs"] == []
-    assert e["samples"]["batch"] == [6, 8, 10, 14, 18, 24]  # ~6 sizes, geometric, from B_max // 4 up
+    assert e["samples"]["batch"] == [2, 3, 4, 6, 8, 12, 17, 24]  # ~8 sizes, geometric, from 2 up to B_max
     # A prediction that is too optimistic is caught by the confirmation step and backed off.
     monkeypatch.setattr(P, "predict_bmax", lambda memory, capacity, margin=0.9: 40)
     e = profile_resolution(wide_model, 10, 1, 32, CPU, batches=(4, 8), steps=1, warmup=0, memory_budget=budget,

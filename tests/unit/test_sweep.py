@@ -94,3 +94,13 @@ def test_runs_that_differ_only_in_the_seed_are_one_configuration(tmp_path):
     assert base["train_time_s"] == pytest.approx(110.0) and base["speedup"] == pytest.approx(1.0)
     assert dual["final_top1_std"] is None and dual["speedup"] == pytest.approx(110.0 / 80.0)
     assert dual["final_delta_pp"] == pytest.approx(3.0)
+
+
+def test_the_shipped_sweeps_run_only_combinations_their_config_takes():
+    from hdbl_mpi.sweep import load_grids
+
+    config = str(ROOT / "configs" / "compare-fashion-mnist.yaml")
+    specs = expand(load_grids(str(ROOT / "configs" / "sweeps" / "compare-fashion-mnist.yaml")), seeds=1)
+    assert len(specs) == 16 and all(refusal(config, s, []) is None for s in specs)
+    delta = next(s for s in specs if s.config == "hybrid-delta.commits_per_epoch-64")
+    assert {"ps.merge=delta", "dual.small=2", "schedule.resolutions=[20, 28]"} <= set(delta.overrides)
