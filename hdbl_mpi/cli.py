@@ -57,30 +57,26 @@ def _plan(args: argparse.Namespace) -> int:
 
     from hdbl_mpi.plan import format_plan, plan_resolutions, plan_summary
 
-    try:
-        resolutions = _numbers(args.resolutions, int, "--resolutions") or []  # a required flag
-        batch_large = _numbers(args.batch_large, int, "--batch-large")
-        time_a = _numbers(args.time_a, float, "--time-a")
-        time_b = _numbers(args.time_b, float, "--time-b")
-        if args.profile:
-            from hdbl_mpi.profiling.store import load_profile, lookup
+    resolutions = _numbers(args.resolutions, int, "--resolutions") or []  # a required flag
+    batch_large = _numbers(args.batch_large, int, "--batch-large")
+    time_a = _numbers(args.time_a, float, "--time-a")
+    time_b = _numbers(args.time_b, float, "--time-b")
+    if args.profile:
+        from hdbl_mpi.profiling.store import load_profile, lookup
 
-            profile = load_profile(args.profile)
-            entries = [lookup(profile, args.model, r, args.precision, args.device) for r in resolutions]
-            batch_large = batch_large or [e["b_max"] for e in entries]
-            time_a = time_a or [e["a"] for e in entries]
-            time_b = time_b or [e["b"] for e in entries]
-        missing = [flag for flag, value in (("--batch-large", batch_large), ("--time-a", time_a),
-                                            ("--time-b", time_b)) if value is None]
-        if batch_large is None or (missing and not (args.small == 0 and missing == ["--time-a", "--time-b"])):
-            raise HdblError(f"hdbl plan needs {', '.join(missing)} (one value per resolution) or --profile FILE.")
-        time_a = time_a or [None] * len(resolutions)
-        time_b = time_b or [None] * len(resolutions)
-        plans = plan_resolutions(args.dataset_size, args.workers, args.small, args.extra_time, resolutions,
-                                 batch_large, time_a, time_b, args.factor)
-    except HdblError as err:
-        print(f"hdbl plan: error: {err}", file=sys.stderr)
-        return err.exit_code
+        profile = load_profile(args.profile)
+        entries = [lookup(profile, args.model, r, args.precision, args.device) for r in resolutions]
+        batch_large = batch_large or [e["b_max"] for e in entries]
+        time_a = time_a or [e["a"] for e in entries]
+        time_b = time_b or [e["b"] for e in entries]
+    missing = [flag for flag, value in (("--batch-large", batch_large), ("--time-a", time_a),
+                                        ("--time-b", time_b)) if value is None]
+    if batch_large is None or (missing and not (args.small == 0 and missing == ["--time-a", "--time-b"])):
+        raise HdblError(f"hdbl plan needs {', '.join(missing)} (one value per resolution) or --profile FILE.")
+    time_a = time_a or [None] * len(resolutions)
+    time_b = time_b or [None] * len(resolutions)
+    plans = plan_resolutions(args.dataset_size, args.workers, args.small, args.extra_time, resolutions,
+                             batch_large, time_a, time_b, args.factor)
     if args.json:
         print(json.dumps(plan_summary(plans, resolutions), indent=2))
     else:
@@ -168,13 +164,9 @@ def _report(args: argparse.Namespace) -> int:
     from hdbl_mpi.report.runs import load_run
     from hdbl_mpi.report.tables import render
 
-    try:
-        runs = _load_runs(args.run_dirs)
-        baseline = load_run(args.baseline) if args.baseline else runs[0]
-        print(render(runs, baseline, args.format), end="")
-    except HdblError as err:
-        print(f"hdbl report: error: {err}", file=sys.stderr)
-        return err.exit_code
+    runs = _load_runs(args.run_dirs)
+    baseline = load_run(args.baseline) if args.baseline else runs[0]
+    print(render(runs, baseline, args.format), end="")
     return 0
 
 
@@ -182,11 +174,7 @@ def _plot_cmd(args: argparse.Namespace) -> int:
     """`hdbl plot`: accuracy/loss curves and commit timelines as one PNG."""
     from hdbl_mpi.report.plots import plot_runs
 
-    try:
-        plot_runs(_load_runs(args.run_dirs), args.output)
-    except HdblError as err:
-        print(f"hdbl plot: error: {err}", file=sys.stderr)
-        return err.exit_code
+    plot_runs(_load_runs(args.run_dirs), args.output)
     print(f"plot written to {args.output}")
     return 0
 
@@ -199,18 +187,14 @@ def _schedule(args: argparse.Namespace) -> int:
     from hdbl_mpi.config import load_config
     from hdbl_mpi.schedule import NATIVE_RESOLUTIONS, format_schedule, from_config, preset
 
-    try:
-        if Path(args.target).is_file():
-            config = load_config(args.target, args.set)
-            native = NATIVE_RESOLUTIONS.get(config.data.name.lower())
-            if config.data.name.lower() == "synthetic":
-                native = int(config.data.synthetic.get("size", 16))
-            print(format_schedule(from_config(config, native)))
-        else:
-            print(format_schedule(preset(args.target)))
-    except HdblError as err:
-        print(f"hdbl schedule: error: {err}", file=sys.stderr)
-        return err.exit_code
+    if Path(args.target).is_file():
+        config = load_config(args.target, args.set)
+        native = NATIVE_RESOLUTIONS.get(config.data.name.lower())
+        if config.data.name.lower() == "synthetic":
+            native = int(config.data.synthetic.get("size", 16))
+        print(format_schedule(from_config(config, native)))
+    else:
+        print(format_schedule(preset(args.target)))
     return 0
 
 
@@ -223,11 +207,7 @@ def _doctor(args: argparse.Namespace) -> int:
     if args.config:
         from hdbl_mpi.config import load_config
 
-        try:
-            config = load_config(args.config, args.set)
-        except HdblError as err:
-            print(f"hdbl doctor: error: {err}", file=sys.stderr)
-            return err.exit_code
+        config = load_config(args.config, args.set)
         if config.data.name not in ("synthetic", "folder"):
             datasets, data_dir = [config.data.name], config.data.dir
     return doctor(datasets, data_dir, bool(args.config), args.json, _under_mpi())
@@ -239,12 +219,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from hdbl_mpi.evaluate import evaluate_checkpoint
 
-    try:
-        result = evaluate_checkpoint(args.target, args.config, args.set, args.resolution, args.device,
-                                     args.batch_size)
-    except HdblError as err:
-        print(f"hdbl evaluate: error: {err}", file=sys.stderr)
-        return err.exit_code
+    result = evaluate_checkpoint(args.target, args.config, args.set, args.resolution, args.device,
+                                 args.batch_size)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -258,28 +234,20 @@ def _sweep(args: argparse.Namespace) -> int:
     """`hdbl sweep`: a grid of runs over seeds, then the comparison (hdbl_mpi.sweep)."""
     from hdbl_mpi.sweep import sweep
 
-    try:
-        return sweep(args)
-    except HdblError as err:
-        print(f"hdbl sweep: error: {err}", file=sys.stderr)
-        return err.exit_code
+    return sweep(args)
 
 
 def _launch(args: argparse.Namespace) -> int:
     from hdbl_mpi.launch.job import launch
 
-    try:
-        return launch(args)
-    except HdblError as err:
-        print(f"hdbl launch: error: {err}", file=sys.stderr)
-        return err.exit_code
+    return launch(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from hdbl_mpi.config import add_train_arguments
 
     parser = argparse.ArgumentParser(prog="hdbl", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="subcommand", required=True)
     train = sub.add_parser("train", help="train under mpirun: rank 0 serves, the other ranks are workers")
     add_train_arguments(train)
     train.set_defaults(func=_train)
@@ -371,7 +339,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except HdblError as err:  # an error the user can fix: one paragraph that says what to do, exit code 2
+        print(f"hdbl {args.subcommand}: error: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 if __name__ == "__main__":

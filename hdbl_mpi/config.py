@@ -36,10 +36,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet_small"  # resnet18 | resnet_small
-    stem: str = "auto"  # cifar | imagenet | auto (cifar stem up to 64 px)
+    name: str = "resnet_small"  # resnet18 | resnet_small | lenet5 | mlp | torchvision:<name> | package.module:function
+    stem: str = "auto"  # resnets: cifar | imagenet | auto (cifar stem up to 64 px)
     dropout: float = 0.0
     width: int = 16  # resnet_small only: channels of the first stage
+    options: dict = field(default_factory=dict)  # keyword arguments of a torchvision model or of your factory
 
 
 @dataclass
@@ -63,6 +64,8 @@ class TrainConfig:
     warmup_start: float = 0.0
     early_stop_patience: int = 0  # stop after this many evaluations without a better test top-1 (0: never)
     early_stop_min_delta: float = 0.0  # ... better by more than this
+    init_from: str | None = None  # a state dict or an hdbl checkpoint (or run directory) to start from (not a resume)
+    init_skip: list[str] = field(default_factory=list)  # names (prefixes) not to load, e.g. [fc] for a new head
 
 
 @dataclass
@@ -341,6 +344,7 @@ def validate(c: Config) -> None:
     """Range and consistency checks that need no data and no MPI (the plan is checked separately), one section
     at a time. The choice lists come from the modules that own them, none of which imports torch or MPI."""
     _validate_train(c.train)
+    _validate_model(c.model)
     _validate_dual(c.dual)
     _validate_ps(c)
     if c.ps.mode == "localsgd":
@@ -459,6 +463,18 @@ def _validate_local(local: LocalConfig, epochs: int) -> None:
                      **local.options)  # raises ConfigError naming the local.* key
     _check(0 <= local.slowmo_beta < 1, f"local.slowmo_beta is {local.slowmo_beta}; it must be in [0, 1).")
     _check(local.slowmo_alpha > 0, f"local.slowmo_alpha is {local.slowmo_alpha}; it must be > 0.")
+
+
+def _validate_model(m: ModelConfig) -> None:
+    """The name's form only: whether torchvision has it, or the factory imports, is known when the model is built
+    (at set-up, on every rank, and reported like any set-up error)."""
+    if ":" in m.name and not m.name.startswith("torchvision:"):
+        module, _, function = m.name.rpartition(":")
+        _check(bool(module) and function.isidentifier(),
+               f"model.name is {m.name!r}; a factory is named package.module:function, e.g. my_project.nets:build.")
+    _check(m.name.strip() != "" and m.name != "torchvision:",
+           f"model.name is {m.name!r}; use resnet18, resnet_small, lenet5, mlp, torchvision:<name> or "
+           "package.module:function.")
 
 
 def _validate_rest(c: Config) -> None:

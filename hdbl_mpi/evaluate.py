@@ -41,7 +41,7 @@ def evaluate_checkpoint(target: str, config_path: str | None, overrides: list[st
     schedule = schedule_from_config(config, info.native_resolution)
     top = schedule.resolutions[-1]
     c = config.model
-    model = build_model(c.name, info.num_classes, info.channels, top, c.stem, c.dropout, c.width).to(device)
+    model = build_model(c.name, info.num_classes, info.channels, top, c.stem, c.dropout, c.width, c.options).to(device)
     flat = FlatState(model)
     state = rundir.restore_checkpoint(checkpoint, flat.vector, "the run's own config to evaluate it")
     chosen = resolution or top

@@ -135,6 +135,7 @@ class RunSetup:
     run_dir: Path
     restored: dict | None  # rank 0, resuming: the checkpoint's state (the weights are in `flat` already)
     t_start: float
+    model_notes: list[str]  # rank 0: how dropout reaches the model, where its initial weights came from
 
     @property
     def top(self) -> int:
@@ -214,17 +215,21 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
     built, restored = None, None
     try:
         entries: list[dict | None] = list(measured) if measured else _stored_entries(config, schedule, shared.profile)
-        built = _build(config, local, schedule, dataset_size, entries)
+        built = _build(config, local, schedule, dataset_size, entries, comm.rank == 0 and not shared.checkpoint)
         restored = _prepare_run_dir(shared, schedule, built, measured or []) if comm.rank == 0 else None
     except Exception as err:
         failure = err
     agree(comm, failure, None)
     assert built is not None
-    plans, model, flat, layout = built
+    flat = built.flat
+    if comm.rank == 0:
+        for line in ([profile_spread(config, dataset_size, measured)] if measured else []) + built.notes:
+            print(f"hdbl train: {line}", flush=True)
     comm.Bcast(flat.to_host(), root=0)  # everyone starts from rank 0's weights (the checkpoint's when resuming)
     flat.from_host()
     return RunSetup(config, local.world, local.device, local.data, local.train_source, local.test_source, ranks,
-                    dataset_size, schedule, plans, model, flat, layout, Path(shared.run_dir), restored, shared.t_start)
+                    dataset_size, schedule, built.plans, built.model, flat, built.layout, Path(shared.run_dir),
+                    restored, shared.t_start, built.notes)
 
 
 def _measured_profile(comm: MPI.Intracomm, config: Config, local: _Local, schedule: Schedule) -> list[dict] | None:
@@ -241,6 +246,30 @@ def _measured_profile(comm: MPI.Intracomm, config: Config, local: _Local, schedu
         except Exception as err:
             failure = err
     return average_ranks([e for e in agree(comm, failure, mine) if e is not None])
+
+
+def profile_spread(config: Config, dataset_size: int, entries: list[dict]) -> str:
+    """What `profile: auto` measured, and how much the workers disagreed: the plan's B_S from the average, and
+    the B_S each worker's own a and b would have given (a wide range means a noisy plan)."""
+    from hdbl_mpi.errors import PlanError
+    from hdbl_mpi.plan import make_plan
+
+    d = config.dual
+    parts = []
+    for e in entries:
+        text = f"{e['resolution']} px: a={1e3 * e['a']:.3f} ms/sample, b={1e3 * e['b']:.2f} ms/step"
+        if d.small:
+            own = []
+            for rank in e.get("per_rank", []):
+                try:
+                    own.append(make_plan(dataset_size, d.workers, d.small, _scalar(d.batch_large) or e["b_max"],
+                                         rank["a"], rank["b"], d.extra_time, d.factor).batch_small)
+                except PlanError:
+                    own.append(None)
+            found = [b for b in own if b is not None]
+            text += f"; B_S from each worker's own profile: {', '.join(str(b) for b in own)}" if found else ""
+        parts.append(text)
+    return f"profile: auto ({entries[0].get('ranks', 1)} workers, averaged): " + "; ".join(parts)
 
 
 def _stored_entries(config: Config, schedule: Schedule, stored: dict | None) -> list[dict | None]:
@@ -272,7 +301,7 @@ def _auto_profile(config: Config, local: _Local, resolutions: list[int]) -> list
                                max_batch=min(d.profile_max_batch, _scalar(d.batch_large) or 1 << 30))
     top = resolutions[-1]
     return profile_device(
-        lambda _: build_model(m.name, data.num_classes, data.channels, top, m.stem, m.dropout, m.width),
+        lambda _: build_model(m.name, data.num_classes, data.channels, top, m.stem, m.dropout, m.width, m.options),
         m.name, data.num_classes, data.channels, resolutions, local.device, settings)
 
 
@@ -281,37 +310,52 @@ def _scalar(value: Any) -> Any:
     return None if isinstance(value, list) else value
 
 
-def _build(config: Config, local: _Local, schedule: Schedule, dataset_size: int,
-           entries: list[dict | None]) -> tuple[dict[int, Plan], nn.Module, FlatState, Layout | None]:
-    """The plan at every resolution and the model (on this rank's device, as one flat vector)."""
+@dataclass
+class _Built:
+    plans: dict[int, Plan]
+    model: nn.Module
+    flat: FlatState
+    layout: Layout | None
+    notes: list[str]  # how dropout reaches the model, where its initial weights came from
+
+
+def _build(config: Config, local: _Local, schedule: Schedule, dataset_size: int, entries: list[dict | None],
+           initial_weights: bool) -> _Built:
+    """The plan at every resolution and the model (on this rank's device, as one flat vector), with
+    train.init_from's weights when `initial_weights` (rank 0 of a new run: the others receive them)."""
     from hdbl_mpi.comm.wire import FlatState
-    from hdbl_mpi.models import build_model
+    from hdbl_mpi.models import build_model, model_notes
     from hdbl_mpi.plan import plan_for_config
 
     resolutions = schedule.resolutions
     plans = {r: plan_for_config(config, dataset_size, entries[i], i, len(resolutions))
              for i, r in enumerate(resolutions)}
     m, data = config.model, local.data
-    model = build_model(m.name, data.num_classes, data.channels, resolutions[-1], m.stem, m.dropout,
-                        m.width).to(local.device)
-    flat = FlatState(model)
+    model = build_model(m.name, data.num_classes, data.channels, resolutions[-1], m.stem, m.dropout, m.width,
+                        m.options)
+    notes = model_notes(model)
+    if initial_weights and config.train.init_from:
+        from hdbl_mpi.models.init import load_initial_weights
+
+        notes.append(load_initial_weights(model, config.train.init_from, config.train.init_skip).line())
+    flat = FlatState(model.to(local.device))
     layout = None
     if has_server(config):
         from hdbl_mpi.ps.shards import Layout
 
         # refuses a model too small to shard
         layout = Layout.make(flat.numel, config.dual.workers, config.ps.servers, flat.params_numel)
-    return plans, model, flat, layout
+    return _Built(plans, model, flat, layout, notes)
 
 
-def _prepare_run_dir(shared: SharedConfig, schedule: Schedule, built: tuple, measured: list[dict]) -> dict | None:
+def _prepare_run_dir(shared: SharedConfig, schedule: Schedule, built: _Built, measured: list[dict]) -> dict | None:
     """Rank 0: create the run directory, load the checkpoint when resuming (refusing a finished run), write
     the resolved config, the plan and the profile measured at start-up."""
     from hdbl_mpi.plan import plan_summary
     from hdbl_mpi.profiling.store import save_profile
 
     config, run_path = shared.config, Path(shared.run_dir)
-    plans, _, flat, _ = built
+    plans, flat = built.plans, built.flat
     run_path.mkdir(parents=True, exist_ok=True)
     if measured:
         save_profile(run_path / rundir.PROFILE, measured)
@@ -369,7 +413,7 @@ def run_facts(setup: RunSetup) -> RunFacts:
         decoding={str(rank): info.decoder for rank, info in enumerate(ranks)},
         skipped_files=sorted({f for info in ranks for f in info.skipped}),
         model={"name": setup.config.model.name, "parameters_and_buffers": setup.flat.numel,
-               "bytes": setup.flat.nbytes},
+               "bytes": setup.flat.nbytes, "notes": setup.model_notes},
         plan=setup.plans[resolutions[-1]].to_dict(),
         plans=plan_summary([setup.plans[r] for r in resolutions], resolutions),
         devices={str(rank): {"device": info.device, "threads": info.threads, "local_rank_from": info.local_rank_from}

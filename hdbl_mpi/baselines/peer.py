@@ -44,7 +44,7 @@ from hdbl_mpi.plan import round_half_up
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import BookPolicy, BookState, EpochBook, RunResult
 from hdbl_mpi.run.progress import Progress
-from hdbl_mpi.run.records import CommitRecord, EpochRow
+from hdbl_mpi.run.records import CommitRecord, EpochRow, from_mapping
 from hdbl_mpi.run.scalars import Scalars
 from hdbl_mpi.startup import RunSetup, agree
 
@@ -152,7 +152,8 @@ class PeerTrainer:
         progress = Progress(epochs * n, state.epoch * n, n, run_dir / rundir.LOG, interactive=False) \
             if self.is_root else None
         scalars = Scalars(run_dir / rundir.TENSORBOARD) if self.is_root else None
-        self.book = EpochBook(state, BookPolicy.from_config(self.config), run_dir, progress, scalars)
+        self.book = EpochBook(state, BookPolicy.from_config(self.config), run_dir, progress, scalars,
+                              self.flat.layout())
         self.commit_log = rundir.CommitLog(run_dir / rundir.COMMITS) if self.is_root else None
         self.host = socket.gethostname()
         self.t_start = time.perf_counter()
@@ -309,7 +310,7 @@ def run_data_parallel(setup: RunSetup) -> RunResult | None:
         failure = err
     agree(comm, failure, None)
     restored = comm.bcast(setup.restored, root=0)  # every rank continues from rank 0's checkpoint state
-    state = PeerState(**restored) if restored else PeerState()
+    state = from_mapping(PeerState, restored) if restored else PeerState()
     trainer = PeerTrainer(setup, state, backend)
     trainer.book.line(_start_line(setup, backend))
     try:

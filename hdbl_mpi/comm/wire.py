@@ -76,6 +76,10 @@ class FlatState:
     def nbytes(self) -> int:
         return self.numel * 4
 
+    def layout(self) -> dict[str, list]:
+        """The names and shapes of the vector's pieces, in order (kept in checkpoints: train.init_from)."""
+        return {"names": list(self.names), "shapes": [list(s) for s in self.shapes]}
+
     def to_host(self) -> np.ndarray:
         """Make ``host`` hold the current model state (a no-op on the CPU)."""
         if self.vector.device.type != "cpu":

@@ -14,7 +14,7 @@ from torchvision.models.resnet import BasicBlock, ResNet, resnet18
 
 from hdbl_mpi.errors import ConfigError
 
-MODEL_NAMES = ("resnet18", "resnet_small")
+RESNETS = ("resnet18", "resnet_small")
 STEMS = ("cifar", "imagenet", "auto")
 
 
@@ -80,30 +80,12 @@ class SmallResNet(nn.Module):
         return self.fc(self.pool(self.stages(self.stem(x))).flatten(1))
 
 
-def build_model(
-    name: str,
-    num_classes: int,
-    in_channels: int,
-    resolution: int,
-    stem: str = "auto",
-    dropout: float = 0.0,
-    width: int = 16,
-) -> nn.Module:
-    """Build a model by name; `resolution` only matters for `stem: auto`."""
+def build_resnet(name: str, num_classes: int, in_channels: int, resolution: int, stem: str = "auto",
+                 dropout: float = 0.0, width: int = 16) -> nn.Module:
+    """resnet18 or resnet_small; `resolution` only matters for `stem: auto`."""
     resolved = _resolve_stem(stem, resolution)
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model.dropout is {dropout}; it must be in [0, 1).")
     if name == "resnet18":
         return _resnet18(num_classes, in_channels, resolved, dropout)
-    if name == "resnet_small":
-        if width < 1:
-            raise ConfigError(f"model.width is {width}; it must be a positive integer (16 is a good start).")
-        return SmallResNet(num_classes, in_channels, resolved, dropout, width)
-    raise ConfigError(f"model.name is {name!r}; use one of {', '.join(MODEL_NAMES)}.")
-
-
-def set_dropout(model: nn.Module, p: float) -> None:
-    """Change every dropout layer's probability in place (the schedule changes it with the resolution)."""
-    for module in model.modules():
-        if isinstance(module, nn.Dropout):
-            module.p = p
+    if width < 1:
+        raise ConfigError(f"model.width is {width}; it must be a positive integer (16 is a good start).")
+    return SmallResNet(num_classes, in_channels, resolved, dropout, width)

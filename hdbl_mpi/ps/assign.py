@@ -66,8 +66,11 @@ class Assignments:
             state.batch_small.setdefault(str(r), p.batch_small)
         self.outer_lr = config.ps.outer_lr or 1.0 / self.n  # 0: 1/n, the average of the workers' changes
         self.updates = {w: push_update(self.rule, self.factor(w), self.outer_lr) for w in workers}
+        # A window of 4 commits' worth of data per group, whatever k: with short commits (large k) each one's time
+        # is noisier, and a window of 4 commits would re-plan on noise.
+        self.window = 4 * self.k
         threshold = config.dual.replan_threshold
-        self.balances = {r: Balance(p, threshold) for r, p in plans.items()} \
+        self.balances = {r: Balance(p, threshold, self.window) for r, p in plans.items()} \
             if config.dual.replan and self.base.small else None
 
     def group(self, rank: int) -> str:
@@ -135,7 +138,8 @@ class Assignments:
         for w in alive:
             self.updates[w] = push_update(self.rule, self.factor(w), self.outer_lr)
         if self.balances is not None:
-            self.balances = {r: Balance(p, self.balances[r].threshold) for r, p in live.items()} if small else None
+            self.balances = {r: Balance(p, self.balances[r].threshold, self.window) for r, p in live.items()} \
+                if small else None
         top = live[max(live)]
         change = {"after_commit": self.state.merged, "reason": reason, "workers": len(alive), "small": small,
                   "d_large": top.d_large, "d_small": top.d_small, "batch_small": top.batch_small,

@@ -18,6 +18,7 @@ from hdbl_mpi.ps.shards import serve_shard
 from hdbl_mpi.ps.state import ServerState
 from hdbl_mpi.ps.worker import Worker
 from hdbl_mpi.run.book import RunResult
+from hdbl_mpi.run.records import from_mapping
 from hdbl_mpi.startup import RunSetup
 
 RESUME_POLICY = ("global weights, server counters and epoch history come from the checkpoint; worker momentum "
@@ -51,7 +52,7 @@ def run_parameter_server(setup: RunSetup, verbose: bool) -> RunResult | None:
 
 def _serve(setup: RunSetup, timeout_s: float) -> RunResult:
     config, n = setup.config, setup.config.dual.workers
-    state = ServerState(**setup.restored) if setup.restored else ServerState()
+    state = from_mapping(ServerState, setup.restored) if setup.restored else ServerState()
     workers = list(range(1, n + 1))
     assign = Assignments(config, setup.schedule, setup.plans, state, workers)
     assign.send_first(setup.world.comm, workers)  # the workers start while the server builds itself
@@ -61,7 +62,7 @@ def _serve(setup: RunSetup, timeout_s: float) -> RunResult:
     # becomes the evaluator's staging area.
     weights = setup.flat.vector.detach().to("cpu", copy=True)
     server = Server(setup.world, config, setup.schedule, setup.plans, weights, setup.run_dir, evaluator, state,
-                    timeout_s, setup.layout, assign)
+                    timeout_s, setup.layout, assign, setup.flat.layout())
     server.line(_start_line(setup))
     try:
         server.serve()

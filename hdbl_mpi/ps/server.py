@@ -57,7 +57,8 @@ from hdbl_mpi.schedule import Schedule
 class Server:
     def __init__(self, world: World, config: Config, schedule: Schedule, plans: dict[int, Plan],
                  weights: torch.Tensor, run_dir: Path, evaluator: Evaluator, state: ServerState, timeout_s: float,
-                 layout: Layout | None = None, assign: Assignments | None = None) -> None:
+                 layout: Layout | None = None, assign: Assignments | None = None,
+                 vector_layout: dict[str, list] | None = None) -> None:
         self.world, self.comm, self.config, self.schedule = world, world.comm, config, schedule
         self.run_dir, self.state, self.timeout_s = run_dir, state, timeout_s
         self.n = config.dual.workers
@@ -84,7 +85,7 @@ class Server:
         self.progress = Progress(schedule.epochs * self.per_epoch, state.merged, self.per_epoch, run_dir / rundir.LOG)
         scalars = Scalars(run_dir / rundir.TENSORBOARD)
         self.line(f"TensorBoard: {scalars.status}")
-        book = EpochBook(state, BookPolicy.from_config(config), run_dir, self.progress, scalars)
+        book = EpochBook(state, BookPolicy.from_config(config), run_dir, self.progress, scalars, vector_layout)
         self.epochs = ServerEpochs(self, book, evaluator, lambda e: scheduled_lr(config.train, schedule, e))
         self.shard_servers: dict[str, dict] = {}
         self.t_start = time.perf_counter()

@@ -4,7 +4,8 @@ and `hdbl sweep` ends with it.
 
 Two runs belong to one configuration when their resolved configs (config.yaml) differ only in train.seed, the
 run directory, and dual.profile (where the step-time model came from: a measurement is an input of the plan,
-not a setting). A configuration is named by the keys whose values differ between the configurations shown.
+not a setting). A configuration is named by its runs' common name without the seed (`hdbl sweep` names them
+NAME.sN), or else by the keys whose values differ between the configurations shown.
 """
 
 from __future__ import annotations
@@ -53,11 +54,15 @@ def group_runs(runs: list[Run]) -> list[Group]:
         key = tuple(sorted((k, repr(v)) for k, v in settings.items()))
         groups.setdefault(key, Group(key, settings, [])).runs.append(run)
     found = list(groups.values())
+    stems = [{re.sub(r"\.s\d+$", "", r.name) for r in g.runs} for g in found]  # sweep run names without seed
+    if all(len(s) == 1 for s in stems) and len({next(iter(s)) for s in stems}) == len(found):
+        for g, s in zip(found, stems, strict=True):
+            g.label = next(iter(s))
+        return found
     varying = sorted({k for g in found for k, v in g.settings.items()
                       if any(other.settings.get(k) != v for other in found)})
     for g in found:
-        fallback = re.sub(r"\.s\d+$", "", g.runs[0].name)  # a sweep's run name without its seed
-        g.label = " ".join(f"{k.split('.', 1)[-1]}={_short(g.settings.get(k))}" for k in varying) or fallback
+        g.label = " ".join(f"{k.split('.', 1)[-1]}={_short(g.settings.get(k))}" for k in varying) or g.runs[0].name
     return found
 
 

@@ -86,8 +86,9 @@ class EpochBook:
     directory (epochs.csv, TensorBoard scalars, the terminal and train.log, checkpoints)."""
 
     def __init__(self, state: BookState, policy: BookPolicy, run_dir: Path, progress: Progress | None,
-                 scalars: Scalars | None) -> None:
+                 scalars: Scalars | None, vector_layout: dict[str, list] | None = None) -> None:
         self.state, self.policy, self.run_dir = state, policy, run_dir
+        self.vector_layout = vector_layout  # names and shapes of the checkpointed vector (train.init_from reads it)
         self.progress, self.scalars = progress, scalars
         self.stopper = EarlyStopping(policy.patience, policy.min_delta)
         if state.early_stopping:
@@ -146,7 +147,8 @@ class EpochBook:
     def save(self, vector: Any, state: dict[str, Any]) -> None:
         """Checkpoint `vector` (the global weights) with `state` (this book's and the mode's counters)."""
         if self.writer:
-            rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT, vector, state)
+            layout = {"flat_layout": self.vector_layout} if self.vector_layout else {}
+            rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT, vector, {**state, **layout})
 
     def outcome(self, mode: str, train_time_s: float, wall_time_s: float, epochs_completed: int,
                 resume_policy: str) -> Outcome:

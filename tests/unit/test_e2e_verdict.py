@@ -38,3 +38,14 @@ def test_a_hybrid_too_slow_or_too_inaccurate_misses_the_goal(tmp_path):
     worse = e2e.verdict(_results(tmp_path / "b.csv", [("hybrid", "asp", 0.876, 50.0), ("allreduce", "allreduce",
                                                                                       0.88, 90.0)]))
     assert "**not met**" in slow and "**not met**" in worse and "Top-1 -0.40 pp" in worse
+
+
+def test_the_verdict_also_lists_the_hybrid_against_each_baseline(tmp_path):
+    rows = [("hybrid", "asp", 0.875, 60.0), ("allreduce", "allreduce", 0.877, 90.0),
+            ("allreduce-cyclic", "allreduce", 0.880, 59.0), ("localsgd", "localsgd", 0.873, 80.0)]
+    text = e2e.verdict(_results(tmp_path / "r.csv", rows))
+    assert "Best data-parallel baseline: `allreduce-cyclic`" in text and "**not met**" in text
+    lines = [line for line in text.splitlines() if line.startswith("- ")]
+    assert lines == ["- `allreduce-cyclic`: 88.00 % in 59.0 s; the best hybrid -0.50 pp, train time ×1.02: not met",
+                     "- `allreduce`: 87.70 % in 90.0 s; the best hybrid -0.20 pp, train time ×0.67: met",
+                     "- `localsgd`: 87.30 % in 80.0 s; the best hybrid +0.20 pp, train time ×0.75: met"]
