@@ -13,8 +13,10 @@ from hdbl_mpi.errors import HdblError, SetupError
 def _train(args: argparse.Namespace) -> int:
     from mpi4py import MPI
 
+    from hdbl_mpi.run.signals import STOP
     from hdbl_mpi.startup import shared_config
 
+    STOP.install()  # SIGTERM/SIGUSR1: finish the work in flight, checkpoint, exit EXIT_STOPPED
     comm = MPI.COMM_WORLD
     keepalive = None
     try:
@@ -25,13 +27,13 @@ def _train(args: argparse.Namespace) -> int:
             keepalive = KeepAlive(comm, shared.config.ps.ft_detector_timeout_s / 8)
         from hdbl_mpi.train import train
 
-        result = train(shared, bool(args.resume), args.verbose, args.plan_only)
+        result = train(shared, shared.checkpoint is not None, args.verbose, args.plan_only)
         if keepalive is not None:
             keepalive.stop()
         return result
     except SetupError as err:  # every rank raised it: each exits, rank 0 says why
         if comm.rank == 0:
-            print(f"hdbl train: error: {err}", file=sys.stderr, flush=True)
+            print(f"hdbl train: {'error: ' if err.exit_code else ''}{err}", file=sys.stderr, flush=True)
         return err.exit_code
     except BaseException as err:  # known to this rank only (a bug, a lost peer): abort the whole job, never hang
         kind = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"

@@ -142,6 +142,7 @@ class EvalConfig:
 class RunConfig:
     dir: str | None = None  # run directory; None: runs/<date>-<time>
     checkpoint_every: int = 5  # epochs between checkpoints (the final one is always written)
+    checkpoint_minutes: float = 0.0  # also checkpoint at least this often, between epochs (0: off)
 
 
 @dataclass
@@ -315,7 +316,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.epochs=20 (repeatable)")
     parser.add_argument("--run-dir", help="run directory (default: run.dir, else runs/<date>-<time>)")
-    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--resume", metavar="RUN_DIR|auto",
+                        help="continue the run in RUN_DIR from its last checkpoint; 'auto': continue --run-dir if it "
+                             "holds a checkpoint, else start it (what a requeued batch job runs)")
     parser.add_argument("--verbose", action="store_true", help="workers print one line per commit")
     parser.add_argument("--plan-only", action="store_true",
                         help="set up (profile: auto included), write plan.json and print the plan, then stop")
@@ -485,6 +488,8 @@ def _validate_rest(c: Config) -> None:
     _check(c.eval.every >= 0, f"eval.every is {c.eval.every}; use 0 (end only) or a number of epochs.")
     _check(c.eval.batch_size >= 1, f"eval.batch_size is {c.eval.batch_size}; it must be >= 1.")
     _check(c.run.checkpoint_every >= 0, f"run.checkpoint_every is {c.run.checkpoint_every}; it must be >= 0.")
+    _check(c.run.checkpoint_minutes >= 0,
+           f"run.checkpoint_minutes is {c.run.checkpoint_minutes}; use 0 (off) or a number of minutes, e.g. 30.")
     _one_of(c.data.decoder, DECODERS, "data.decoder")
     _check(c.data.threads >= 0, f"data.threads is {c.data.threads}; use 0 or more decoding threads.")
     _check(c.data.resolution is None or c.data.resolution >= 8,

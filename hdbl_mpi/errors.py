@@ -39,3 +39,10 @@ class SetupError(HdblError):
 
 class ResourceError(HdblError):
     """The device ran out of memory at the batch size and resolution asked for."""
+
+
+class AlreadyFinished(HdblError):
+    """`--resume auto` found a run that already finished: nothing to do, which is success (a requeued batch job
+    that finds its run done must not fail)."""
+
+    exit_code = 0

@@ -12,6 +12,7 @@ and exits with code 2: no rank is left waiting in a collective.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hdbl_mpi.config import Config, config_from_dict, dump_config, has_server, load_run_config
-from hdbl_mpi.errors import HdblError, SetupError
+from hdbl_mpi.errors import AlreadyFinished, ConfigError, HdblError, SetupError
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.records import RunFacts
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from hdbl_mpi.data.sources import BatchSource, DataInfo
     from hdbl_mpi.plan import Plan
     from hdbl_mpi.ps.shards import Layout
+    from hdbl_mpi.run.rankstate import RankState
     from hdbl_mpi.schedule import Schedule
 
 
@@ -49,6 +51,8 @@ def read_config(config_path: str | None, overrides: list[str], resume: str | Non
                 run_dir: str | None) -> tuple[dict, str, Path | None, dict | None]:
     """Rank 0 only: the config tree, the run directory, the checkpoint to resume from (if any) and the stored
     profile the run uses (if any): a resumed `profile: auto` run reuses its own profile, so its plan stays put."""
+    if resume == "auto":
+        resume, run_dir = _resume_auto(config_path, overrides, run_dir)
     config = load_run_config(config_path, overrides, resume)
     checkpoint = None
     if resume:
@@ -67,6 +71,19 @@ def read_config(config_path: str | None, overrides: list[str], resume: str | Non
     return config.to_dict(), chosen, checkpoint, profile
 
 
+def _resume_auto(config_path: str | None, overrides: list[str], run_dir: str | None) -> tuple[str | None, str]:
+    """`--resume auto`: continue the run directory if it holds a checkpoint, else start a new run there (what a
+    requeued batch job runs); a run that already finished is nothing to do."""
+    chosen = run_dir or load_run_config(config_path, overrides, None).run.dir
+    if not chosen:
+        raise ConfigError("--resume auto needs the run directory: pass --run-dir DIR (or set run.dir in the config).")
+    if (Path(chosen) / rundir.SUMMARY).is_file():
+        raise AlreadyFinished(f"{chosen} already finished (its summary.json exists); nothing to resume.")
+    if (Path(chosen) / rundir.CHECKPOINT).is_file():
+        return chosen, chosen
+    return None, chosen
+
+
 def shared_config(comm: MPI.Intracomm, config_path: str | None, overrides: list[str], resume: str | None,
                   run_dir: str | None) -> SharedConfig:
     """Rank 0 reads, every rank receives; any error is raised as the same SetupError on every rank."""
@@ -77,10 +94,12 @@ def shared_config(comm: MPI.Intracomm, config_path: str | None, overrides: list[
             tree, chosen_dir, checkpoint, stored_profile = read_config(config_path, overrides, resume, run_dir)
             payload = (None, tree, chosen_dir, str(checkpoint) if checkpoint else None, stored_profile)
         except HdblError as err:
-            payload = (str(err), None, None, None, None)
+            payload = ((str(err), err.exit_code), None, None, None, None)
     error, tree, chosen_dir, checkpoint, stored_profile = comm.bcast(payload, root=0)
     if error:
-        raise SetupError(error)
+        failure = SetupError(error[0])
+        failure.exit_code = error[1]
+        raise failure
     config = config_from_dict(tree)  # the tree is identical on every rank, and so is any error
     return SharedConfig(config, chosen_dir, checkpoint, stored_profile, t_start)
 
@@ -136,6 +155,7 @@ class RunSetup:
     restored: dict | None  # rank 0, resuming: the checkpoint's state (the weights are in `flat` already)
     t_start: float
     model_notes: list[str]  # rank 0: how dropout reaches the model, where its initial weights came from
+    rank_state: RankState | None = None  # resuming: this rank's own state from the checkpoint (run/rankstate.py)
 
     @property
     def top(self) -> int:
@@ -213,10 +233,12 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
     measured = _measured_profile(comm, config, local, schedule) if shared.profile is None else None
     failure: BaseException | None = None
     built, restored = None, None
+    states: dict[int, RankState] = {}
     try:
         entries: list[dict | None] = list(measured) if measured else _stored_entries(config, schedule, shared.profile)
         built = _build(config, local, schedule, dataset_size, entries, comm.rank == 0 and not shared.checkpoint)
-        restored = _prepare_run_dir(shared, schedule, built, measured or []) if comm.rank == 0 else None
+        if comm.rank == 0:
+            restored, states = _prepare_run_dir(shared, schedule, built, measured or [], comm.size)
     except Exception as err:
         failure = err
     agree(comm, failure, None)
@@ -227,9 +249,13 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
             print(f"hdbl train: {line}", flush=True)
     comm.Bcast(flat.to_host(), root=0)  # everyone starts from rank 0's weights (the checkpoint's when resuming)
     flat.from_host()
+    from hdbl_mpi.run.rankstate import RankState
+
+    mine = comm.scatter([states[r].to_bytes() if r in states else None for r in range(comm.size)]
+                        if comm.rank == 0 else None, root=0)
     return RunSetup(config, local.world, local.device, local.data, local.train_source, local.test_source, ranks,
                     dataset_size, schedule, built.plans, built.model, flat, built.layout, Path(shared.run_dir),
-                    restored, shared.t_start, built.notes)
+                    restored, shared.t_start, built.notes, RankState.from_bytes(mine) if mine else None)
 
 
 def _measured_profile(comm: MPI.Intracomm, config: Config, local: _Local, schedule: Schedule) -> list[dict] | None:
@@ -348,9 +374,10 @@ def _build(config: Config, local: _Local, schedule: Schedule, dataset_size: int,
     return _Built(plans, model, flat, layout, notes)
 
 
-def _prepare_run_dir(shared: SharedConfig, schedule: Schedule, built: _Built, measured: list[dict]) -> dict | None:
-    """Rank 0: create the run directory, load the checkpoint when resuming (refusing a finished run), write
-    the resolved config, the plan and the profile measured at start-up."""
+def _prepare_run_dir(shared: SharedConfig, schedule: Schedule, built: _Built, measured: list[dict],
+                     size: int) -> tuple[dict | None, dict[int, RankState]]:
+    """Rank 0: create the run directory, load the checkpoint and the training ranks' states when resuming
+    (refusing a finished run), write the resolved config, the plan and the profile measured at start-up."""
     from hdbl_mpi.plan import plan_summary
     from hdbl_mpi.profiling.store import save_profile
 
@@ -359,14 +386,32 @@ def _prepare_run_dir(shared: SharedConfig, schedule: Schedule, built: _Built, me
     run_path.mkdir(parents=True, exist_ok=True)
     if measured:
         save_profile(run_path / rundir.PROFILE, measured)
-    restored = None
+    restored, states = None, {}
     if shared.checkpoint:
         restored = rundir.restore_checkpoint(Path(shared.checkpoint), flat.vector)
         restored["restarts"] = [*restored.get("restarts", []), _restart(restored, run_path, schedule, config)]
+        states = _rank_states(config, run_path, restored, size)
     rundir.atomic_write_text(run_path / rundir.CONFIG, dump_config(config))
     resolutions = sorted(plans)
     rundir.write_json(run_path / rundir.PLAN, plan_summary([plans[r] for r in resolutions], resolutions))
-    return restored
+    return restored, states
+
+
+def _rank_states(config: Config, run_path: Path, restored: dict, size: int) -> dict[int, RankState]:
+    """The training ranks' states the checkpoint names (none for a checkpoint written before they existed)."""
+    from hdbl_mpi.run.rankstate import load_rank_states
+
+    if has_server(config):  # the workers, ranks 1..n; the point is the merged commit
+        ranks, at = list(range(1, config.dual.workers + 1)), int(restored.get("merged", 0))
+    else:  # every rank trains; the point is the epoch
+        ranks, at = list(range(size)), int(restored.get("epoch", 0))
+    states = load_rank_states(run_path, restored.get("rank_states"), ranks, at)
+    missing = [r for r in ranks if r not in states]
+    restored["restarts"][-1]["rank_states"] = len(states)
+    if missing:
+        print(f"hdbl train: resuming without the own state of rank(s) {missing} (an older checkpoint, or lost "
+              "workers): they start with fresh momentum and reseeded random numbers", flush=True)
+    return states
 
 
 def _restart(state: dict, run_path: Path, schedule: Schedule, config: Config) -> dict:
@@ -381,6 +426,9 @@ def _restart(state: dict, run_path: Path, schedule: Schedule, config: Config) ->
         raise HdblError(f"{run_path} already finished its {done} epochs; to train longer, resume with "
                         f"--set train.epochs=N (N > {schedule.epochs}).")
     record = {"epoch": done, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if os.environ.get("SLURM_JOB_ID"):  # a requeued batch job (launchers/slurm/hdbl.sbatch) says which start it is
+        record["slurm_job"] = os.environ["SLURM_JOB_ID"]
+        record["slurm_restart_count"] = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     if "merged" in state:
         record["at_commit"] = state["merged"]
     return record

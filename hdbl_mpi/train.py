@@ -14,7 +14,7 @@ from mpi4py import MPI
 
 from hdbl_mpi.config import has_server
 from hdbl_mpi.run import rundir
-from hdbl_mpi.run.book import RunResult
+from hdbl_mpi.run.book import RunResult, Stopped
 from hdbl_mpi.run.records import Summary
 from hdbl_mpi.startup import RunSetup, SharedConfig, run_facts, set_up
 
@@ -35,6 +35,12 @@ def train(shared: SharedConfig, resume: bool, verbose: bool, plan_only: bool = F
         from hdbl_mpi.baselines.peer import run_data_parallel
 
         result = run_data_parallel(setup)
+    if isinstance(result, Stopped):
+        from hdbl_mpi.run.signals import EXIT_STOPPED, STOP
+
+        if setup.world.rank == 0:
+            print(result.line(STOP.name()), flush=True)
+        return EXIT_STOPPED
     if result is not None:
         finish(setup, result)
     return 0

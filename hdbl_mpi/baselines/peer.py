@@ -42,14 +42,17 @@ from hdbl_mpi.optim.optimizers import optimizer_for
 from hdbl_mpi.optim.schedules import scheduled_lr
 from hdbl_mpi.plan import round_half_up
 from hdbl_mpi.run import rundir
-from hdbl_mpi.run.book import BookPolicy, BookState, EpochBook, RunResult
+from hdbl_mpi.run.book import BookPolicy, BookState, EpochBook, RunResult, Stopped
 from hdbl_mpi.run.progress import Progress
+from hdbl_mpi.run.rankstate import RankState, capture, restore
 from hdbl_mpi.run.records import CommitRecord, EpochRow, from_mapping
 from hdbl_mpi.run.scalars import Scalars
+from hdbl_mpi.run.signals import STOP
 from hdbl_mpi.startup import RunSetup, agree
 
-RESUME_POLICY = ("weights, epoch history, optimizer state (rank 0's) and the H strategy come from the checkpoint; "
-                 "data RNGs are reseeded from (seed, rank, resumed or not)")
+RESUME_POLICY = ("weights, epoch history and the H strategy come from the checkpoint, and each rank's optimizer "
+                 "state, random-number generators, data stream (and SlowMo buffer) from its rank file "
+                 "(checkpoint-ranks/)")
 
 
 @dataclass
@@ -131,8 +134,6 @@ class PeerTrainer:
         self.comm, self.model, self.flat = setup.world.comm, setup.model, setup.flat
         self.is_root = setup.world.rank == 0
         self.optimizer = optimizer_for(self.model, self.config.train)
-        if state.optimizer:
-            self.optimizer.load_state_dict(state.optimizer)
         self.exchange: Mpi4pyAllreduce | None = None
         self.horovod: HorovodAllreduce | None = None
         self.ddp: TorchDDP | None = None
@@ -148,6 +149,8 @@ class PeerTrainer:
         epochs = setup.schedule.epochs
         self.rounds = LocalRounds(self.config, epochs, state, self.flat.to_host(), self.comm) \
             if self.config.ps.mode == "localsgd" else None
+        self._resume(setup.rank_state)
+        self.stopped = False  # on a signal, after a checkpoint at the end of the epoch in progress
         run_dir, n = setup.run_dir, setup.world.size
         progress = Progress(epochs * n, state.epoch * n, n, run_dir / rundir.LOG, interactive=False) \
             if self.is_root else None
@@ -157,6 +160,17 @@ class PeerTrainer:
         self.commit_log = rundir.CommitLog(run_dir / rundir.COMMITS) if self.is_root else None
         self.host = socket.gethostname()
         self.t_start = time.perf_counter()
+        self.t_checkpoint = time.monotonic()
+
+    def _resume(self, mine: RankState | None) -> None:
+        """After the optimizer is built (and wrapped: Horovod's wrapper starts with an empty state): this rank's
+        own state, or for a checkpoint without rank files rank 0's optimizer state (equal on all in allreduce)."""
+        if mine is not None:
+            restore(mine, self.optimizer, self.setup.train_source)
+            if self.rounds is not None and "slow_buffer" in mine.extra:
+                self.rounds.slow_buffer = mine.extra["slow_buffer"].clone()
+        elif self.state.optimizer:
+            self.optimizer.load_state_dict(self.state.optimizer)
 
     # -- one epoch -----------------------------------------------------------------------------------------------
     def _epoch(self, epoch: int) -> tuple[EpochRow, float, float]:
@@ -256,23 +270,46 @@ class PeerTrainer:
             if stop:
                 st.early_stopped_at = epoch + 1
                 self.book.line(f"early stop after epoch {epoch + 1}: {self.book.stop_reason()}")
-            if stop or policy.checkpoint_due(epoch + 1, epoch + 1 == epochs):
+            signalled, minutes_due = self._agree_flags()
+            checkpoint = stop or policy.checkpoint_due(epoch + 1, epoch + 1 == epochs) or minutes_due
+            if checkpoint or (signalled and epoch + 1 < epochs):
                 self._checkpoint()
+            if signalled and not stop and epoch + 1 < epochs:
+                self.book.line(f"{STOP.name() or 'a signal'} on a rank: stopped after epoch {epoch + 1}")
+                self.stopped = True
+                return
             if stop:
                 break
         loss, acc, seconds = self._evaluate(self.setup.top)
         self.book.final(loss, acc, self.setup.top, seconds)
 
+    def _agree_flags(self) -> tuple[bool, bool]:
+        """At each epoch's end, agreed by all: whether any rank got SIGTERM/SIGUSR1 (run/signals.py), and whether
+        run.checkpoint_minutes have passed since the last checkpoint (rank 0's clock). Data-parallel ranks can
+        only stop and checkpoint between epochs."""
+        minutes = self.config.run.checkpoint_minutes
+        due = self.is_root and minutes > 0 and time.monotonic() - self.t_checkpoint >= 60.0 * minutes
+        flags = np.array([1.0 if STOP.requested else 0.0, 1.0 if due else 0.0])
+        self.comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
+        return bool(flags[0]), bool(flags[1])
+
     def _wall(self) -> float:
         return self.state.wall_time_s + time.perf_counter() - self.t_start
 
     def _checkpoint(self) -> None:
+        """The weights and counters, and every rank's own state (gathered to rank 0, which writes them all)."""
         st = self.state
+        self.t_checkpoint = time.monotonic()
+        extra = {}
         if self.rounds is not None:
             st.local_steps = self.rounds.strategy.state_dict()
-        if self.is_root:
-            st.optimizer = self.optimizer.state_dict()
-            self.book.save(self.flat.vector.detach().cpu().clone(), replace(st, wall_time_s=self._wall()).to_dict())
+            extra["slow_buffer"] = self.rounds.slow_buffer
+        mine = capture(self.setup.world.rank, st.epoch, self.optimizer, self.setup.train_source, extra)
+        states = self.comm.gather(mine.to_bytes(), root=0)
+        if states is not None:  # rank 0
+            st.optimizer = {}  # in the rank files now
+            self.book.save(self.flat.vector.detach().cpu().clone(), replace(st, wall_time_s=self._wall()).to_dict(),
+                           {r: RankState.from_bytes(b) for r, b in enumerate(states)}, st.epoch)
 
     def figures(self) -> dict[str, Any]:
         """What summary.json says of a data-parallel run besides the shared outcome and facts."""
@@ -300,7 +337,7 @@ class PeerTrainer:
             self.commit_log.close()
 
 
-def run_data_parallel(setup: RunSetup) -> RunResult | None:
+def run_data_parallel(setup: RunSetup) -> RunResult | Stopped | None:
     """Run the data-parallel loop on every rank; rank 0 returns the run's result."""
     comm, config = setup.world.comm, setup.config
     failure, backend = None, "none"
@@ -317,6 +354,8 @@ def run_data_parallel(setup: RunSetup) -> RunResult | None:
         trainer.run()
     finally:
         trainer.close()
+    if trainer.stopped:
+        return Stopped(f"the end of epoch {state.epoch}", setup.run_dir)
     if comm.rank != 0:
         return None
     wall = state.wall_time_s + time.perf_counter() - setup.t_start

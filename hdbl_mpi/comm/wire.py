@@ -23,6 +23,8 @@ TAG_REPLY_HEADER = 21
 TAG_REPLY_WEIGHTS = 22
 TAG_START = 23  # the server's first assignment to a worker, a REPLY header, at start-up
 TAG_RECORD = 31  # one pickled commit record (a small dict), worker -> server, off the hot path
+TAG_STATE = 32  # (requested, RankState) pickled, worker -> server, before the record: for a checkpoint
+STATE_FINAL = -1  # `requested` of the state a worker sends with its stop reply (its last)
 
 
 class TimeoutWaiting(RuntimeError):
@@ -112,12 +114,14 @@ class HeaderLayout:
 
 
 # Worker -> server, before the pushed weights.
+# `signal`: the worker was sent SIGTERM/SIGUSR1 and asks the server to stop the run cleanly (run/signals.py).
 PUSH = HeaderLayout(("local_commit", "samples", "steps", "batch", "resolution", "loss_sum", "correct", "compute_s",
-                     "finite"))
+                     "finite", "signal"))
 # Server -> worker, before the merged weights (and alone, as TAG_START, at start-up). The worker's next assignment
-# (stage .. share, see hdbl_mpi.ps.assign) and the reply's control fields.
+# (stage .. share, see hdbl_mpi.ps.assign) and the reply's control fields; `state_at` > 0 asks for the worker's own
+# state as of that commit, for the checkpoint covering it (run/rankstate.py).
 REPLY = HeaderLayout(("global_commit", "epoch", "lr", "stop", "merged", "held_s", "batch", "stage", "resolution",
-                      "dropout", "rejected", "share"))
+                      "dropout", "rejected", "share", "state_at"))
 
 
 class Backoff:

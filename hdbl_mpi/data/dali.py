@@ -104,6 +104,15 @@ class DaliFolderLoader:
             return self._train_batches(steps, batch, resolution)
         return self._val_batches(batch, resolution)
 
+    def state_dict(self) -> dict[str, Any]:
+        """How many pipelines were built (a resumed loader builds with the next seed, never replaying an order it
+        already read). DALI's reader position inside its epoch cannot be restored: a resumed run starts a fresh,
+        differently shuffled reader epoch (docs/reliability.md)."""
+        return {"builds": self.builds}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.builds = int(state.get("builds", self.builds))
+
     def _train_batches(self, steps: int, batch: int, resolution: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._key is None or self._key[0] != resolution:
             self._build(resolution, batch)

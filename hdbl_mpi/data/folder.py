@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -164,6 +164,15 @@ class TorchvisionFolderLoader:
             if failed:
                 inputs, labels = self._handle_failures(inputs, labels, keys, errors, failed)
             yield inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The file order's generator and the files still in use. The crop/flip draws happen in the loader's
+        worker processes and are not part of it: a resumed run draws other augmentations (docs/reliability.md)."""
+        return {"generator": self._generator.get_state(), "usable": self._usable.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._generator.set_state(state["generator"])
+        self._usable = state["usable"].clone()
 
     def _draw(self, count: int) -> torch.Tensor:
         """``count`` file indices from chained fresh permutations of the usable files."""

@@ -68,6 +68,14 @@ class ArraySource:
                  device: torch.device) -> None:
         self.data, self.train, self.augment, self.generator, self.device = data, train, augment, generator, device
 
+    def state_dict(self) -> dict[str, Any]:
+        """The stream position: the generator every permutation and augmentation draw comes from."""
+        return {"generator": self.generator.get_state()} if self.generator is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.generator is not None and "generator" in state:
+            self.generator.set_state(state["generator"])
+
     def batches(self, steps: int | None, batch: int, resolution: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         d = self.data
         if steps is None:

@@ -11,6 +11,7 @@ import argparse
 import os
 import shlex
 import sys
+from pathlib import Path
 
 from hdbl_mpi.config import Config, add_train_arguments, has_server, load_run_config, required_ranks
 from hdbl_mpi.launch.commands import (
@@ -59,7 +60,12 @@ def _train_config(args: list[str]) -> Config:
     parser = argparse.ArgumentParser(prog="hdbl train", add_help=False)
     add_train_arguments(parser)
     train = parser.parse_args(args)
-    return load_run_config(train.config, train.set, train.resume)
+    resume = train.resume
+    if resume == "auto":  # the run directory's own config if there is a run to continue, else CONFIG
+        from hdbl_mpi.run.rundir import CHECKPOINT
+
+        resume = train.run_dir if train.run_dir and (Path(train.run_dir) / CHECKPOINT).is_file() else None
+    return load_run_config(train.config, train.set, resume)
 
 
 def ranks_for(command: list[str], np: int | None, hosts: Hosts | None) -> tuple[int, str, list[str]]:

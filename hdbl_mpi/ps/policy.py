@@ -51,6 +51,10 @@ class SyncPolicy:
         """Whether a held worker with `commits` commits may go on while the slowest active one has `slowest`."""
         return True
 
+    def between_rounds(self) -> bool:
+        """Whether W holds every merged push now (a checkpoint may be taken)."""
+        return True
+
 
 class Asp(SyncPolicy):
     pass
@@ -95,6 +99,9 @@ class Bsp(SyncPolicy):
 
     def may_reply(self, commits: int, slowest: int, stop: bool) -> bool:
         return self.closed
+
+    def between_rounds(self) -> bool:
+        return self.factor_sum == 0.0
 
 
 PS_MODES = ("asp", "bsp", "ssp")

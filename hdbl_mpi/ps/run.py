@@ -17,12 +17,13 @@ from hdbl_mpi.ps.server import Server
 from hdbl_mpi.ps.shards import serve_shard
 from hdbl_mpi.ps.state import ServerState
 from hdbl_mpi.ps.worker import Worker
-from hdbl_mpi.run.book import RunResult
+from hdbl_mpi.run.book import RunResult, Stopped
 from hdbl_mpi.run.records import from_mapping
 from hdbl_mpi.startup import RunSetup
 
-RESUME_POLICY = ("global weights, server counters and epoch history come from the checkpoint; worker momentum "
-                 "buffers restart from zero and worker RNGs are reseeded from (seed, rank, resumed or not)")
+RESUME_POLICY = ("global weights, server counters and epoch history come from the checkpoint, and each worker's "
+                 "optimizer state, random-number generators and data stream from its rank file "
+                 "(checkpoint-ranks/); a worker without one starts with fresh momentum and reseeded RNGs")
 
 
 def timeout_for(timeout_s: float, plans: dict[int, Plan]) -> float:
@@ -33,7 +34,7 @@ def timeout_for(timeout_s: float, plans: dict[int, Plan]) -> float:
     return 600.0 + 20.0 * max(predicted, default=0.0)
 
 
-def run_parameter_server(setup: RunSetup, verbose: bool) -> RunResult | None:
+def run_parameter_server(setup: RunSetup, verbose: bool) -> RunResult | Stopped | None:
     """Serve, train or merge a shard, as this rank's role says; the server returns the run's result."""
     world, config, layout = setup.world, setup.config, setup.layout
     assert layout is not None
@@ -45,12 +46,12 @@ def run_parameter_server(setup: RunSetup, verbose: bool) -> RunResult | None:
     if world.is_worker:
         assert setup.train_source is not None
         Worker(world, config, setup.model, setup.flat, setup.train_source, setup.device, timeout_s, verbose,
-               layout).run()
+               layout, setup.rank_state).run()
         return None
     return _serve(setup, timeout_s)
 
 
-def _serve(setup: RunSetup, timeout_s: float) -> RunResult:
+def _serve(setup: RunSetup, timeout_s: float) -> RunResult | Stopped:
     config, n = setup.config, setup.config.dual.workers
     state = from_mapping(ServerState, setup.restored) if setup.restored else ServerState()
     workers = list(range(1, n + 1))
@@ -63,13 +64,18 @@ def _serve(setup: RunSetup, timeout_s: float) -> RunResult:
     weights = setup.flat.vector.detach().to("cpu", copy=True)
     server = Server(setup.world, config, setup.schedule, setup.plans, weights, setup.run_dir, evaluator, state,
                     timeout_s, setup.layout, assign, setup.flat.layout())
+    if setup.restored and "outer_velocity" in setup.restored:
+        server.own._velocity = setup.restored["outer_velocity"].clone()
     server.line(_start_line(setup))
     try:
         server.serve()
     finally:
         server.close()
+    if server.epochs.interrupted:
+        return Stopped(f"commit {state.merged} (epoch {state.merged / server.per_epoch:.2f})", setup.run_dir)
     wall = state.wall_time_s + time.perf_counter() - setup.t_start
-    policy = RESUME_POLICY + ("; the outer momentum restarts from zero" if config.ps.outer_momentum else "")
+    policy = RESUME_POLICY + ("; with sharded servers the outer momentum restarts from zero"
+                              if config.ps.outer_momentum and config.ps.servers > 1 else "")
     outcome = server.epochs.book.outcome(config.ps.mode, server.elapsed_train(), wall,
                                          state.merged // server.per_epoch, policy)
     result = RunResult(outcome, server.mode_figures(), f"{state.merged} commits")

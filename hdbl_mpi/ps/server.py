@@ -29,6 +29,7 @@ from hdbl_mpi.comm.wire import (
     TAG_RECORD,
     TAG_REPLY_HEADER,
     TAG_REPLY_WEIGHTS,
+    TAG_STATE,
     Backoff,
     TimeoutWaiting,
 )
@@ -48,8 +49,10 @@ from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import BookPolicy, EpochBook
 from hdbl_mpi.run.faults import maybe_crash
 from hdbl_mpi.run.progress import Progress
+from hdbl_mpi.run.rankstate import RankState
 from hdbl_mpi.run.records import CommitRecord
 from hdbl_mpi.run.scalars import Scalars
+from hdbl_mpi.run.signals import STOP
 from hdbl_mpi.run.trace import write_trace
 from hdbl_mpi.schedule import Schedule
 
@@ -86,7 +89,8 @@ class Server:
         scalars = Scalars(run_dir / rundir.TENSORBOARD)
         self.line(f"TensorBoard: {scalars.status}")
         book = EpochBook(state, BookPolicy.from_config(config), run_dir, self.progress, scalars, vector_layout)
-        self.epochs = ServerEpochs(self, book, evaluator, lambda e: scheduled_lr(config.train, schedule, e))
+        self.epochs = ServerEpochs(self, book, evaluator, lambda e: scheduled_lr(config.train, schedule, e),
+                                   config.run.checkpoint_minutes)
         self.shard_servers: dict[str, dict] = {}
         self.t_start = time.perf_counter()
         self.t_last_merge = self.t_start
@@ -107,6 +111,8 @@ class Server:
         last_heard, backoff = time.monotonic(), Backoff(spin_s=2e-3, cap_s=2.5e-4)
         while not self._finished(records_before):
             try:
+                if STOP.requested:
+                    self.interrupt(f"{STOP.name()} on the server")
                 if self.release_due:  # after a loss: the replies a failed send interrupted
                     self.release_due = False
                     self.release()
@@ -136,6 +142,10 @@ class Server:
             self._on_push(src)
         elif tag == TAG_RECORD:
             self._on_record(src)
+        elif tag == TAG_STATE:
+            requested, state = self.comm.recv(source=src, tag=TAG_STATE)
+            self.epochs.states.received(src, requested, RankState.from_bytes(state))
+            self.epochs.save_when_recorded()
         else:
             raise RuntimeError(f"server got an unexpected message (tag {tag}) from rank {src}")
 
@@ -174,6 +184,33 @@ class Server:
             self.fanout.tell(end.op, value=end.value)
             self.own.apply(end)
         self.epochs.close()
+        if info["signal"]:
+            self.interrupt(f"rank {src} was signalled")
+        self._checkpoint_between_epochs()
+        self.release()
+
+    def _checkpoint_between_epochs(self) -> None:
+        """The checkpoint of a run stopped on a signal, once its last commit is merged; and those of
+        run.checkpoint_minutes (never inside a BSP round: its partial sum is not in W)."""
+        e, merged = self.epochs, self.state.merged
+        if e.pending is not None or e.saved_at == merged or not self.policy.between_rounds():
+            return
+        if e.interrupted and merged == e.total:
+            e.checkpoint_now()
+        elif e.minutes_due():
+            self.line(f"checkpoint at commit {merged} (run.checkpoint_minutes={self.config.run.checkpoint_minutes:g})")
+            e.checkpoint_now()
+
+    def interrupt(self, why: str) -> None:
+        """Stop the run cleanly: the commits in flight are merged, then a checkpoint, then every worker stops."""
+        e = self.epochs
+        end = self.state.merged + len(self.roster.training)
+        if e.interrupted or end >= e.total:  # already stopping, or the run ends with those commits anyway
+            return
+        e.stop_at(end)
+        self.line(f"{why}: stopping after the {len(self.roster.training)} commit(s) in flight (at commit {end}), "
+                  "then a checkpoint")
+        self._checkpoint_between_epochs()
         self.release()
 
     def _count(self, src: int, info: dict[str, float], bad: bool) -> None:
@@ -227,7 +264,8 @@ class Server:
         st = self.state
         header = self.assign.next(w).header(
             global_commit=global_id, epoch=st.merged // self.per_epoch, stop=float(stop), merged=st.merged,
-            held_s=time.perf_counter() - arrived, rejected=float(self.failures.was_rejected(w)))
+            held_s=time.perf_counter() - arrived, rejected=float(self.failures.was_rejected(w)),
+            state_at=self.epochs.states.ask(w))
         self.comm.Send(header, dest=w, tag=TAG_REPLY_HEADER)
         self.awaiting[global_id] = w
         self.fanout.tell(OP_REPLY, w)
@@ -238,6 +276,15 @@ class Server:
             self.roster.start(w)
 
     # -- checkpoints and the summary -----------------------------------------------------------------------------
+    def training_workers(self) -> list[int]:
+        """The workers whose state a checkpoint keeps: not lost (ULFM), not given up on (stalled)."""
+        return [w for w in self.roster.alive() if w not in self.roster.stalled]
+
+    def checkpointed(self, at: int, without: list[int]) -> None:
+        if without:
+            self.line(f"checkpoint at commit {at} without the state of rank(s) {without} (lost or stalled): on "
+                      "resume they start with fresh momentum and reseeded random numbers")
+
     def snapshot(self) -> torch.Tensor:
         """A copy of the whole global vector (gathered from the shard servers first)."""
         self.fanout.gather()
@@ -245,8 +292,11 @@ class Server:
 
     def checkpoint_state(self) -> dict[str, Any]:
         now = time.perf_counter()
-        return replace(self.state, train_time_s=self.elapsed_train(),
-                       wall_time_s=self.state.wall_time_s + now - self.t_start).to_dict()
+        state = replace(self.state, train_time_s=self.elapsed_train(),
+                        wall_time_s=self.state.wall_time_s + now - self.t_start).to_dict()
+        if self.own._velocity is not None and len(self.layout.parts) == 1:  # the delta rule's outer momentum
+            state["outer_velocity"] = self.own._velocity.clone()
+        return state
 
     def mode_figures(self) -> dict[str, Any]:
         """What summary.json says of a parameter-server run besides the shared outcome and facts."""

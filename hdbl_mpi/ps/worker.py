@@ -4,6 +4,10 @@ Each commit: train the assignment's steps on batches drawn from a fresh random p
 training set, push the full weights, receive the merged weights and the next assignment (ps/assign.py: stage,
 resolution, batch, samples, LR, dropout, as the server decided them). The worker holds no plan of its own. The
 optimizer (momentum buffers) lives across commits: only the weights are replaced by the merged ones.
+
+After each pull the worker keeps a copy of its own state (optimizer, RNGs, data stream: run/rankstate.py), so
+when a reply asks for its state as of the commit a checkpoint covers, it sends the newest copy taken at or before
+that commit: the state that goes with the checkpoint's weights, even if it has committed again since (ASP).
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from torch import nn
 from hdbl_mpi.comm.wire import (
     PUSH,
     REPLY,
+    STATE_FINAL,
     TAG_PUSH_HEADER,
     TAG_PUSH_WEIGHTS,
     TAG_RECORD,
     TAG_REPLY_HEADER,
     TAG_REPLY_WEIGHTS,
     TAG_START,
+    TAG_STATE,
     FlatState,
     wait_bounded,
 )
@@ -39,7 +45,9 @@ from hdbl_mpi.ps.assign import Assignment
 from hdbl_mpi.ps.merge import pushes_change
 from hdbl_mpi.ps.shards import Layout
 from hdbl_mpi.run.faults import maybe_crash
+from hdbl_mpi.run.rankstate import RankState, capture, restore
 from hdbl_mpi.run.records import CommitRecord
+from hdbl_mpi.run.signals import STOP
 
 
 def push_and_pull(comm, host: np.ndarray, header_out, header_in, timeout_s: float, what: str,
@@ -65,11 +73,17 @@ class Worker:
     """One worker rank: trains what the server assigns, commits, and reports each commit's record."""
 
     def __init__(self, world: World, config: Config, model: nn.Module, flat: FlatState, source: BatchSource,
-                 device: torch.device, timeout_s: float, verbose: bool, layout: Layout | None = None) -> None:
+                 device: torch.device, timeout_s: float, verbose: bool, layout: Layout | None = None,
+                 resumed: RankState | None = None) -> None:
         self.world, self.comm, self.config = world, world.comm, config
         self.model, self.flat, self.source, self.device = model, flat, source, device
         self.timeout_s, self.verbose, self.layout = timeout_s, verbose, layout
         self.optimizer = optimizer_for(model, config.train)
+        if resumed is not None:  # a resume: momentum, RNGs and data stream as the checkpoint left them
+            restore(resumed, self.optimizer, source)
+            print(f"hdbl train: rank {world.rank}: own state from commit {resumed.at}, optimizer state L1 "
+                  f"{resumed.optimizer_l1():.6g}", flush=True)
+        self.kept: list[RankState] = []  # own state after the last two pulls (oldest first)
         self.host = socket.gethostname()
         # The delta rule (ps/merge.py): the parameters as last pulled, to push their change since then.
         self.pulled = flat.to_host()[:flat.params_numel].copy() if pushes_change(config.ps.merge) else None
@@ -79,7 +93,9 @@ class Worker:
         header_in = REPLY.empty()
         wait_bounded(self.comm.Irecv(header_in, source=0, tag=TAG_START), self.timeout_s,
                      f"the server's start-up assignment for rank {self.world.rank}")
-        task, local = Assignment.from_header(REPLY.unpack(header_in)), 0
+        start = REPLY.unpack(header_in)
+        task, local = Assignment.from_header(start), 0
+        self._keep(int(start["merged"]))
         while True:
             local += 1
             maybe_crash(self.config.debug, self.world.rank, local)
@@ -89,10 +105,26 @@ class Worker:
             reply = REPLY.unpack(header_in)
             if reply["rejected"]:  # the server dropped this push: restart from the global weights, fresh momentum
                 self.optimizer.state.clear()
+            self._keep(int(reply["global_commit"]))
+            self._send_states(reply)
             self._report(task, stats, local, roundtrip, reply, header_out.nbytes + header_in.nbytes)
             if reply["stop"]:
                 return
             task = Assignment.from_header(reply)  # the next stage, batch, share, LR and dropout
+
+    def _keep(self, at: int) -> None:
+        """Copy this worker's state after the pull of commit `at` (the start of the next commit's training)."""
+        self.kept = [*self.kept[-1:], capture(self.world.rank, at, self.optimizer, self.source)]
+
+    def _send_states(self, reply: dict[str, float]) -> None:
+        """The states a reply asks for (before the commit's record, so the server has them when it has the
+        record): as of `state_at` for a checkpoint, and the last one with the stop reply."""
+        wanted = int(reply["state_at"])
+        if wanted > 0:
+            state = next((k for k in reversed(self.kept) if k.at <= wanted), self.kept[0])
+            self.comm.send((wanted, state.to_bytes()), dest=0, tag=TAG_STATE)
+        if reply["stop"]:
+            self.comm.send((STATE_FINAL, self.kept[-1].to_bytes()), dest=0, tag=TAG_STATE)
 
     def _exchange(self, header_out: np.ndarray, header_in: np.ndarray, local: int) -> float:
         """Push this commit (with the delta rule, the parameters' change since the last pull) and pull the merged
@@ -126,7 +158,7 @@ class Worker:
         finite = math.isfinite(stats.loss_sum) and bool(torch.isfinite(self.flat.vector.sum()))
         return PUSH.pack(local_commit=local, samples=stats.samples, steps=stats.steps, batch=task.batch,
                          resolution=task.resolution, loss_sum=stats.loss_sum, correct=stats.correct,
-                         compute_s=stats.seconds, finite=float(finite))
+                         compute_s=stats.seconds, finite=float(finite), signal=float(STOP.requested))
 
     def _report(self, task: Assignment, stats: StepStats, local: int, roundtrip: float, reply: dict[str, float],
                 header_bytes: int) -> None:

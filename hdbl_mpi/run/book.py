@@ -15,6 +15,7 @@ from typing import Any
 from hdbl_mpi.optim.schedules import EarlyStopping
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.progress import Progress
+from hdbl_mpi.run.rankstate import RankState, prune_rank_states, save_rank_states
 from hdbl_mpi.run.records import EpochRow, Outcome, from_mapping
 from hdbl_mpi.run.scalars import Scalars
 
@@ -28,6 +29,20 @@ class RunResult:
     done: str  # what the run did, for the final line: "32 commits", "16 synchronisations"
     abort_code: int | None = None  # end the job with this code after the summary (ranks that cannot finalize)
     abort_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A run stopped on a signal with a complete checkpoint (run/signals.py): no summary, a line saying how to go
+    on, and exit code EXIT_STOPPED."""
+
+    at: str  # where it stopped: "commit 96 (epoch 1.50)"
+    run_dir: Path
+
+    def line(self, signal_name: str) -> str:
+        return (f"hdbl train: stopped on {signal_name or 'a signal'} at {self.at}; checkpoint "
+                f"{self.run_dir / rundir.CHECKPOINT}. Continue with: hdbl train --resume {self.run_dir} (or "
+                f"hdbl train CONFIG --run-dir {self.run_dir} --resume auto)")
 
 
 @dataclass
@@ -144,11 +159,18 @@ class EpochBook:
         if self.writer:
             rundir.write_epochs(self.run_dir / rundir.EPOCHS, self.state.history)
 
-    def save(self, vector: Any, state: dict[str, Any]) -> None:
-        """Checkpoint `vector` (the global weights) with `state` (this book's and the mode's counters)."""
-        if self.writer:
-            layout = {"flat_layout": self.vector_layout} if self.vector_layout else {}
-            rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT, vector, {**state, **layout})
+    def save(self, vector: Any, state: dict[str, Any], ranks: dict[int, RankState] | None = None,
+             at: int = 0) -> None:
+        """Checkpoint `vector` (the global weights) with `state` (this book's and the mode's counters) and, when
+        given, every training rank's own state at `at` (rank files first, then checkpoint.pt naming them, then the
+        older rank files go: a crash at any point leaves a checkpoint.pt whose rank files match)."""
+        if not self.writer:
+            return
+        extra: dict[str, Any] = {"flat_layout": self.vector_layout} if self.vector_layout else {}
+        if ranks:
+            extra["rank_states"] = save_rank_states(self.run_dir, at, ranks)
+        rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT, vector, {**state, **extra})
+        prune_rank_states(self.run_dir, at if ranks else None)
 
     def outcome(self, mode: str, train_time_s: float, wall_time_s: float, epochs_completed: int,
                 resume_policy: str) -> Outcome:

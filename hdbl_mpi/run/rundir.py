@@ -8,6 +8,7 @@ Only the server rank writes here, so a cluster needs no shared file system for t
     epochs.csv       epoch, stage, resolution, lr, train loss/acc, test loss/acc, wall and train seconds, commits
     summary.json     final figures, counters, versions, restarts
     checkpoint.pt    last checkpoint (weights, counters, history; format version + SHA-256); replaced atomically
+    checkpoint-ranks/  each training rank's optimizer, RNG and data-stream state for checkpoint.pt (run/rankstate.py)
     train.log        what the server printed
     profile.json     with `profile: auto`: the step-time and memory profile measured at start-up
     trace.json       Chrome-trace / Perfetto timeline of every commit (compute, exchange, wait per worker)
@@ -131,33 +132,34 @@ def read_commits(path: Path) -> list[CommitRecord]:
             if line.strip()]
 
 
-def save_checkpoint(path: Path, vector, state: dict) -> None:
-    """Global weights (a float32 tensor) and the run's state, written atomically with a format version and a
-    SHA-256 of the payload, so a damaged or truncated file is refused instead of resumed from.
+def save_blob(path: Path, obj: dict) -> str:
+    """Write `obj` (plain types and tensors) atomically with a format version and a SHA-256 of the payload, so a
+    damaged or truncated file is refused instead of used; returns the SHA-256. Checkpoints and the rank files
+    beside them (run/rankstate.py) share this format.
 
-    Layout: one ASCII header line ``HDBLCKPT <format> <sha256> <payload bytes>``, then the payload, which is
-    ``torch.save({"vector": ..., "state": ...})`` (plain types and tensors: it loads with weights_only)."""
+    Layout: one ASCII header line ``HDBLCKPT <format> <sha256> <payload bytes>``, then the payload,
+    ``torch.save(obj)`` (it loads with weights_only)."""
     import torch
 
     buffer = io.BytesIO()
-    torch.save({"vector": vector, "state": state}, buffer)
+    torch.save(obj, buffer)
     payload = buffer.getvalue()
-    header = f"{CHECKPOINT_MAGIC} {CHECKPOINT_FORMAT} {hashlib.sha256(payload).hexdigest()} {len(payload)}\n"
+    digest = hashlib.sha256(payload).hexdigest()
+    header = f"{CHECKPOINT_MAGIC} {CHECKPOINT_FORMAT} {digest} {len(payload)}\n"
     atomic_write_bytes(path, header.encode() + payload)
+    return digest
 
 
-def load_checkpoint(path: Path) -> tuple[Any, dict]:
-    """Return (vector, state). A missing file, another format version, a checksum or length mismatch and an
-    unreadable payload are each refused with an HdblError that says which and what to do."""
+def load_blob(path: Path) -> tuple[Any, str]:
+    """(object, SHA-256) of a file written by :func:`save_blob`. A missing file, another format version, a checksum
+    or length mismatch and an unreadable payload are each refused with an HdblError that says which and what to
+    do."""
     import torch
 
     from hdbl_mpi.errors import HdblError
 
     if not path.is_file():
-        raise HdblError(
-            f"no checkpoint at {path}: the run stopped before its first checkpoint (run.checkpoint_every epochs). "
-            "Start it again without --resume."
-        )
+        raise HdblError(f"{path} is missing; resume from a complete copy of the run directory, or start again.")
     data = path.read_bytes()
     newline = data.find(b"\n", 0, 200)
     fields = data[:newline].decode("ascii", "replace").split() if newline > 0 else []
@@ -181,6 +183,24 @@ def load_checkpoint(path: Path) -> tuple[Any, dict]:
     except Exception as err:  # a payload that hashes correctly but is not ours
         raise HdblError(f"{path} cannot be read as an hdbl checkpoint ({type(err).__name__}: "
                         f"{str(err).splitlines()[0][:200]}).") from None
+    return blob, digest
+
+
+def save_checkpoint(path: Path, vector, state: dict) -> None:
+    """Global weights (a float32 tensor) and the run's state, in the :func:`save_blob` format."""
+    save_blob(path, {"vector": vector, "state": state})
+
+
+def load_checkpoint(path: Path) -> tuple[Any, dict]:
+    """Return (vector, state) of a checkpoint (see :func:`load_blob` for what is refused)."""
+    from hdbl_mpi.errors import HdblError
+
+    if not path.is_file():
+        raise HdblError(
+            f"no checkpoint at {path}: the run stopped before its first checkpoint (run.checkpoint_every epochs). "
+            "Start it again without --resume."
+        )
+    blob, _ = load_blob(path)
     return blob["vector"], blob["state"]
 
 
