@@ -18,18 +18,15 @@ def _train(args: argparse.Namespace) -> int:
 
     STOP.install()  # SIGTERM/SIGUSR1: finish the work in flight, checkpoint, exit EXIT_STOPPED
     comm = MPI.COMM_WORLD
-    keepalive = None
     try:
         shared = shared_config(comm, args.config, args.set, args.resume, args.run_dir)  # before torch loads
-        if shared.config.ps.fault_tolerance == "ulfm":
-            from hdbl_mpi.comm.keepalive import KeepAlive
-
-            keepalive = KeepAlive(comm, shared.config.ps.ft_detector_timeout_s / 8)
         from hdbl_mpi.train import train
 
         result = train(shared, shared.checkpoint is not None, args.verbose, args.plan_only)
-        if keepalive is not None:
-            keepalive.stop()
+        if shared.config.ps.fault_tolerance == "ulfm":  # MPI_Finalize can hang with a dead rank: leave without it
+            from hdbl_mpi.comm.ulfm import leave
+
+            leave(result)
         return result
     except SetupError as err:  # every rank raised it: each exits, rank 0 says why
         if comm.rank == 0:

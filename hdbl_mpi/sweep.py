@@ -227,8 +227,9 @@ def sbatch_options(ntasks: int, template: Path = SBATCH_TEMPLATE) -> list[str]:
 
 
 def slurm_array(config: str | None, specs: list[RunSpec], out: Path, ntasks: int, python: str) -> str:
-    """A SLURM array job: task i runs line i of out/runs.txt (one `hdbl launch --launcher srun train ...`, which
-    starts as many of the allocation's tasks as that run's mode needs)."""
+    """A SLURM array job: task i runs line i of out/runs.txt (one `hdbl launch --launcher srun train ...
+    --resume auto`, which starts as many of the allocation's tasks as that run's mode needs, and continues a run a
+    time limit stopped: the task requeues itself on exit code 75, as launchers/slurm/hdbl.sbatch does)."""
     options = "\n".join(f"#SBATCH {o}" for o in sbatch_options(ntasks))
     manifest = shlex.quote(str(out / "runs.txt"))
     train = shlex.join([python, "-m", "hdbl_mpi.cli", "launch", "--launcher", "srun", "train",
@@ -240,14 +241,20 @@ def slurm_array(config: str | None, specs: list[RunSpec], out: Path, ntasks: int
 #SBATCH --array=1-{len(specs)}
 #SBATCH --output={out}/logs/%A_%a.out
 {options}
-set -euo pipefail
+set -uo pipefail
 export HDBL_PROGRESS=lines
 export OMP_NUM_THREADS="${{SLURM_CPUS_PER_TASK:-1}}"
 eval "set -- $(sed -n "${{SLURM_ARRAY_TASK_ID}}p" {manifest})"
 run_dir="$1"; shift
 [ -f "$run_dir/{rundir.SUMMARY}" ] && {{ echo "finished already: $run_dir"; exit 0; }}
-rm -rf "$run_dir"
-exec {train} --run-dir "$run_dir" "$@"
+# As launchers/slurm/hdbl.sbatch: pass SLURM's warning on, requeue a run stopped with a checkpoint (code 75).
+{train} --run-dir "$run_dir" --resume auto "$@" &
+job=$!
+trap 'kill -USR1 "$job"' USR1
+status=0
+while kill -0 "$job" 2>/dev/null; do wait "$job"; status=$?; done
+if [ "$status" -eq 75 ]; then scontrol requeue "${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}"; exit 0; fi
+exit "$status"
 """
 
 

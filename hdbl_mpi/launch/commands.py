@@ -247,10 +247,11 @@ def build_command(spec: Launch, environ: dict[str, str] | None = None, root: boo
 def ulfm_args(detector_timeout_s: float) -> list[str]:
     """Open MPI 5 flags that let survivors go on after a rank dies (see ../shared/notes/ulfm_and_netns.md):
     ULFM, a heartbeat detector (without it a rank that exits with a non-zero code goes unnoticed over shared
-    memory), and an asynchronous finalize (without it survivors sometimes hang in MPI_Finalize)."""
-    return ["--with-ft", "ulfm", "--mca", "mpi_ft_detector", "true", "--mca", "mpi_ft_detector_period",
-            f"{detector_timeout_s / 4:g}", "--mca", "mpi_ft_detector_timeout", f"{detector_timeout_s:g}",
-            "--mca", "async_mpi_finalize", "true"]
+    memory) in its own thread (without the thread, heartbeats missed under load made the detector declare healthy
+    ranks dead: 2 runs of 2 on the demo lost every worker), and an asynchronous finalize."""
+    return ["--with-ft", "ulfm", "--mca", "mpi_ft_detector", "true", "--mca", "mpi_ft_detector_thread", "true",
+            "--mca", "mpi_ft_detector_period", f"{detector_timeout_s / 4:g}", "--mca", "mpi_ft_detector_timeout",
+            f"{detector_timeout_s:g}", "--mca", "async_mpi_finalize", "true"]
 
 
 def local_mpirun(np: int, program: list[str], extra: list[str] | None = None) -> tuple[list[str], dict]:

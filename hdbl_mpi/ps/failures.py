@@ -58,6 +58,8 @@ class ServerView(Protocol):
 
     def release(self) -> None: ...
 
+    def save_now(self) -> None: ...
+
 
 def is_process_failure(err: MPI.Exception) -> bool:
     """ULFM's error classes: a peer died, or a communicator was revoked because one did."""
@@ -162,8 +164,10 @@ class Failures:
                                          "error_class": err.Get_error_class()})
             s.line(f"rank {w} failed ({err.Get_error_string().strip()}): going on with {len(roster.alive())} "
                    "worker(s); the survivors take over its commits")
-        if not roster.alive():
-            raise HdblError("every worker failed; the run cannot go on. Resume it with --resume.")
+        if not roster.alive():  # keep what was merged: a checkpoint at this commit, then stop
+            s.save_now()
+            raise HdblError(f"every worker failed; the run cannot go on. It was checkpointed at commit "
+                            f"{s.state.merged}: resume it with --resume {s.run_dir}.")
         change = s.assign.survivors(roster.alive(), f"lost rank(s) {sorted(roster.lost)}")
         if isinstance(change, str):
             s.line(change)

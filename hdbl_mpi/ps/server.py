@@ -280,6 +280,10 @@ class Server:
         """The workers whose state a checkpoint keeps: not lost (ULFM), not given up on (stalled)."""
         return [w for w in self.roster.alive() if w not in self.roster.stalled]
 
+    def save_now(self) -> None:
+        """A checkpoint of the weights and counters at this commit, at once (no worker is left to wait for)."""
+        self.epochs.book.save(self.snapshot(), self.checkpoint_state())
+
     def checkpointed(self, at: int, without: list[int]) -> None:
         if without:
             self.line(f"checkpoint at commit {at} without the state of rank(s) {without} (lost or stalled): on "

@@ -153,3 +153,35 @@ def test_ulfm_replans_the_data_shares_for_the_survivors(tmp_path):
         mine = sorted((r for r in commits if r["worker"] == worker), key=lambda r: r["local_commit"])
         assert mine[0]["steps"] == 6 and mine[-1]["steps"] == 5, [r["steps"] for r in mine]
     assert s["commits_total"] == 12 and s["final_top1"] is not None
+
+
+def test_ulfm_demo_sized_job_loses_exactly_the_killed_worker_and_exits_promptly(tmp_path):
+    """The demo as a user runs it (hdbl launch, real Fashion-MNIST, 1 server + 4 workers on this machine's cores)
+    under ULFM, worker 2 SIGKILLed at its second commit (after the first epoch): exactly rank 2 is lost, the run
+    finishes its 3 epochs and the whole job exits 0 within 60 s of the last commit."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hdbl_mpi.data import find_dataset
+    from hdbl_mpi.errors import DataError
+
+    try:
+        find_dataset("fashion-mnist")
+    except DataError:
+        pytest.skip("Fashion-MNIST is not installed (./bootstrap.sh installs Debian's dataset-fashion-mnist)")
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "hdbl_mpi.cli", "launch", "train", "configs/demo.yaml", "--run-dir", str(run_dir)]
+    for item in ("ps.fault_tolerance=ulfm", "train.epochs=3", "debug.raise_on_rank=2", "debug.raise_at_commit=2",
+                 "debug.crash=kill"):
+        argv += ["--set", item]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[2])
+    ended = time.time()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    summary = json.loads((run_dir / rundir.SUMMARY).read_text())
+    assert [w["rank"] for w in summary["lost_workers"]] == [2], out[-4000:]
+    assert "reported dead by someone else" not in out and summary["epochs_completed"] == 3
+    last_commit = max(r.time for r in rundir.read_commits(run_dir / rundir.COMMITS))
+    assert ended - last_commit < 60, (ended - last_commit, out[-2000:])

@@ -251,7 +251,8 @@ def test_a_ulfm_config_gets_the_fault_tolerance_flags(fake_mpis):
     argv, _, _ = prepare(launch_args("train", str(CONFIG), "--set", "ps.fault_tolerance=ulfm", "--set",
                                      "ps.ft_detector_timeout_s=8"), {})
     text = shlex.join(argv)
-    assert "--with-ft ulfm --mca mpi_ft_detector true --mca mpi_ft_detector_period 2 " in text
+    assert "--with-ft ulfm --mca mpi_ft_detector true --mca mpi_ft_detector_thread true " in text
+    assert "--mca mpi_ft_detector_period 2 " in text
     assert "--mca mpi_ft_detector_timeout 8 --mca async_mpi_finalize true" in text
     plain, _, _ = prepare(launch_args("train", str(CONFIG)), {})
     assert "--with-ft" not in plain
