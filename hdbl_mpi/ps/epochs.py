@@ -82,10 +82,11 @@ class WorkerStates:
         elif requested == self.at:
             self.got[rank] = state
 
-    def collect(self, final: bool, workers: list[int]) -> dict[int, RankState] | None:
-        """Every state the checkpoint needs from `workers` (those still alive), or None while any is missing."""
+    def collect(self, final: bool, workers: list[int], partial: bool = False) -> dict[int, RankState] | None:
+        """Every state the checkpoint needs from `workers` (those still alive), or None while any is missing;
+        `partial`: the states that came, whatever is missing."""
         source = self.final if final else self.got
-        if any(w not in source for w in workers if w in self.need):
+        if not partial and any(w not in source for w in workers if w in self.need):
             return None
         return {w: source[w] for w in workers if w in source}
 
@@ -166,11 +167,7 @@ class ServerEpochs:
         if not (force or self.server.recorded_through(at)):
             return
         workers = self.server.training_workers()
-        final = at >= self.total
-        ranks = self.states.collect(final, workers)
-        if ranks is None and force:
-            source = self.states.final if final else self.states.got
-            ranks = {w: source[w] for w in workers if w in source}
+        ranks = self.states.collect(at >= self.total, workers, partial=force)
         if ranks is not None:
             self.pending = None
             self.book.save(snapshot, state, ranks, at)

@@ -65,7 +65,7 @@ def _serve(setup: RunSetup, timeout_s: float) -> RunResult | Stopped:
     server = Server(setup.world, config, setup.schedule, setup.plans, weights, setup.run_dir, evaluator, state,
                     timeout_s, setup.layout, assign, setup.flat.layout())
     if setup.restored and "outer_velocity" in setup.restored:
-        server.own._velocity = setup.restored["outer_velocity"].clone()
+        server.own.velocity = setup.restored["outer_velocity"].clone()
     server.line(_start_line(setup))
     try:
         server.serve()

@@ -298,8 +298,8 @@ class Server:
         now = time.perf_counter()
         state = replace(self.state, train_time_s=self.elapsed_train(),
                         wall_time_s=self.state.wall_time_s + now - self.t_start).to_dict()
-        if self.own._velocity is not None and len(self.layout.parts) == 1:  # the delta rule's outer momentum
-            state["outer_velocity"] = self.own._velocity.clone()
+        if self.own.velocity is not None and len(self.layout.parts) == 1:  # the delta rule's outer momentum
+            state["outer_velocity"] = self.own.velocity.clone()
         return state
 
     def mode_figures(self) -> dict[str, Any]:

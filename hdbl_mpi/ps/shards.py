@@ -114,6 +114,15 @@ class ShardMath:
         self._scaled: torch.Tensor | None = None
         self._velocity: torch.Tensor | None = None
 
+    @property
+    def velocity(self) -> torch.Tensor | None:
+        """The delta rule's outer momentum (None before its first step or without momentum): checkpointed."""
+        return self._velocity
+
+    @velocity.setter
+    def velocity(self, value: torch.Tensor | None) -> None:
+        self._velocity = value
+
     def apply(self, update: Update) -> None:
         """Apply one of the policy's updates (a pushed slice, when the update takes one, is in ``recv``)."""
         if update.op == OP_MERGE:

@@ -25,7 +25,7 @@ import random
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,14 +33,6 @@ import torch
 from hdbl_mpi.errors import HdblError
 
 RANKS_DIR = "checkpoint-ranks"
-
-
-class Resumable(Protocol):
-    """A data source whose stream position can be saved and restored (hdbl_mpi.data.sources)."""
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -74,10 +66,6 @@ class RankState:
         """Sum of |x| over the optimizer's state tensors (momentum, Adam moments): a fingerprint for the log."""
         return sum(float(t.double().abs().sum()) for t in _tensors(self.optimizer.get("state", {}))
                    if t.is_floating_point())
-
-    def nbytes(self) -> int:
-        """Bytes of the tensors it holds (momentum dominates)."""
-        return sum(t.numel() * t.element_size() for t in _tensors(self.to_dict()))
 
 
 def capture(rank: int, at: int, optimizer: torch.optim.Optimizer, source: Any,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 
 EXIT_STOPPED = 75  # stopped on a signal with a complete checkpoint: resume it (EX_TEMPFAIL: try again later)
 EXIT_STOPPED_AT_ONCE = 76  # a second signal: stopped at once, the previous checkpoint is intact
@@ -28,7 +27,6 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal: int | None = None
-        self.at: float | None = None  # time.monotonic() of the first signal
 
     @property
     def requested(self) -> bool:
@@ -41,7 +39,7 @@ class StopRequest:
     def _handle(self, signum: int, frame: object) -> None:
         name = signal.Signals(signum).name
         if self.signal is None:
-            self.signal, self.at = signum, time.monotonic()
+            self.signal = signum
             print(f"hdbl train: {name}: finishing the work in flight, then a checkpoint (send it again to stop at "
                   "once)", file=sys.stderr, flush=True)
             return
