@@ -58,6 +58,12 @@ def job_field(env: dict, job: str, field: str) -> str | None:
     return None
 
 
+def controller_log(env: dict) -> str:
+    """The end of slurmctld's log: why SLURM failed or held a job, which the job's own output cannot say."""
+    log = Path(env["HDBL_SLURM_DIR"]) / "log" / "slurmctld.log"
+    return "slurmctld.log:\n" + ("\n".join(log.read_text().splitlines()[-15:]) if log.is_file() else "(none)")
+
+
 def wait_state(env: dict, job: str, states: set[str], out: Path, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -67,7 +73,8 @@ def wait_state(env: dict, job: str, states: set[str], out: Path, timeout: float)
         time.sleep(1)
     log = out.read_text()[-4000:] if out.is_file() else "(no output yet)"
     subprocess.run(["scancel", job], env=env, timeout=30)
-    pytest.fail(f"job {job} did not reach {states} within {timeout} s (now {job_field(env, job, 'JobState')}):\n{log}")
+    pytest.fail(f"job {job} did not reach {states} within {timeout} s (now {job_field(env, job, 'JobState')}):\n{log}"
+                f"\n{controller_log(env)}")
 
 
 def test_the_sbatch_script_runs_the_demo_through_srun_pmix(slurm, tmp_path):
@@ -75,7 +82,7 @@ def test_the_sbatch_script_runs_the_demo_through_srun_pmix(slurm, tmp_path):
     job = sbatch(slurm, out, ["--time=10"], ["configs/demo.yaml", "--set", "train.epochs=1", "--set", "model.width=4"],
                  {"HDBL_RUN_DIR": str(run)})
     assert wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, out, 600) == "COMPLETED", \
-        out.read_text()[-4000:]
+        out.read_text()[-4000:] + controller_log(slurm)
     log = out.read_text()
     assert "srun --mpi=pmix -n 5" in log and "hdbl train: done: final top-1" in log
     assert "find-available:not-valid" not in log  # mpi.conf's PMIxEnv keeps the wheel's PMIx quiet
@@ -88,7 +95,7 @@ def test_the_sbatch_script_runs_mpirun_inside_the_allocation(slurm, tmp_path):
     job = sbatch(slurm, out, ["--time=10"], ["configs/demo.yaml", *SYNTHETIC, "--set", "train.epochs=1"],
                  {"HDBL_RUN_DIR": str(run), "HDBL_LAUNCHER": "mpirun"})
     assert wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, out, 300) == "COMPLETED", \
-        out.read_text()[-4000:]
+        out.read_text()[-4000:] + controller_log(slurm)
     assert "mpirun" in out.read_text() and (run / rundir.SUMMARY).is_file()
 
 
@@ -111,10 +118,14 @@ def test_a_job_near_its_time_limit_checkpoints_requeues_resumes_and_finishes(slu
     assert "USR1 (time limit near)" in log and "stopped on SIGUSR1 at commit" in log and "requeueing job" in log
     stopped_at = rundir.load_checkpoint(run / rundir.CHECKPOINT)[1]["merged"]
     assert 0 < stopped_at < 12 * 16
+    # Wait until it is back in the queue (not still REQUEUED), then 3 s more: a node refuses a start within the same
+    # second as the requeue that revoked the job's credential ("Job credential revoked": SLURM's own hold avoids it).
+    wait_state(slurm, job, {"PENDING"}, out, 60)
+    time.sleep(3)
     subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10", "StartTime=now"], env=slurm, check=True,
                    timeout=30)
     assert wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, out, 600) == "COMPLETED", \
-        out.read_text()[-4000:]
+        out.read_text()[-4000:] + controller_log(slurm)
     summary = json.loads((run / rundir.SUMMARY).read_text())
     restart = summary["restarts"][0]
     assert len(summary["restarts"]) == 1 and restart["at_commit"] == stopped_at and restart["rank_states"] == 4
