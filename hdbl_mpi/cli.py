@@ -13,25 +13,24 @@ from hdbl_mpi.errors import HdblError, SetupError
 def _train(args: argparse.Namespace) -> int:
     from mpi4py import MPI
 
+    from hdbl_mpi.comm.ulfm import leave, report_exit, report_up
     from hdbl_mpi.run.signals import STOP
     from hdbl_mpi.startup import shared_config
 
     STOP.install()  # SIGTERM/SIGUSR1: finish the work in flight, checkpoint, exit EXIT_STOPPED
     comm = MPI.COMM_WORLD
+    ulfm = False
     try:
+        report_up(comm)  # under `hdbl launch` with ULFM: the launcher restarts a job that dies before this
         shared = shared_config(comm, args.config, args.set, args.resume, args.run_dir)  # before torch loads
         from hdbl_mpi.train import train
 
+        ulfm = shared.config.ps.fault_tolerance == "ulfm"
         result = train(shared, shared.checkpoint is not None, args.verbose, args.plan_only)
-        if shared.config.ps.fault_tolerance == "ulfm":  # MPI_Finalize can hang with a dead rank: leave without it
-            from hdbl_mpi.comm.ulfm import leave
-
-            leave(result)
-        return result
     except SetupError as err:  # every rank raised it: each exits, rank 0 says why
         if comm.rank == 0:
             print(f"hdbl train: {'error: ' if err.exit_code else ''}{err}", file=sys.stderr, flush=True)
-        return err.exit_code
+        result = err.exit_code
     except BaseException as err:  # known to this rank only (a bug, a lost peer): abort the whole job, never hang
         kind = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
         detail = "" if isinstance(err, HdblError) else f"\n{traceback.format_exc()}"  # ours say what to do
@@ -39,6 +38,10 @@ def _train(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         comm.Abort(1)
         return 1
+    report_exit(comm.rank, result)  # under `hdbl launch` with ULFM, where mpirun's own code cannot be trusted
+    if ulfm:  # MPI_Finalize can hang with a dead rank: leave without it
+        leave(result)
+    return result
 
 
 def _numbers(text: str | None, kind: type, flag: str) -> list | None:

@@ -80,8 +80,9 @@ class MpiRun:
 
 def run_train(np_: int, run_dir: Path, overrides: list[str], *, timeout: float = 120.0,
               config: str | None = None, resume: bool = False, fast: bool = True,
-              extra: list[str] | None = None) -> MpiRun:
-    """`mpirun -np N hdbl train ...`; a hang becomes a test failure after `timeout` seconds, never a stuck CI."""
+              extra: list[str] | None = None, launch: bool = False) -> MpiRun:
+    """`mpirun -np N hdbl train ...` (with `launch`: `hdbl launch --np N train ...`, as a user starts a ULFM job);
+    a hang becomes a test failure after `timeout` seconds, never a stuck CI."""
     import time
 
     args = ["train"]
@@ -91,7 +92,10 @@ def run_train(np_: int, run_dir: Path, overrides: list[str], *, timeout: float =
         args += ([config] if config else []) + ["--run-dir", str(run_dir)]
     for item in (FAST if fast and not resume else []) + overrides:
         args += ["--set", item]
-    argv, env = local_mpirun(np_, hdbl_program() + args, extra)
+    if launch:
+        argv, env = hdbl_program() + ["launch", "--np", str(np_), *(extra or []), *args], None
+    else:
+        argv, env = local_mpirun(np_, hdbl_program() + args, extra)
     start = time.monotonic()
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)

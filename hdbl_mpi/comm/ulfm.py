@@ -11,12 +11,58 @@ closed by then.
 Healthy ranks are kept from being declared dead by Open MPI's detector thread (`mpi_ft_detector_thread`, added by
 `hdbl launch`), which sends heartbeats whatever Python is doing; the keep-alive thread in Python that did this
 before missed them under load (it needs the GIL) and was removed.
+
+mpirun's exit code cannot be trusted under ULFM: it is 0 when ranks die of a signal, rank 0 included (a rank the
+detector wrongly declared dead aborts itself; the OOM killer). And Open MPI 5.0's detector thread can crash the
+job inside MPI_Init (a heartbeat reaching a rank that is not ready: about 1 start in 8 here with the ranks'
+start-up skewed by a second). So when `hdbl launch` starts a ULFM job it sets REPORT_ENV, and rank 0 prints two
+lines for it: UP_LINE once every rank is through MPI_Init, EXIT_LINE with its exit code as the job's last line.
+The launcher starts a job that died before UP_LINE again, and turns an mpirun exit of 0 without EXIT_LINE into a
+failure (hdbl_mpi.launch.relay).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
+from typing import Any
+
+REPORT_ENV = "HDBL_REPORT_EXIT"
+UP_LINE = "hdbl train: every rank is through MPI_Init"
+EXIT_LINE = "hdbl train: rank 0 leaves with exit code"
+_EXIT_PATTERN = re.compile(rb"^" + re.escape(EXIT_LINE.encode()) + rb" (\d+)\r?$")
+
+
+def report_up(comm: Any) -> None:
+    """Under `hdbl launch` with ULFM: a barrier, then rank 0 says that every rank got through MPI_Init (nothing
+    has touched the run directory yet, so a job that died before this line can simply start again)."""
+    if os.environ.get(REPORT_ENV) == "1":
+        try:
+            comm.Barrier()
+        except Exception as err:  # mpi4py's MPI.Exception: a rank died inside MPI_Init
+            print(f"hdbl train: rank {comm.rank}: a rank died while MPI started ({err}); leaving so that "
+                  "`hdbl launch` starts the job again", file=sys.stderr, flush=True)
+            leave(0)
+        if comm.rank == 0:
+            print(f"{UP_LINE} ({comm.size} ranks)", flush=True)
+
+
+def report_exit(rank: int, code: int) -> None:
+    """On rank 0 of a job `hdbl launch` started under ULFM, print the exit code for the launcher to check."""
+    if rank == 0 and os.environ.get(REPORT_ENV) == "1":
+        print(f"{EXIT_LINE} {code}", flush=True)
+
+
+def reported_up(line: bytes) -> bool:
+    """Whether `line` (one line of the job's output) is rank 0's UP_LINE."""
+    return line.startswith(UP_LINE.encode())
+
+
+def reported_exit(line: bytes) -> int | None:
+    """The exit code rank 0 reported in `line` (one line of the job's output), or None."""
+    match = _EXIT_PATTERN.match(line)
+    return int(match.group(1)) if match else None
 
 
 def leave(code: int) -> None:

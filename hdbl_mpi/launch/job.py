@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from hdbl_mpi.comm.ulfm import REPORT_ENV
 from hdbl_mpi.config import Config, add_train_arguments, has_server, load_run_config, required_ranks
 from hdbl_mpi.launch.commands import (
     LAUNCHERS,
@@ -24,6 +25,7 @@ from hdbl_mpi.launch.commands import (
     ulfm_args,
 )
 from hdbl_mpi.launch.hosts import Hosts, hosts_from_slurm, parse_hostfile, parse_hosts_arg
+from hdbl_mpi.launch.relay import run_reporting
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +119,7 @@ def prepare(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
             notes.append(f"{np} ranks ({why}) on this host's {cores} cores: adding --oversubscribe")
         else:
             notes.append(f"{np} ranks ({why}) on this host")
-    env = {}
+    env = {REPORT_ENV: "1"} if config_flags and args.launcher == "mpirun" else {}  # see hdbl_mpi.launch.relay
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -142,7 +144,8 @@ def prepare(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
 
 
 def launch(args: argparse.Namespace) -> int:
-    """Print the command (and the checks behind it), then replace this process with the launcher."""
+    """Print the command (and the checks behind it), then replace this process with the launcher (a ULFM job
+    runs it as a child instead, whose real exit code hdbl_mpi.launch.relay finds)."""
     argv, env, notes = prepare(args)
     for note in notes:
         print(f"hdbl launch: {note}", file=sys.stderr)
@@ -150,5 +153,7 @@ def launch(args: argparse.Namespace) -> int:
         print(shlex.join(argv))
         return 0
     print("+ " + shlex.join(argv), file=sys.stderr, flush=True)
+    if env.get(REPORT_ENV) == "1":  # ULFM: mpirun's exit code cannot be trusted, rank 0's report is checked
+        return run_reporting(argv, env)
     os.execvpe(argv[0], argv, env)
     return 0  # not reached

@@ -115,16 +115,15 @@ def test_asp_goes_on_without_a_stalled_worker(tmp_path):
 def test_ulfm_asp_survives_a_lost_worker(tmp_path, crash):
     """With ps.fault_tolerance=ulfm (mpirun --with-ft ulfm + heartbeat), the server notices a dead worker, drops
     it and finishes the run with the survivors; the summary says who was lost. mpirun's exit code does not
-    tell (0 after a SIGKILL, the worker's code after an exit), so the summary must."""
-    from hdbl_mpi.launch.commands import ulfm_args
-
-    # 10 s: importing torch holds the GIL for seconds with 4 ranks on 2 cores, and the detector must not take
-    # that silence for a death. A SIGKILL is noticed at once anyway; an exit(3) after up to 10 s.
+    tell (0 after a SIGKILL, the worker's code after an exit), so the summary must, and `hdbl launch` ends with
+    the code rank 0 reported."""
+    # A SIGKILL is noticed at once; an exit(3) after up to ps.ft_detector_timeout_s.
     run = run_train(4, tmp_path / crash, ["dual.workers=3", "train.epochs=4", "ps.fault_tolerance=ulfm",
                                           "ps.ft_detector_timeout_s=10", "debug.raise_on_rank=2",
                                           "debug.raise_at_commit=2", f"debug.crash={crash}"],
-                    timeout=120, extra=ulfm_args(10.0))
+                    timeout=180, launch=True)
     assert (tmp_path / crash / "summary.json").is_file(), run.output
+    assert run.returncode == 0, run.output[-3000:]  # rank 0 finished the run; mpirun said 0 or the worker's 3
     s = run.summary()
     assert [w["rank"] for w in s["lost_workers"]] == [2], run.output
     assert "rank 2 failed" in run.output and "going on with 2 worker(s)" in run.output
@@ -132,17 +131,27 @@ def test_ulfm_asp_survives_a_lost_worker(tmp_path, crash):
     assert s["final_top1"] is not None and s["epochs_completed"] == 4
 
 
+def test_a_ulfm_job_whose_server_dies_fails_although_mpirun_says_0(tmp_path):
+    """Under ULFM mpirun ends with 0 when ranks die of a signal: the server SIGKILLed at its third merge must
+    still make `hdbl launch` fail (a worker that loses its server ends the job, and had it not, the launcher's
+    check of rank 0's report would: tests/unit/test_launch.py)."""
+    run = run_train(3, tmp_path / "server", ["dual.workers=2", "train.epochs=3", "ps.fault_tolerance=ulfm",
+                                             "debug.raise_on_rank=0", "debug.raise_at_commit=3", "debug.crash=kill"],
+                    timeout=180, launch=True)
+    assert "injected failure (debug.raise_on_rank=0) at merged commit 3" in run.output, run.output[-3000:]
+    assert run.returncode != 0 and not (tmp_path / "server" / "summary.json").exists(), run.output[-3000:]
+    assert "rank 0 leaves with exit code" not in run.output
+
+
 def test_ulfm_replans_the_data_shares_for_the_survivors(tmp_path):
     """Losing the only small-batch worker of a dual-batch run: the two large-batch survivors get a plan for
     D * 2/3 samples over 2 workers (d_L = 342, 5 steps of 64), so their 3 commits per epoch cover the data set
     once; before the loss a large commit was d_L = round(1.1 * 1024 / 3) = 375 (6 steps)."""
-    from hdbl_mpi.launch.commands import ulfm_args
-
     run = run_train(4, tmp_path / "replan", ["dual.workers=3", "dual.small=1", "dual.time_a=0.0012",
                                              "dual.time_b=0.004", "dual.extra_time=1.1", "train.epochs=4",
                                              "ps.fault_tolerance=ulfm", "ps.ft_detector_timeout_s=10",
                                              "debug.raise_on_rank=1", "debug.raise_at_commit=2", "debug.crash=kill"],
-                    timeout=120, extra=ulfm_args(10.0))
+                    timeout=180, launch=True)
     assert (tmp_path / "replan" / "summary.json").is_file(), run.output
     s = run.summary()
     (change,) = [c for c in s["replans"] if c.get("reason") == "lost rank(s) [1]"]
@@ -179,7 +188,7 @@ def test_ulfm_demo_sized_job_loses_exactly_the_killed_worker_and_exits_promptly(
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[2])
     ended = time.time()
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
+    assert proc.returncode == 0 and (run_dir / rundir.SUMMARY).is_file(), (proc.returncode, out[-6000:])
     summary = json.loads((run_dir / rundir.SUMMARY).read_text())
     assert [w["rank"] for w in summary["lost_workers"]] == [2], out[-4000:]
     assert "reported dead by someone else" not in out and summary["epochs_completed"] == 3

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from hdbl_mpi.comm.placement import gpu_slot, launcher_local_rank
+from hdbl_mpi.comm.ulfm import EXIT_LINE, REPORT_ENV, UP_LINE
 from hdbl_mpi.launch import commands
 from hdbl_mpi.launch.commands import Launch, build_command
 from hdbl_mpi.launch.hosts import (
@@ -24,6 +27,7 @@ from hdbl_mpi.launch.hosts import (
 from hdbl_mpi.launch.job import add_arguments, prepare
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"  # dual.workers = 4: 5 ranks
+ROOT = CONFIG.parents[1]
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -254,5 +258,78 @@ def test_a_ulfm_config_gets_the_fault_tolerance_flags(fake_mpis):
     assert "--with-ft ulfm --mca mpi_ft_detector true --mca mpi_ft_detector_thread true " in text
     assert "--mca mpi_ft_detector_period 2 " in text
     assert "--mca mpi_ft_detector_timeout 8 --mca async_mpi_finalize true" in text
-    plain, _, _ = prepare(launch_args("train", str(CONFIG)), {})
-    assert "--with-ft" not in plain
+    plain, plain_env, _ = prepare(launch_args("train", str(CONFIG)), {})
+    assert "--with-ft" not in plain and REPORT_ENV not in plain_env
+    _, env, _ = prepare(launch_args("train", str(CONFIG), "--set", "ps.fault_tolerance=ulfm"), {})
+    assert env[REPORT_ENV] == "1" and f"-x {REPORT_ENV}" in text  # rank 0 reports its exit code to hdbl launch
+
+
+RELAY = "import sys; from hdbl_mpi.launch.relay import run_reporting; sys.exit(run_reporting(sys.argv[1:], {}))"
+
+
+def relayed(script: str, **kwargs) -> subprocess.CompletedProcess:
+    """`hdbl launch`'s ULFM relay running `sh -c script` in place of mpirun, in a process of its own."""
+    return subprocess.run([sys.executable, "-c", RELAY, "sh", "-c", script], capture_output=True, timeout=30,
+                          cwd=ROOT, **kwargs)
+
+
+UP = f"echo '{UP_LINE} (5 ranks)'"
+
+
+@pytest.mark.parametrize("script, code, unreported", [
+    (f"{UP}; printf 'epoch 1\\r50%%\\n{EXIT_LINE} 0\\n'", 0, False),  # rank 0 said 0, mpirun said 0
+    (f"{UP}; echo '{EXIT_LINE} 75'", 75, False),  # stopped with a checkpoint (mpirun: 0 for ranks gone without it)
+    (f"{UP}; echo '{EXIT_LINE} 0'; exit 3", 0, False),  # a worker lost with exit(3): the run ended well
+    (f"{UP}; echo 'hdbl train: 5 ranks'", 1, True),  # mpirun 0 but rank 0 never reported: killed
+    ("exit 2", 2, False),  # mpirun failed to start the job: not started again
+    (f"{UP}; exit 1", 1, False),  # aborted (MPI_Abort): mpirun's code
+    ("kill -KILL $$", 137, False),  # mpirun itself killed: the shell's 128 + signal
+])
+def test_the_ulfm_relay_ends_with_rank_0s_code_not_mpiruns_zero(script, code, unreported):
+    proc = relayed(script)
+    assert proc.returncode == code, proc.stderr
+    assert ("never reported its exit code" in proc.stderr.decode()) == unreported
+    assert b"starting it again" not in proc.stderr
+
+
+def test_a_ulfm_job_that_died_inside_mpi_init_is_started_again(tmp_path):
+    """mpirun ended with 0 before rank 0 said every rank was up (Open MPI's detector thread crashed the ranks
+    inside MPI_Init): started again, said on stderr, at most three times in all."""
+    count = tmp_path / "starts"
+    second_time_lucky = (f"echo x >> {count}; [ $(wc -l < {count}) -ge 2 ] || exit 0; "
+                         f"{UP}; echo '{EXIT_LINE} 0'")
+    proc = relayed(second_time_lucky)
+    assert proc.returncode == 0 and count.read_text().count("x") == 2, proc.stderr
+    assert proc.stderr.decode().count("starting it again, attempt 2 of 3") == 1
+    count.unlink()
+    proc = relayed(f"echo x >> {count}; exit 0")  # never comes up: three starts, then the failure
+    assert proc.returncode == 1 and count.read_text().count("x") == 3
+    assert "never reported its exit code" in proc.stderr.decode()
+
+
+def test_the_ulfm_relay_copies_output_byte_for_byte_and_passes_signals_on(tmp_path):
+    """What mpirun writes reaches the user unchanged (carriage returns of a progress bar included), and SIGUSR1
+    sent to `hdbl launch` (SLURM's warning, via hdbl.sbatch) reaches mpirun."""
+    ready = tmp_path / "ready"
+    script = (f"trap 'echo got USR1; echo \"{EXIT_LINE} 75\"; exit 0' USR1; printf 'a\\rb\\n'; touch {ready}; "
+              "while :; do sleep 0.1; done")
+    proc = subprocess.Popen([sys.executable, "-c", RELAY, "sh", "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    deadline = time.monotonic() + 20
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 75, err
+    assert out == f"a\rb\ngot USR1\n{EXIT_LINE} 75\n".encode()
+
+
+def test_the_ulfm_relay_kills_an_mpirun_left_without_ranks():
+    """prterun can deadlock after a failure under ULFM (every rank gone, deaf to SIGTERM): once the launcher has
+    had no child process for the grace time, it is killed and the launch fails instead of hanging."""
+    relay = "import sys; from hdbl_mpi.launch.relay import run_reporting; sys.exit(run_reporting(sys.argv[1:], {}, 2))"
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", relay, "sh", "-c", f"{UP}; trap '' TERM; exec sleep 60"],
+                          capture_output=True, timeout=30, cwd=ROOT)
+    assert proc.returncode == 137 and "mpirun has not (an Open MPI hang" in proc.stderr.decode(), proc.stderr
+    assert time.monotonic() - started < 15
