@@ -8,6 +8,7 @@ writes (rank 0); the others keep the same state so a checkpoint holds what every
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from hdbl_mpi.run.progress import Progress
 from hdbl_mpi.run.rankstate import RankState, prune_rank_states, save_rank_states
 from hdbl_mpi.run.records import EpochRow, Outcome, from_mapping
 from hdbl_mpi.run.scalars import Scalars
+from hdbl_mpi.run.writer import BackgroundWriter
 
 
 @dataclass
@@ -106,6 +108,8 @@ class EpochBook:
         self.vector_layout = vector_layout  # names and shapes of the checkpointed vector (train.init_from reads it)
         self.progress, self.scalars = progress, scalars
         self.stopper = EarlyStopping(policy.patience, policy.min_delta)
+        self._writer: BackgroundWriter | None = None  # started by the first checkpoint
+        self.write_seconds: list[float] = []  # how long each checkpoint took to write, in the writer thread
         if state.early_stopping:
             self.stopper.load_state_dict(state.early_stopping)
 
@@ -163,14 +167,22 @@ class EpochBook:
              at: int = 0) -> None:
         """Checkpoint `vector` (the global weights) with `state` (this book's and the mode's counters) and, when
         given, every training rank's own state at `at` (rank files first, then checkpoint.pt naming them, then the
-        older rank files go: a crash at any point leaves a checkpoint.pt whose rank files match)."""
+        older rank files go: a crash at any point leaves a checkpoint.pt whose rank files match). The files are
+        written in the background (run/writer.py): `vector` must be a copy nothing changes later; close() waits."""
         if not self.writer:
             return
-        extra: dict[str, Any] = {"flat_layout": self.vector_layout} if self.vector_layout else {}
-        if ranks:
-            extra["rank_states"] = save_rank_states(self.run_dir, at, ranks)
-        rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT, vector, {**state, **extra})
-        prune_rank_states(self.run_dir, at if ranks else None)
+        state = copy.deepcopy(state)  # the live counters move on while the writer works
+
+        def write() -> None:
+            extra: dict[str, Any] = {"flat_layout": self.vector_layout} if self.vector_layout else {}
+            if ranks:
+                extra["rank_states"] = save_rank_states(self.run_dir, at, ranks)
+            rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT, vector, {**state, **extra})
+            prune_rank_states(self.run_dir, at if ranks else None)
+
+        if self._writer is None:
+            self._writer = BackgroundWriter(self.write_seconds)
+        self._writer.submit(write)
 
     def outcome(self, mode: str, train_time_s: float, wall_time_s: float, epochs_completed: int,
                 resume_policy: str) -> Outcome:
@@ -188,6 +200,15 @@ class EpochBook:
         )
 
     def close(self) -> None:
+        """Wait for the checkpoint being written (its failure is raised here), close the terminal and scalars."""
+        try:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        finally:
+            self._close_outputs()
+
+    def _close_outputs(self) -> None:
         if self.progress is not None:
             self.progress.close()
         if self.scalars is not None:
