@@ -77,7 +77,7 @@ def _resume_auto(config_path: str | None, overrides: list[str], run_dir: str | N
     chosen = run_dir or load_run_config(config_path, overrides, None).run.dir
     if not chosen:
         raise ConfigError("--resume auto needs the run directory: pass --run-dir DIR (or set run.dir in the config).")
-    if (Path(chosen) / rundir.SUMMARY).is_file():
+    if rundir.finished(Path(chosen)):
         raise AlreadyFinished(f"{chosen} already finished (its summary.json exists); nothing to resume.")
     if (Path(chosen) / rundir.CHECKPOINT).is_file():
         return chosen, chosen

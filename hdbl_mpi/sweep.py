@@ -189,7 +189,7 @@ def run_one(config: str | None, spec: RunSpec, out: Path, common: list[str], lau
     """Run `spec` unless its summary exists (timeout_s 0: no limit); "done ...", "skipped (finished)" or
     "failed (...)"."""
     run_dir = out / "runs" / spec.name
-    if (run_dir / rundir.SUMMARY).is_file():
+    if rundir.finished(run_dir):
         return "skipped (finished)"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run: start it again
@@ -246,7 +246,8 @@ export HDBL_PROGRESS=lines
 export OMP_NUM_THREADS="${{SLURM_CPUS_PER_TASK:-1}}"
 eval "set -- $(sed -n "${{SLURM_ARRAY_TASK_ID}}p" {manifest})"
 run_dir="$1"; shift
-[ -f "$run_dir/{rundir.SUMMARY}" ] && {{ echo "finished already: $run_dir"; exit 0; }}
+[ -f "$run_dir/{rundir.SUMMARY}" ] && ! grep -q '"{rundir.INCOMPLETE}"' "$run_dir/{rundir.SUMMARY}" && \
+    {{ echo "finished already: $run_dir"; exit 0; }}
 # As launchers/slurm/hdbl.sbatch: pass SLURM's warning on, requeue a run stopped with a checkpoint (code 75).
 {train} --run-dir "$run_dir" --resume auto "$@" &
 job=$!
@@ -286,7 +287,7 @@ def collect(specs: list[RunSpec], out: Path) -> list[RunResult]:
     rows = []
     for spec in specs:
         run_dir = out / "runs" / spec.name
-        if not (run_dir / rundir.SUMMARY).is_file():
+        if not rundir.finished(run_dir):
             continue
         run = load_run(run_dir)
         o, plan, extra = run.summary.outcome, run.summary.facts.plan, run.summary.extra

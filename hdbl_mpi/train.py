@@ -41,9 +41,7 @@ def train(shared: SharedConfig, resume: bool, verbose: bool, plan_only: bool = F
         if setup.world.rank == 0:
             print(result.line(STOP.name()), flush=True)
         return EXIT_STOPPED
-    if result is not None:
-        finish(setup, result)
-    return 0
+    return finish(setup, result) if result is not None else 0
 
 
 def print_plan(setup: RunSetup) -> None:
@@ -56,8 +54,9 @@ def print_plan(setup: RunSetup) -> None:
              else ""), flush=True)
 
 
-def finish(setup: RunSetup, result: RunResult) -> None:
-    """Write summary.json and print the run's last line (or end the job with the result's abort code)."""
+def finish(setup: RunSetup, result: RunResult) -> int:
+    """Write summary.json and print the run's last line (or end the job with the result's abort code); return
+    the exit code: 0, or 1 for a run that ended incomplete (its summary says why)."""
     summary = Summary(result.outcome, run_facts(setup), result.figures)
     path = setup.run_dir / rundir.SUMMARY
     rundir.write_summary(path, summary)
@@ -65,5 +64,10 @@ def finish(setup: RunSetup, result: RunResult) -> None:
         print(f"hdbl train: {result.abort_reason}", file=sys.stderr, flush=True)
         MPI.COMM_WORLD.Abort(result.abort_code)
     o = result.outcome
+    if result.incomplete:
+        print(f"hdbl train: incomplete: {result.incomplete} The weights merged so far reach top-1 "
+              f"{o.final_top1:.4f}; summary (marked incomplete): {path}", file=sys.stderr, flush=True)
+        return 1
     print(f"hdbl train: done: final top-1 {o.final_top1:.4f}, best {o.best_top1:.4f}, train {o.train_time_s:.1f} s, "
           f"eval {o.eval_time_s:.1f} s, wall {o.wall_time_s:.1f} s; {result.done} -> {path}", flush=True)
+    return 0

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 FAULT_TOLERANCE = ("abort", "ulfm")  # ps.fault_tolerance
 
 
+class EveryWorkerLost(HdblError):
+    """ULFM: the last worker died. The server has checkpointed; it evaluates the weights and writes a summary
+    marked incomplete (run/rundir.py: INCOMPLETE), then ends the job with code 1."""
+
+
 class _RunLength(Protocol):
     total: int  # commits the run will merge
 
@@ -162,12 +167,13 @@ class Failures:
             roster.stalled.discard(w)
             s.state.lost_workers.append({"rank": w, "at_commit": s.state.merged,
                                          "error_class": err.Get_error_class()})
-            s.line(f"rank {w} failed ({err.Get_error_string().strip()}): going on with {len(roster.alive())} "
-                   "worker(s); the survivors take over its commits")
-        if not roster.alive():  # keep what was merged: a checkpoint at this commit, then stop
+            left = len(roster.alive())
+            s.line(f"rank {w} failed ({err.Get_error_string().strip()}): " + (
+                f"going on with {left} worker(s); the survivors take over its commits" if left else "no worker left"))
+        if not roster.alive():  # keep what was merged: a checkpoint at this commit, then a summary and stop
             s.save_now()
-            raise HdblError(f"every worker failed; the run cannot go on. It was checkpointed at commit "
-                            f"{s.state.merged}: resume it with --resume {s.run_dir}.")
+            raise EveryWorkerLost(f"every worker was lost at commit {s.state.merged} of {s.epochs.total}; the run "
+                                  f"was checkpointed there: resume it with --resume {s.run_dir}.")
         change = s.assign.survivors(roster.alive(), f"lost rank(s) {sorted(roster.lost)}")
         if isinstance(change, str):
             s.line(change)

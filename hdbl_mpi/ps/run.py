@@ -13,10 +13,12 @@ from hdbl_mpi.config import Config
 from hdbl_mpi.plan import Plan
 from hdbl_mpi.ps.assign import Assignments
 from hdbl_mpi.ps.evaluator import Evaluator
+from hdbl_mpi.ps.failures import EveryWorkerLost
 from hdbl_mpi.ps.server import Server
 from hdbl_mpi.ps.shards import serve_shard
 from hdbl_mpi.ps.state import ServerState
 from hdbl_mpi.ps.worker import Worker
+from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import RunResult, Stopped
 from hdbl_mpi.run.records import from_mapping
 from hdbl_mpi.startup import RunSetup
@@ -67,8 +69,13 @@ def _serve(setup: RunSetup, timeout_s: float) -> RunResult | Stopped:
     if setup.restored and "outer_velocity" in setup.restored:
         server.own.velocity = setup.restored["outer_velocity"].clone()
     server.line(_start_line(setup))
+    lost = None
     try:
         server.serve()
+    except EveryWorkerLost as err:
+        lost = str(err)
+        server.line(f"hdbl train: {lost} Evaluating the weights merged so far for the summary.")
+        server.end_without_workers()
     finally:
         server.close()
     if server.epochs.interrupted:
@@ -80,7 +87,9 @@ def _serve(setup: RunSetup, timeout_s: float) -> RunResult | Stopped:
                                          state.merged // server.per_epoch, policy)
     result = RunResult(outcome, server.mode_figures(), f"{state.merged} commits")
     stalled = sorted(server.roster.stalled)
-    if stalled:  # finished without them; they cannot be waited for at MPI_Finalize
+    if lost is not None:  # a summary that says what the weights are worth, marked so that the run is resumed
+        result.figures[rundir.INCOMPLETE] = result.incomplete = lost
+    elif stalled:  # finished without them; they cannot be waited for at MPI_Finalize
         result.abort_code = 3
         result.abort_reason = (f"finished without stalled rank(s) {stalled} (see summary.json); ending the job with "
                                "code 3 because they never returned")

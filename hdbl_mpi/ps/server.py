@@ -40,7 +40,7 @@ from hdbl_mpi.plan import Plan
 from hdbl_mpi.ps.assign import Assignments
 from hdbl_mpi.ps.balance import balance_report, group_times
 from hdbl_mpi.ps.epochs import ServerEpochs
-from hdbl_mpi.ps.evaluator import Evaluator
+from hdbl_mpi.ps.evaluator import FINAL, Evaluator
 from hdbl_mpi.ps.failures import Failures, is_process_failure
 from hdbl_mpi.ps.policy import make_policy
 from hdbl_mpi.ps.shards import OP_REPLY, Layout, ShardFanout, ShardMath
@@ -132,10 +132,20 @@ class Server:
             self._idle(last_heard)
             backoff.pause()
         self.epochs.save_when_recorded(force=True)
+        self._wind_up()
+
+    def _wind_up(self) -> None:
+        """The end of serving: the shard servers told, the commit log closed, the trace written, evaluations in."""
         self.shard_servers = self.fanout.finish()
         self.commit_log.close()
         write_trace(self.run_dir / rundir.TRACE, rundir.read_commits(self.run_dir / rundir.COMMITS))
         self.epochs.collect(self.epochs.evaluator.finish(self.timeout_s))
+
+    def end_without_workers(self) -> None:
+        """Every worker lost (ULFM), the checkpoint written: evaluate the weights merged so far as the final
+        model, so that the summary says what they are worth, and wind up as at a normal end."""
+        self.epochs.evaluator.submit(FINAL, self.snapshot(), self.schedule.resolutions[-1])
+        self._wind_up()
 
     def _handle(self, src: int, tag: int) -> None:
         if tag == TAG_PUSH_HEADER:

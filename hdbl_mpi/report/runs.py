@@ -55,6 +55,8 @@ def load_run(path: str | Path) -> Run:
                 else "the run directory is incomplete")
         raise HdblError(f"{p} has no {' and no '.join(missing)}: {hint}. Report finished runs only.")
     summary = rundir.read_summary(p / rundir.SUMMARY)
+    if summary.extra.get(rundir.INCOMPLETE):
+        raise HdblError(f"{p} did not finish: {summary.extra[rundir.INCOMPLETE]} Report finished runs only.")
     config = yaml.safe_load((p / rundir.CONFIG).read_text()) if (p / rundir.CONFIG).is_file() else {}
     return Run(p, p.name, summary, rundir.read_epochs(p / rundir.EPOCHS), config or {})
 

@@ -31,6 +31,7 @@ class RunResult:
     done: str  # what the run did, for the final line: "32 commits", "16 synchronisations"
     abort_code: int | None = None  # end the job with this code after the summary (ranks that cannot finalize)
     abort_reason: str = ""
+    incomplete: str = ""  # why the run ended before its end (every worker lost): exit code 1, resumable
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,21 @@ def write_summary(path: Path, summary: Summary) -> None:
     write_json(path, summary.to_dict())
 
 
+INCOMPLETE = "incomplete"  # summary.json key of a run that ended early and can be resumed (every worker lost)
+
+
+def finished(run_dir: Path) -> bool:
+    """Whether the run in `run_dir` has ended for good: a summary.json without INCOMPLETE. A run whose every
+    worker was lost writes a summary with its checkpoint, and is still to be resumed (--resume auto, sweeps)."""
+    path = Path(run_dir) / SUMMARY
+    if not path.is_file():
+        return False
+    try:
+        return not json.loads(path.read_text()).get(INCOMPLETE)
+    except ValueError:
+        return False  # a summary being written or damaged: not a finished run
+
+
 def read_summary(path: Path) -> Summary:
     """summary.json as a :class:`Summary`; an unreadable or incomplete file is an HdblError naming it."""
     from hdbl_mpi.errors import HdblError

@@ -143,6 +143,33 @@ def test_a_ulfm_job_whose_server_dies_fails_although_mpirun_says_0(tmp_path):
     assert "rank 0 leaves with exit code" not in run.output
 
 
+def test_a_ulfm_run_that_loses_every_worker_writes_a_checkpoint_and_an_incomplete_summary(tmp_path):
+    """The only worker SIGKILLed under ULFM: the server checkpoints, evaluates the weights merged so far, writes
+    summary.json marked incomplete (so `hdbl report` refuses it and --resume auto continues it) and the job ends
+    with code 1; resuming finishes the run."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "alone"
+    run = run_train(2, run_dir, ["dual.workers=1", "train.epochs=3", "ps.fault_tolerance=ulfm",
+                                 "debug.raise_on_rank=1", "debug.raise_at_commit=2", "debug.crash=kill"],
+                    timeout=180, launch=True)
+    assert run.returncode == 1, run.output[-3000:]
+    assert "every worker was lost at commit 1 of 3" in run.output, run.output[-3000:]
+    s = run.summary()
+    assert s[rundir.INCOMPLETE].startswith("every worker was lost at commit 1 of 3") and not rundir.finished(run_dir)
+    assert [w["rank"] for w in s["lost_workers"]] == [1] and s["commits_total"] == 1
+    assert 0.0 <= s["final_top1"] <= 1.0
+    assert rundir.load_checkpoint(run_dir / rundir.CHECKPOINT)[1]["merged"] == 1
+    report = subprocess.run([sys.executable, "-m", "hdbl_mpi.cli", "report", str(run_dir)], capture_output=True,
+                            text=True, timeout=60)
+    assert report.returncode == 2 and "did not finish: every worker was lost" in report.stderr
+    resumed = run_train(2, run_dir, ["debug.raise_on_rank=-1"], resume=True, timeout=180, launch=True)
+    assert resumed.returncode == 0, resumed.output[-3000:]
+    done = resumed.summary()
+    assert rundir.INCOMPLETE not in done and done["commits_total"] == 3 and rundir.finished(run_dir)
+
+
 def test_ulfm_replans_the_data_shares_for_the_survivors(tmp_path):
     """Losing the only small-batch worker of a dual-batch run: the two large-batch survivors get a plan for
     D * 2/3 samples over 2 workers (d_L = 342, 5 steps of 64), so their 3 commits per epoch cover the data set

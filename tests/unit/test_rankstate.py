@@ -3,6 +3,7 @@ the server's bookkeeping of the states a checkpoint waits for; the stop signals;
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -158,3 +159,22 @@ def test_resume_auto_starts_an_empty_directory_and_continues_one_with_a_checkpoi
     with pytest.raises(AlreadyFinished, match="already finished") as err:
         read_config(None, [], "auto", str(run))
     assert err.value.exit_code == 0
+
+
+def test_a_run_that_lost_every_worker_is_not_finished_and_resume_auto_continues_it(tmp_path):
+    """Its summary.json says what the weights were worth, marked incomplete: --resume auto and sweeps treat it
+    as a run to continue, not a finished one (`hdbl report` refusing it: test_faults_mpi.py)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / rundir.CONFIG).write_text("train:\n  epochs: 7\ndual:\n  batch_large: 32\n")
+    (run / rundir.CHECKPOINT).write_bytes(b"x")
+    (run / rundir.EPOCHS).write_text("")
+    reason = "every worker was lost at commit 5 of 28; the run was checkpointed there: resume it with --resume run."
+    (run / rundir.SUMMARY).write_text(json.dumps({rundir.INCOMPLETE: reason}))
+    assert not rundir.finished(run)
+    _, _, checkpoint, _ = read_config(None, [], "auto", str(run))
+    assert checkpoint == run / rundir.CHECKPOINT
+    (run / rundir.SUMMARY).write_text(json.dumps({"final_top1": 0.5}))
+    assert rundir.finished(run)
+    (run / rundir.SUMMARY).write_text("{\"final_top1\": 0.")  # being written: not finished
+    assert not rundir.finished(run)
