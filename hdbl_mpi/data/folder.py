@@ -32,10 +32,12 @@ log = logging.getLogger(__name__)
 
 
 class _FolderDataset(Dataset):
-    """Map-style dataset whose item key is (file index, resolution).
+    """Map-style dataset whose item key is (file index, resolution, augmentation seed).
 
     Carrying the resolution in the key, instead of in an attribute, lets persistent DataLoader workers serve
     any resolution without being restarted, and no worker can apply a stale resolution after a stage change.
+    The seed, drawn in the main process from the loader's checkpointed generator, decides the sample's crop and
+    flip, so a resumed loader repeats them exactly whichever worker process decodes the file.
     A file that fails to decode gives a zero image and the reason instead of an exception, so one bad file does
     not kill the worker; the loader replaces the sample.
     """
@@ -59,23 +61,25 @@ class _FolderDataset(Dataset):
             self._transforms[resolution] = T.Compose([*steps, T.ToTensor(), T.Normalize(self.mean, self.std)])
         return self._transforms[resolution]
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, str]:
-        index, resolution = key
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, int, str]:
+        index, resolution, seed = key
         try:
             with Image.open(self.files[index]) as image:
                 rgb = image.convert("RGB")  # greyscale, CMYK and palette images all become 3 channels
         except Exception as exc:  # see _header_problem on catching everything PIL raises
             return torch.zeros(3, resolution, resolution), self.labels[index], f"{type(exc).__name__}: {exc}"
-        return self._transform(resolution)(rgb), self.labels[index], ""
+        with torch.random.fork_rng(devices=[]):  # torchvision draws from the global RNG: seed it, then restore
+            torch.manual_seed(seed)
+            return self._transform(resolution)(rgb), self.labels[index], ""
 
 
 class _PlanSampler:
     """Batch sampler replaying a plan set in the main process before each pass of the DataLoader."""
 
     def __init__(self) -> None:
-        self.plan: list[list[tuple[int, int]]] = []
+        self.plan: list[list[tuple[int, int, int]]] = []
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         return iter(self.plan)
 
     def __len__(self) -> int:
@@ -97,8 +101,8 @@ class TorchvisionFolderLoader:
     resize to resolution / 0.875 and centre crop.
 
     ``mean``/``std`` are per-channel in [0, 1] units. Decoding runs in ``num_threads`` persistent worker
-    processes (0 = in the calling process). The file choice is reproducible from ``seed``; the crop/flip draws
-    come from torch's RNG in the worker processes (seeded from ``seed``), or from the global RNG with 0 workers.
+    processes (0 = in the calling process). The file choice and every sample's crop/flip come from one generator
+    seeded with ``seed`` and kept in :meth:`state_dict`, so a resumed loader continues the stream exactly.
     Give each training process its own ``seed``, or they all train on the same samples.
 
     A file that fails to decode is counted in :attr:`skipped`, recorded in :attr:`skipped_files`, never drawn
@@ -149,15 +153,15 @@ class TorchvisionFolderLoader:
 
     def _iterate(self, steps: int | None, batch: int, resolution: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if steps is not None:  # training (check_request made sure)
-            chosen = self._draw(steps * batch)
+            chosen = self._draw(steps * batch).tolist()
+            seeds = self._seeds(steps * batch)
             self._sampler.plan = [
-                [(int(i), resolution) for i in chosen[s * batch : (s + 1) * batch]] for s in range(steps)
+                [(chosen[k], resolution, seeds[k]) for k in range(s * batch, (s + 1) * batch)] for s in range(steps)
             ]
         else:
             count = len(self.index.files)
-            self._sampler.plan = [
-                [(i, resolution) for i in range(start, min(start + batch, count))] for start in range(0, count, batch)
-            ]
+            starts = range(0, count, batch)
+            self._sampler.plan = [[(i, resolution, 0) for i in range(a, min(a + batch, count))] for a in starts]
         plan = self._sampler.plan
         for keys, (inputs, labels, errors) in zip(plan, self._loader, strict=True):  # the loader keeps plan order
             failed = [pos for pos, error in enumerate(errors) if error]
@@ -166,13 +170,17 @@ class TorchvisionFolderLoader:
             yield inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def state_dict(self) -> dict[str, Any]:
-        """The file order's generator and the files still in use. The crop/flip draws happen in the loader's
-        worker processes and are not part of it: a resumed run draws other augmentations (docs/reliability.md)."""
+        """The generator every file choice and crop/flip seed comes from, and the files still in use: a loader
+        given this state yields exactly what this one yields next."""
         return {"generator": self._generator.get_state(), "usable": self._usable.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._generator.set_state(state["generator"])
         self._usable = state["usable"].clone()
+
+    def _seeds(self, count: int) -> list[int]:
+        """One augmentation seed per sample, from the checkpointed generator."""
+        return torch.randint(0, 2**62, (count,), generator=self._generator).tolist()
 
     def _draw(self, count: int) -> torch.Tensor:
         """``count`` file indices from chained fresh permutations of the usable files."""
@@ -187,7 +195,7 @@ class TorchvisionFolderLoader:
         self,
         inputs: torch.Tensor,
         labels: torch.Tensor,
-        keys: list[tuple[int, int]],
+        keys: list[tuple[int, int, int]],
         errors: Sequence[str],
         failed: list[int],
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +209,7 @@ class TorchvisionFolderLoader:
         for pos in failed:
             while True:
                 replacement = int(self._draw(1)[0])
-                image, label, error = self._dataset[(replacement, resolution)]
+                image, label, error = self._dataset[(replacement, resolution, self._seeds(1)[0])]
                 if not error:
                     inputs[pos], labels[pos] = image, label
                     break

@@ -143,6 +143,31 @@ def test_torchvision_consecutive_calls_draw_different_samples(root: Path) -> Non
     assert set(first) != set(second)
 
 
+@pytest.mark.parametrize("threads", [0, 2])
+def test_torchvision_resumes_the_stream_exactly(tmp_path: Path, threads: int) -> None:
+    """A loader restored from another's state_dict yields what that one yields next, crops and flips included
+    (they are drawn from the checkpointed generator, not from the decoding processes' own RNG)."""
+    rng = np.random.default_rng(0)
+    for name in CLASSES:  # noise images: every crop and flip shows in the pixels
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for k in range(4):
+            Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(
+                tmp_path / "train" / name / f"n{k}.png")
+    index = index_folder(tmp_path, "train")
+    first = TorchvisionFolderLoader(index, train=True, mean=MEAN, std=STD, num_threads=threads, seed=5)
+    list(first.batches(2, 4, 24))
+    state = first.state_dict()
+    expected = list(first.batches(3, 4, 24))
+    torch.manual_seed(1234)  # the process's own RNG plays no part
+    resumed = TorchvisionFolderLoader(index, train=True, mean=MEAN, std=STD, num_threads=threads, seed=99)
+    resumed.load_state_dict(state)
+    got = list(resumed.batches(3, 4, 24))
+    for (x, y), (x2, y2) in zip(expected, got, strict=True):
+        assert torch.equal(y, y2) and torch.equal(x, x2)
+    again = list(first.batches(1, 4, 24))[0][0]
+    assert not torch.equal(again, expected[0][0])  # the stream moves on
+
+
 def test_torchvision_skips_files_that_fail_to_decode(root: Path) -> None:
     """Damaged files that escaped indexing are replaced by others; the batches keep their size (DataLoader
     worker process path)."""
