@@ -340,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["train"]:
+        from hdbl_mpi.run.signals import STOP
+
+        STOP.install()  # first: a stop signal while the rank starts (SLURM's may come early) must not kill it
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -178,3 +178,21 @@ def test_a_run_that_lost_every_worker_is_not_finished_and_resume_auto_continues_
     assert rundir.finished(run)
     (run / rundir.SUMMARY).write_text("{\"final_top1\": 0.")  # being written: not finished
     assert not rundir.finished(run)
+
+
+def test_hdbl_train_takes_stop_signals_before_parsing_its_arguments():
+    """SLURM may send its warning up to a minute early, while the ranks still start: `hdbl train` installs the
+    stop handler first thing, so a signal then is a stop request, not the default action (death)."""
+    import signal
+
+    from hdbl_mpi.cli import main
+    from hdbl_mpi.run.signals import STOP
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit):
+            main(["train", "--no-such-flag"])
+        assert all(signal.getsignal(sig) == STOP._handle for sig in before)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
