@@ -7,6 +7,7 @@ import argparse
 import sys
 import traceback
 
+from hdbl_mpi.config import PRECISIONS
 from hdbl_mpi.errors import HdblError, SetupError
 
 
@@ -267,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="model-update factor of small-batch pushes (default ratio = d_S/d_L)")
     plan.add_argument("--profile", metavar="FILE", help="take a, b and B_max from this `hdbl profile` file")
     plan.add_argument("--model", default="resnet18", help="model to look up in the profile (default resnet18)")
-    plan.add_argument("--precision", default="fp32", choices=("fp32", "amp"), help="precision to look up")
+    plan.add_argument("--precision", default="fp32", choices=PRECISIONS, help="precision to look up")
     plan.add_argument("--device", help="device name to look up when the profile holds several")
     plan.add_argument("--json", action="store_true", help="print one JSON object (a stable interface)")
     plan.set_defaults(func=_plan)
@@ -275,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof = sub.add_parser("profile", help="measure step time tau(B) = a*B + b and B_max on this device")
     prof.add_argument("--model", default="resnet18", help="model name (resnet18, resnet_small)")
     prof.add_argument("--resolutions", required=True, metavar="r1,r2,...", help="image resolutions to profile")
-    prof.add_argument("--precision", default="fp32", choices=("fp32", "amp"), help="fp32, or amp (GPU only)")
+    prof.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32, amp (CUDA only) or bf16")
     prof.add_argument("--device", default="auto", help="auto (a GPU per local rank if any), cpu, cuda, cuda:N")
     prof.add_argument("--classes", type=int, default=100, help="classifier outputs (default 100)")
     prof.add_argument("--channels", type=int, default=3, help="input channels (default 3)")

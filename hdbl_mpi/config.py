@@ -21,6 +21,8 @@ import yaml
 
 from hdbl_mpi.errors import ConfigError
 
+PRECISIONS = ("fp32", "amp", "bf16")  # train.precision; what each means: hdbl_mpi/precision.py
+
 
 @dataclass
 class DataConfig:
@@ -56,6 +58,7 @@ class TrainConfig:
     threads: int = 0  # torch threads per rank; 0: this host's cores / ranks on this host
     device: str = "auto"  # auto | cpu | cuda | cuda:N (workers); the server merges on the CPU
     optimizer: str = "sgd"  # sgd (with momentum) | adamw | lars | lamb; BN and bias parameters get no weight decay
+    precision: str = "fp32"  # fp32 | amp (float16 autocast + gradient scaler, CUDA) | bf16 (bfloat16, CUDA or CPU)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw, lamb
     trust_coefficient: float = 0.001  # lars
     lr_schedule: str = "multistep"  # multistep (lr_milestones, or the schedule's stages) | cosine (lr -> min_lr)
@@ -373,6 +376,7 @@ def _validate_train(t: TrainConfig) -> None:
     _check_device(t.device, "train.device")
     _one_of(t.optimizer.lower(), OPTIMIZERS, "train.optimizer")
     _one_of(t.lr_schedule, LR_SCHEDULES, "train.lr_schedule")
+    _one_of(t.precision, PRECISIONS, "train.precision")  # amp without CUDA: refused once the device is known
     _check(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas),
            f"train.betas is {t.betas}; give two numbers in [0, 1), e.g. [0.9, 0.999].")
     _check(t.trust_coefficient > 0, f"train.trust_coefficient is {t.trust_coefficient}; it must be > 0.")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hdbl_mpi.errors import ResourceError
+from hdbl_mpi.precision import Precision
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -74,6 +75,7 @@ def train_steps(
     lr_of_step: Callable[[int], float] | None = None,
     after_step: Callable[[int, torch.Tensor, int], None] | None = None,
     check_finite: bool = True,
+    precision: Precision | None = None,
 ) -> StepStats:
     """Run `steps` optimizer steps of `batch_size` samples from `source` (see hdbl_mpi.data.sources); loss and
     accuracy are accumulated on the device and read once at the end (no per-step host sync on a GPU).
@@ -81,8 +83,11 @@ def train_steps(
     The data-parallel baselines hook in here rather than copying the loop: `exchange` averages the gradients
     between backward and step, `lr_of_step(i)` sets a per-step LR (warm-up, cosine), and `after_step(i, loss,
     samples)` runs after each step (LocalSGD's model averaging every H steps). A non-finite loss raises unless
-    `check_finite` is off (a parameter-server worker pushes it, flagged, and the server rejects the push)."""
+    `check_finite` is off (a parameter-server worker pushes it, flagged, and the server rejects the push).
+    `precision` (hdbl_mpi.precision; None: fp32) runs the forward pass under autocast and the step through its
+    gradient scaler."""
     start = time.perf_counter()
+    mixed = precision or Precision("fp32", device)
     model.train()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -91,20 +96,21 @@ def train_steps(
         if lr_of_step is not None:
             set_lr(optimizer, lr_of_step(done))
         try:
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, labels)
+            with mixed.autocast():
+                logits = model(inputs)
+                loss = F.cross_entropy(logits, labels)
             if exchange is None:
                 optimizer.zero_grad()  # set_to_none by default; Horovod's wrapper takes no arguments
             else:
                 exchange.zero_grad()
-            loss.backward()
+            mixed.backward(loss)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
             if not is_out_of_memory(err):
                 raise
             raise out_of_memory(err, batch_size, resolution, device) from None
         if exchange is not None:
             exchange.finish()
-        optimizer.step()
+        mixed.step(optimizer)
         loss_sum += loss.detach() * labels.numel()
         correct += (logits.detach().argmax(1) == labels).sum()
         done += 1

@@ -190,6 +190,10 @@ def _local(config: Config, resume: bool) -> _Local:
     torch.set_num_threads(threads_per_rank(world.local_size, config.train.threads))
     torch.manual_seed(config.train.seed)
     device, local_rank_from = place(world, config)
+    if world.is_worker:  # the ranks that train (amp needs their CUDA device); every rank exits 2 with the message
+        from hdbl_mpi.precision import check_precision
+
+        check_precision(config.train.precision, device)
     seed = config.train.seed * 1_000_003 + comm.rank * 7919 + (1 if resume else 0) * 104_729
     download_once(config, world.local_rank == 0, world.local_comm)
     data, source = open_source(config, train=world.is_worker, device=device, seed=seed)
@@ -306,7 +310,7 @@ def _stored_entries(config: Config, schedule: Schedule, stored: dict | None) -> 
 
     if stored is None:
         return [None] * len(schedule.resolutions)
-    return [lookup(stored, config.model.name, r, "fp32", config.dual.profile_device, torch.__version__)
+    return [lookup(stored, config.model.name, r, config.train.precision, config.dual.profile_device, torch.__version__)
             for r in schedule.resolutions]
 
 
@@ -316,14 +320,16 @@ def _auto_profile(config: Config, local: _Local, resolutions: list[int]) -> list
     import os
 
     from hdbl_mpi.models import build_model
+    from hdbl_mpi.optim.optimizers import optimizer_for
     from hdbl_mpi.profiling.measure import ProfileSettings, parse_bytes, profile_device
 
-    d, m, data = config.dual, config.model, local.data
+    d, m, t, data = config.dual, config.model, config.train, local.data
     budget = None
     if local.device.type == "cpu":
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         budget = parse_bytes(d.memory_budget) if d.memory_budget else total // local.world.local_size
-    settings = ProfileSettings(steps=d.profile_steps, warmup=1, memory_budget=budget,
+    settings = ProfileSettings(precision=config.train.precision, optimizer=lambda model: optimizer_for(model, t),
+                               steps=d.profile_steps, warmup=1, memory_budget=budget,
                                max_batch=min(d.profile_max_batch, _scalar(d.batch_large) or 1 << 30))
     top = resolutions[-1]
     return profile_device(
@@ -461,7 +467,7 @@ def run_facts(setup: RunSetup) -> RunFacts:
         decoding={str(rank): info.decoder for rank, info in enumerate(ranks)},
         skipped_files=sorted({f for info in ranks for f in info.skipped}),
         model={"name": setup.config.model.name, "parameters_and_buffers": setup.flat.numel,
-               "bytes": setup.flat.nbytes, "notes": setup.model_notes},
+               "bytes": setup.flat.nbytes, "notes": setup.model_notes, "precision": setup.config.train.precision},
         plan=setup.plans[resolutions[-1]].to_dict(),
         plans=plan_summary([setup.plans[r] for r in resolutions], resolutions),
         devices={str(rank): {"device": info.device, "threads": info.threads, "local_rank_from": info.local_rank_from}

@@ -41,10 +41,11 @@ from hdbl_mpi.models import set_dropout
 from hdbl_mpi.optim.optimizers import optimizer_for
 from hdbl_mpi.optim.schedules import scheduled_lr
 from hdbl_mpi.plan import round_half_up
+from hdbl_mpi.precision import Precision
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import BookPolicy, BookState, EpochBook, RunResult, Stopped
 from hdbl_mpi.run.progress import Progress
-from hdbl_mpi.run.rankstate import RankState, capture, restore
+from hdbl_mpi.run.rankstate import GRAD_SCALER, RankState, capture, restore
 from hdbl_mpi.run.records import CommitRecord, EpochRow, from_mapping
 from hdbl_mpi.run.scalars import Scalars
 from hdbl_mpi.run.signals import STOP
@@ -134,6 +135,7 @@ class PeerTrainer:
         self.comm, self.model, self.flat = setup.world.comm, setup.model, setup.flat
         self.is_root = setup.world.rank == 0
         self.optimizer = optimizer_for(self.model, self.config.train)
+        self.precision = Precision(self.config.train.precision, setup.device)
         self.exchange: Mpi4pyAllreduce | None = None
         self.horovod: HorovodAllreduce | None = None
         self.ddp: TorchDDP | None = None
@@ -167,6 +169,7 @@ class PeerTrainer:
         own state, or for a checkpoint without rank files rank 0's optimizer state (equal on all in allreduce)."""
         if mine is not None:
             restore(mine, self.optimizer, self.setup.train_source)
+            self.precision.load_state_dict(mine.extra.get(GRAD_SCALER, {}))
             if self.rounds is not None and "slow_buffer" in mine.extra:
                 self.rounds.slow_buffer = mine.extra["slow_buffer"].clone()
         elif self.state.optimizer:
@@ -188,7 +191,8 @@ class PeerTrainer:
         syncs_before = self.state.syncs
         after_step, averaging_s = self._round_hook(epoch, steps, lr_of_step)
         stats = train_steps(self.train_model, self.optimizer, self.setup.train_source, steps, batch, stage.resolution,
-                            self.setup.device, exchange=self.exchange, lr_of_step=lr_of_step, after_step=after_step)
+                            self.setup.device, exchange=self.exchange, lr_of_step=lr_of_step, after_step=after_step,
+                            precision=self.precision)
         inside, outside = averaging_s[0], 0.0  # LocalSGD's averaging happens between steps, inside stats.seconds
         if self.config.ps.mode == "allreduce":
             self.state.syncs += steps
@@ -300,7 +304,7 @@ class PeerTrainer:
         """The weights and counters, and every rank's own state (gathered to rank 0, which writes them all)."""
         st = self.state
         self.t_checkpoint = time.monotonic()
-        extra = {}
+        extra: dict[str, Any] = {GRAD_SCALER: self.precision.state_dict()}
         if self.rounds is not None:
             st.local_steps = self.rounds.strategy.state_dict()
             extra["slow_buffer"] = self.rounds.slow_buffer

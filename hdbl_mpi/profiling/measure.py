@@ -38,6 +38,7 @@ from torch import nn
 from hdbl_mpi.data import make_batch
 from hdbl_mpi.engine import is_out_of_memory
 from hdbl_mpi.errors import ConfigError, HdblError
+from hdbl_mpi.precision import PRECISIONS, Precision, check_precision
 
 __all__ = [
     "PRECISIONS",
@@ -62,7 +63,6 @@ __all__ = [
     "time_sweep",
 ]
 
-PRECISIONS = ("fp32", "amp")
 
 _CLEAR_REFS = "/proc/self/clear_refs"
 """Writing "5" here resets the process's peak RSS (VmHWM) on Linux; a module constant so tests can redirect it."""
@@ -122,8 +122,11 @@ def fit_line(x: Sequence[float], y: Sequence[float], relative: bool = False) -> 
 # ----------------------------------------------------------------------------------------- training step
 
 
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+
+
 class TrainingStep:
-    """One real SGD step of a model on a random batch of a given size: what is timed and what is measured.
+    """One real training step of a model on a random batch of a given size: what is timed and what is measured.
 
     A class rather than a closure so that the memory fallback (:func:`peak_memory` without a resettable RSS)
     can reach the model and optimizer to count their bytes. Every call reuses the same optimizer (and grad
@@ -140,14 +143,16 @@ class TrainingStep:
         precision: str,
         pool_size: int,
         seed: int,
+        optimizer: OptimizerFactory | None = None,
     ) -> None:
         self.model = model
         self.device = device
         self.precision = precision
         self.num_classes = num_classes
         self.resolution = resolution
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-        self.scaler = torch.amp.GradScaler("cuda") if precision == "amp" else None
+        self.optimizer = (optimizer(model) if optimizer is not None else  # the run's own (dual.profile: auto)
+                          torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4))
+        self.mixed = Precision(precision, device, "precision")  # the trainers' own autocast and scaler
         self.generator = torch.Generator().manual_seed(seed)
         # Images stay uint8 on the CPU, as the training data sets do, so the per-sample cost of indexing,
         # augmenting, converting and copying a batch is part of the measured slope a, as it is in training.
@@ -168,23 +173,14 @@ class TrainingStep:
             self.device, non_blocking=True
         )
         self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is None:
+        with self.mixed.autocast():
             loss = F.cross_entropy(self.model(inputs), labels)
-            loss.backward()
-            self.optimizer.step()
-        else:
-            with torch.autocast(device_type="cuda", dtype=torch.float16):
-                loss = F.cross_entropy(self.model(inputs), labels)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        self.mixed.backward(loss)
+        self.mixed.step(self.optimizer)
 
 
 def _check_precision(precision: str, device: torch.device) -> None:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision is {precision!r}; use one of {', '.join(PRECISIONS)}.")
-    if precision == "amp" and device.type != "cuda":
-        raise ConfigError("AMP profiling needs a CUDA device; use precision fp32 on the CPU.")
+    check_precision(precision, device, "precision")
 
 
 def make_training_step(
@@ -196,18 +192,20 @@ def make_training_step(
     precision: str = "fp32",
     pool_size: int = 4096,
     seed: int = 0,
+    optimizer: OptimizerFactory | None = None,
 ) -> TrainingStep:
     """`step(batch)` doing one real training step of `model` (already on `device`), as training does it.
 
     Timing a forward pass alone, or a step without the batch pipeline, would underestimate a and b and give a
     plan whose commits do not take the time it promises; so the step is the real thing: augmentation,
-    cross-entropy, backward and an SGD update (momentum 0.9, weight decay 1e-4), with AMP when asked.
+    cross-entropy, backward and an update by `optimizer(model)` (default SGD, momentum 0.9, weight decay 1e-4;
+    `dual.profile: auto` passes the run's own), at `precision` (hdbl_mpi.precision).
     """
     device = torch.device(device)
     _check_precision(precision, device)
     if pool_size < 1:
         raise ValueError(f"pool_size must be >= 1, got {pool_size}")
-    return TrainingStep(model, num_classes, in_channels, resolution, device, precision, pool_size, seed)
+    return TrainingStep(model, num_classes, in_channels, resolution, device, precision, pool_size, seed, optimizer)
 
 
 def _sync(device: torch.device | None) -> None:
@@ -584,6 +582,7 @@ def profile_resolution(
     margin: float = 0.9,
     memory_batches: Sequence[int] | None = None,
     max_batch: int = 4096,
+    optimizer: OptimizerFactory | None = None,
 ) -> dict:
     """Measure B_max and tau(B) = a*B + b for one resolution and precision; the profile entry as a dict.
 
@@ -597,11 +596,13 @@ def profile_resolution(
     method = memory_method(device)
     _check_precision(precision, device)  # before building anything
     model = model_factory().to(device)
-    step = make_training_step(model, num_classes, in_channels, resolution, device, precision)
+    step = make_training_step(model, num_classes, in_channels, resolution, device, precision, optimizer=optimizer)
     del model  # the step holds the only reference, so dropping the step frees the model
     try:
-        return _profile_step(step, resolution, device, precision, batches, steps, warmup, capacity, method, margin,
-                             memory_batches, max_batch)
+        entry = _profile_step(step, resolution, device, precision, batches, steps, warmup, capacity, method,
+                              margin, memory_batches, max_batch)
+        entry["optimizer"] = type(step.optimizer).__name__  # what the timed step ran
+        return entry
     finally:
         del step
         _release(device)
@@ -749,6 +750,7 @@ class ProfileSettings:
     margin: float = 0.9
     max_batch: int = 4096
     batches: Sequence[int] | None = None  # None: spread up to B_max
+    optimizer: OptimizerFactory | None = None  # None: SGD with momentum; dual.profile: auto gives the run's own
 
 
 def profile_device(model_factory: Callable[[int], nn.Module], model: str, num_classes: int, in_channels: int,
@@ -761,7 +763,7 @@ def profile_device(model_factory: Callable[[int], nn.Module], model: str, num_cl
         entry = profile_resolution(functools.partial(model_factory, r), num_classes, in_channels, r, device,
                                    settings.precision, batches=settings.batches, steps=settings.steps,
                                    warmup=settings.warmup, memory_budget=settings.memory_budget, margin=settings.margin,
-                                   max_batch=settings.max_batch)
+                                   max_batch=settings.max_batch, optimizer=settings.optimizer)
         entry["model"] = model
         entries.append(entry)
     return entries

@@ -41,11 +41,12 @@ from hdbl_mpi.data.sources import BatchSource
 from hdbl_mpi.engine import StepStats, set_lr, train_steps
 from hdbl_mpi.models import set_dropout
 from hdbl_mpi.optim.optimizers import optimizer_for
+from hdbl_mpi.precision import Precision
 from hdbl_mpi.ps.assign import Assignment
 from hdbl_mpi.ps.merge import pushes_change
 from hdbl_mpi.ps.shards import Layout
 from hdbl_mpi.run.faults import maybe_crash
-from hdbl_mpi.run.rankstate import RankState, capture, restore
+from hdbl_mpi.run.rankstate import GRAD_SCALER, RankState, capture, restore
 from hdbl_mpi.run.records import CommitRecord
 from hdbl_mpi.run.signals import STOP
 
@@ -79,8 +80,10 @@ class Worker:
         self.model, self.flat, self.source, self.device = model, flat, source, device
         self.timeout_s, self.verbose, self.layout = timeout_s, verbose, layout
         self.optimizer = optimizer_for(model, config.train)
-        if resumed is not None:  # a resume: momentum, RNGs and data stream as the checkpoint left them
+        self.precision = Precision(config.train.precision, device)  # its scaler (amp) lives across commits
+        if resumed is not None:  # a resume: momentum, scaler, RNGs and data stream as the checkpoint left them
             restore(resumed, self.optimizer, source)
+            self.precision.load_state_dict(resumed.extra.get(GRAD_SCALER, {}))
             print(f"hdbl train: rank {world.rank}: own state from commit {resumed.at}, optimizer state L1 "
                   f"{resumed.optimizer_l1():.6g}", flush=True)
         self.kept: list[RankState] = []  # own state after the last two pulls (oldest first)
@@ -114,7 +117,8 @@ class Worker:
 
     def _keep(self, at: int) -> None:
         """Copy this worker's state after the pull of commit `at` (the start of the next commit's training)."""
-        self.kept = [*self.kept[-1:], capture(self.world.rank, at, self.optimizer, self.source)]
+        self.kept = [*self.kept[-1:], capture(self.world.rank, at, self.optimizer, self.source,
+                                              {GRAD_SCALER: self.precision.state_dict()})]
 
     def _send_states(self, reply: dict[str, float]) -> None:
         """The states a reply asks for (before the commit's record, so the server has them when it has the
@@ -144,7 +148,7 @@ class Worker:
         set_lr(self.optimizer, task.lr)
         set_dropout(self.model, task.dropout)
         stats = train_steps(self.model, self.optimizer, self.source, task.steps, task.batch, task.resolution,
-                            self.device, check_finite=False)
+                            self.device, check_finite=False, precision=self.precision)
         d = self.config.debug
         if self.world.rank == d.nan_rank and d.nan_at_commit <= local < d.nan_at_commit + d.nan_commits:
             self.flat.vector[0] = self.flat.vector[-1] = float("nan")  # injected divergence (first and last shard)

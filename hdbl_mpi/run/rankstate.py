@@ -68,6 +68,9 @@ class RankState:
                    if t.is_floating_point())
 
 
+GRAD_SCALER = "grad_scaler"  # RankState.extra key: the amp gradient scaler's state (hdbl_mpi.precision)
+
+
 def capture(rank: int, at: int, optimizer: torch.optim.Optimizer, source: Any,
             extra: dict[str, Any] | None = None) -> RankState:
     """A copy of this process's state now (tensors cloned: training goes on and changes the originals)."""

@@ -172,12 +172,22 @@ def test_training_step_trains_and_leaves_no_growing_state():
 
 
 def test_precision_checks():
-    with pytest.raises(ConfigError, match="AMP profiling needs a CUDA device; use precision fp32 on the CPU"):
+    with pytest.raises(ConfigError, match="precision=amp .* needs a CUDA device, and this rank runs on cpu: use "
+                                          "precision=bf16"):
         make_training_step(small_model(), 10, 1, 16, CPU, precision="amp")
-    with pytest.raises(ConfigError, match="precision is 'bf16'; use one of fp32, amp"):
-        make_training_step(small_model(), 10, 1, 16, CPU, precision="bf16")
-    with pytest.raises(ConfigError, match="AMP profiling needs a CUDA device"):
+    with pytest.raises(ConfigError, match="precision is 'fp16'; use one of fp32, amp, bf16"):
+        make_training_step(small_model(), 10, 1, 16, CPU, precision="fp16")
+    with pytest.raises(ConfigError, match="needs a CUDA device"):
         profile_resolution(small_model, 10, 1, 16, CPU, precision="amp", memory_budget=8 * GiB)
+
+
+def test_bf16_profiling_runs_on_the_cpu_under_autocast():
+    """bf16 runs the forward pass in bfloat16 on the CPU too; the weights it updates stay float32."""
+    step = make_training_step(small_model(), 10, 1, 16, CPU, precision="bf16")
+    seen = []
+    step.model.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    step(4)
+    assert seen == [torch.bfloat16] and all(p.dtype == torch.float32 for p in step.model.parameters())
 
 
 def test_time_steps_warms_up_and_synchronises_on_cuda(monkeypatch):
@@ -370,3 +380,41 @@ def test_relative_fit_follows_small_batches_on_a_superlinear_curve():
     assert max(errors) < 0.1
     exact = fit_line([1, 2, 4], [3.0, 5.0, 9.0], relative=True)
     assert (exact.a, exact.b) == (pytest.approx(2.0), pytest.approx(1.0))
+
+
+def test_a_stored_profile_is_read_at_the_configured_precision():
+    """The plan comes from the entry measured at train.precision: the same model, resolution and device
+    profiled in fp32 and in bf16 give two different lines, and training in bf16 takes the bf16 one."""
+    from hdbl_mpi.config import load_run_config
+    from hdbl_mpi.schedule import from_config
+    from hdbl_mpi.startup import _stored_entries
+
+    profile = {"entries": {str(i): e for i, e in enumerate([entry(precision="fp32", a=1e-3),
+                                                             entry(precision="bf16", a=4e-4)])}}
+    for precision, a in (("fp32", 1e-3), ("bf16", 4e-4)):
+        config = load_run_config(None, ["model.name=resnet18", "data.resolution=32", f"train.precision={precision}",
+                                        "dual.profile_device=cpu:test x2", "dual.batch_large=64"], None)
+        (found,) = _stored_entries(config, from_config(config, 32), profile)
+        assert found is not None and found["precision"] == precision and found["a"] == a
+    config = load_run_config(None, ["model.name=resnet18", "data.resolution=32", "train.precision=amp",
+                                    "dual.profile_device=cpu:test x2", "dual.batch_large=64"], None)
+    with pytest.raises(HdblError, match="no entry for resnet18 at 32 px, amp"):
+        _stored_entries(config, from_config(config, 32), profile)
+
+
+@pytest.mark.parametrize("name, cls", [("adamw", "AdamW"), ("lars", "LARS")])
+def test_the_profiler_times_the_configured_optimizer(name, cls):
+    """dual.profile: auto hands the profiler the run's own optimizer, so tau(B) includes its update's cost."""
+    from hdbl_mpi.config import load_run_config
+    from hdbl_mpi.optim.optimizers import optimizer_for
+
+    train = load_run_config(None, [f"train.optimizer={name}", "dual.batch_large=64"], None).train
+    step = make_training_step(small_model(), 10, 1, 16, CPU, optimizer=lambda model: optimizer_for(model, train))
+    step(4)
+    assert type(step.optimizer).__name__ == cls and len(step.optimizer.state) > 0  # it stepped
+    assert type(make_training_step(small_model(), 10, 1, 16, CPU).optimizer).__name__ == "SGD"  # hdbl profile
+    if name == "adamw":  # the profile entry records what was timed
+        entry = profile_resolution(small_model, 10, 1, 16, CPU, batches=[2, 4], steps=2, warmup=1,
+                                   memory_budget=8 * GiB, max_batch=8,
+                                   optimizer=lambda model: optimizer_for(model, train))
+        assert entry["optimizer"] == cls
