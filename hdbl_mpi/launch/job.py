@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -22,10 +23,11 @@ from hdbl_mpi.launch.commands import (
     build_command,
     hdbl_program,
     local_cores,
+    mpi_flavour,
     ulfm_args,
 )
 from hdbl_mpi.launch.hosts import Hosts, hosts_from_slurm, parse_hostfile, parse_hosts_arg
-from hdbl_mpi.launch.relay import run_reporting
+from hdbl_mpi.launch.relay import supervise
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -144,8 +146,9 @@ def prepare(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
 
 
 def launch(args: argparse.Namespace) -> int:
-    """Print the command (and the checks behind it), then replace this process with the launcher (a ULFM job
-    runs it as a child instead, whose real exit code hdbl_mpi.launch.relay finds)."""
+    """Print the command (and the checks behind it), then run it: Open MPI's mpirun as a child that gets a
+    SIGTERM as SIGUSR1 (and, for a ULFM job, whose real exit code is rank 0's: hdbl_mpi.launch.relay); other
+    launchers (srun, horovodrun, MPICH) replace this process."""
     argv, env, notes = prepare(args)
     for note in notes:
         print(f"hdbl launch: {note}", file=sys.stderr)
@@ -153,7 +156,9 @@ def launch(args: argparse.Namespace) -> int:
         print(shlex.join(argv))
         return 0
     print("+ " + shlex.join(argv), file=sys.stderr, flush=True)
-    if env.get(REPORT_ENV) == "1":  # ULFM: mpirun's exit code cannot be trusted, rank 0's report is checked
-        return run_reporting(argv, env)
+    reports = env.get(REPORT_ENV) == "1"  # ULFM: mpirun's exit code cannot be trusted, rank 0's report is checked
+    training = [c for c in args.command if c != "--"][:1] == ["train"]
+    if reports or (training and args.launcher == "mpirun" and mpi_flavour(argv[0]) == "openmpi"):
+        return supervise(argv, env, reports=reports, term_as=signal.SIGUSR1)  # see hdbl_mpi.launch.relay
     os.execvpe(argv[0], argv, env)
     return 0  # not reached

@@ -1,4 +1,11 @@
-"""Run a ULFM job's mpirun as a child and end with the exit code rank 0 reported, not mpirun's.
+"""Run mpirun as a child of `hdbl launch` rather than exec'ing it: a SIGTERM that stops the run cleanly, and for
+ULFM jobs the exit code rank 0 reported, not mpirun's.
+
+Open MPI 5's mpirun forwards a SIGTERM to the ranks and SIGKILLs them about 0.5 s later, too soon for the
+commits in flight and a checkpoint (docs/reliability.md); SIGUSR1 it forwards and leaves alone. So `hdbl launch`
+passes a SIGTERM it gets (a batch system's preemption or cancel, `kill`) on to mpirun as SIGUSR1: the run
+finishes the work in flight, checkpoints and exits 75, as with SIGUSR1. A second SIGTERM goes on as a second
+SIGUSR1: stop at once (76).
 
 Under `--with-ft ulfm` mpirun ends with 0 when ranks die of a signal, the server included: a job whose every
 rank was killed "succeeded" (measured: ../shared/notes/ulfm_and_netns.md, and a CI run that exited 0 without a
@@ -51,8 +58,12 @@ class Attempt:
     def died_starting(self) -> bool:
         return self.returncode == 0 and not self.up and self.reported is None
 
+    def launcher_code(self) -> int:
+        return self.returncode if self.returncode >= 0 else 128 - self.returncode  # a signal: as the shell
+
     def exit_code(self) -> int:
-        launcher = self.returncode if self.returncode >= 0 else 128 - self.returncode  # a signal: as the shell
+        """The job's code from rank 0's report (ULFM)."""
+        launcher = self.launcher_code()
         if self.reported is None:
             if launcher == 0:
                 print(UNREPORTED, file=sys.stderr, flush=True)
@@ -120,15 +131,23 @@ def _relay(proc: subprocess.Popen, sink: int) -> Attempt:
     return Attempt(proc.wait(), up, reported)
 
 
-def run_reporting(argv: list[str], env: dict[str, str], orphan_grace_s: float = ORPHAN_GRACE_S) -> int:
-    """Run the launcher `argv`, whose ranks have REPORT_ENV set in `env`, and return the job's real exit code."""
+def supervise(argv: list[str], env: dict[str, str], *, reports: bool, term_as: int | None = None,
+              orphan_grace_s: float = ORPHAN_GRACE_S) -> int:
+    """Run the launcher `argv` and return the job's exit code. `reports`: a ULFM job whose ranks have REPORT_ENV
+    in `env` (rank 0's report decides; restarts and the hung-mpirun watch apply); `term_as`: the signal a SIGTERM
+    is passed on as (SIGUSR1 for Open MPI's mpirun)."""
     current: list[subprocess.Popen] = []
     signalled: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
         signalled.append(signum)
+        sent = term_as if signum == signal.SIGTERM and term_as is not None else signum
+        if sent != signum:
+            print(f"hdbl launch: SIGTERM passed on to mpirun as {signal.Signals(sent).name}, which stops the run "
+                  "cleanly (Open MPI's mpirun kills the ranks 0.5 s after forwarding a SIGTERM)", file=sys.stderr,
+                  flush=True)
         if current:
-            current[-1].send_signal(signum)
+            current[-1].send_signal(sent)
 
     for sig in FORWARDED_SIGNALS:
         signal.signal(sig, forward)
@@ -137,8 +156,11 @@ def run_reporting(argv: list[str], env: dict[str, str], orphan_grace_s: float = 
     sys.stdout.flush()
     for attempt in range(1, START_ATTEMPTS + 1):
         current.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL))
-        threading.Thread(target=_watch, args=(current[-1], orphan_grace_s), daemon=True).start()
+        if reports:
+            threading.Thread(target=_watch, args=(current[-1], orphan_grace_s), daemon=True).start()
         result = _relay(current[-1], sys.stdout.fileno())
+        if not reports:
+            return result.launcher_code()
         if not result.died_starting() or signalled or attempt == START_ATTEMPTS:
             break
         print(f"hdbl launch: the job died before every rank was through MPI_Init (most likely Open MPI's ULFM "

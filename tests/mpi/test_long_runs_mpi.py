@@ -113,6 +113,29 @@ def test_bsp_stopped_by_a_signal_and_resumed_auto_ends_bit_identical_to_the_unin
     assert code == 0 and "already finished" in out, out
 
 
+def test_a_sigterm_to_hdbl_launch_stops_cleanly_and_the_run_resumes(tmp_path):
+    """SIGTERM (what a scheduler's preemption or cancel sends) to `hdbl launch`: it reaches Open MPI's mpirun as
+    SIGUSR1, so the run checkpoints and exits 75 instead of being killed half a second later; --resume auto
+    through `hdbl launch` finishes it."""
+    run = tmp_path / "run"
+    args = ["launch", "train", "--run-dir", str(run), "--resume", "auto"]
+    for item in FAST + BSP + SLOW:
+        args += ["--set", item]
+    proc = subprocess.Popen(hdbl_program() + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: commits(run) >= 10, proc, "10 commits")
+    proc.send_signal(signal.SIGTERM)
+    code, out = finish(proc)
+    assert code == EXIT_STOPPED, out[-3000:]
+    assert "SIGTERM passed on to mpirun as SIGUSR1" in out and "stopped on SIGUSR1 at commit" in out, out[-3000:]
+    at = rundir.load_checkpoint(run / rundir.CHECKPOINT)[1]["merged"]
+    assert 10 <= at < 32
+    code, out = finish(subprocess.Popen(hdbl_program() + args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True))
+    assert code == 0, out[-3000:]
+    summary = json.loads((run / rundir.SUMMARY).read_text())
+    assert summary["commits_total"] == 32 and [r["at_commit"] for r in summary["restarts"]] == [at]
+
+
 def test_allreduce_stopped_by_a_signal_and_resumed_ends_bit_identical(tmp_path):
     common = ["ps.mode=allreduce", "ps.backend=mpi4py", "dual.workers=2", "train.epochs=4", "run.checkpoint_every=0"]
     whole = run_train(2, tmp_path / "whole", common, timeout=180)

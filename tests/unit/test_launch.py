@@ -264,7 +264,8 @@ def test_a_ulfm_config_gets_the_fault_tolerance_flags(fake_mpis):
     assert env[REPORT_ENV] == "1" and f"-x {REPORT_ENV}" in text  # rank 0 reports its exit code to hdbl launch
 
 
-RELAY = "import sys; from hdbl_mpi.launch.relay import run_reporting; sys.exit(run_reporting(sys.argv[1:], {}))"
+RELAY = ("import sys; from hdbl_mpi.launch.relay import supervise; "
+         "sys.exit(supervise(sys.argv[1:], {}, reports=True))")
 
 
 def relayed(script: str, **kwargs) -> subprocess.CompletedProcess:
@@ -327,9 +328,30 @@ def test_the_ulfm_relay_copies_output_byte_for_byte_and_passes_signals_on(tmp_pa
 def test_the_ulfm_relay_kills_an_mpirun_left_without_ranks():
     """prterun can deadlock after a failure under ULFM (every rank gone, deaf to SIGTERM): once the launcher has
     had no child process for the grace time, it is killed and the launch fails instead of hanging."""
-    relay = "import sys; from hdbl_mpi.launch.relay import run_reporting; sys.exit(run_reporting(sys.argv[1:], {}, 2))"
+    relay = ("import sys; from hdbl_mpi.launch.relay import supervise; "
+             "sys.exit(supervise(sys.argv[1:], {}, reports=True, orphan_grace_s=2))")
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", relay, "sh", "-c", f"{UP}; trap '' TERM; exec sleep 60"],
                           capture_output=True, timeout=30, cwd=ROOT)
     assert proc.returncode == 137 and "mpirun has not (an Open MPI hang" in proc.stderr.decode(), proc.stderr
     assert time.monotonic() - started < 15
+
+
+def test_a_sigterm_to_hdbl_launch_reaches_open_mpis_mpirun_as_sigusr1(tmp_path):
+    """Open MPI's mpirun kills the ranks 0.5 s after forwarding a SIGTERM; SIGUSR1 it forwards and leaves alone,
+    so `hdbl launch` passes a SIGTERM on as SIGUSR1 (the run checkpoints and exits 75), saying so; its exit code
+    is mpirun's (no rank 0 report outside ULFM)."""
+    ready = tmp_path / "ready"
+    script = (f"trap 'echo got USR1; exit 75' USR1; trap 'echo got TERM; exit 1' TERM; touch {ready}; "
+              "while :; do sleep 0.1; done")
+    relay = ("import signal, sys; from hdbl_mpi.launch.relay import supervise; "
+             "sys.exit(supervise(sys.argv[1:], {}, reports=False, term_as=signal.SIGUSR1))")
+    proc = subprocess.Popen([sys.executable, "-c", relay, "sh", "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    deadline = time.monotonic() + 20
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 75 and out == b"got USR1\n", (out, err)
+    assert b"SIGTERM passed on to mpirun as SIGUSR1" in err
