@@ -308,20 +308,26 @@ def test_a_ulfm_job_that_died_inside_mpi_init_is_started_again(tmp_path):
     assert "never reported its exit code" in proc.stderr.decode()
 
 
+def signalled(relay: str, script: str, ready, sig: int) -> tuple[int, bytes, bytes]:
+    """Run `relay` over `sh -c script`, send `sig` to the relay once the script has touched `ready`."""
+    proc = subprocess.Popen([sys.executable, "-c", relay, "sh", "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    deadline = time.monotonic() + 20
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=20)
+    return proc.returncode, out, err
+
+
 def test_the_ulfm_relay_copies_output_byte_for_byte_and_passes_signals_on(tmp_path):
     """What mpirun writes reaches the user unchanged (carriage returns of a progress bar included), and SIGUSR1
     sent to `hdbl launch` (SLURM's warning, via hdbl.sbatch) reaches mpirun."""
     ready = tmp_path / "ready"
     script = (f"trap 'echo got USR1; echo \"{EXIT_LINE} 75\"; exit 0' USR1; printf 'a\\rb\\n'; touch {ready}; "
               "while :; do sleep 0.1; done")
-    proc = subprocess.Popen([sys.executable, "-c", RELAY, "sh", "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=ROOT)
-    deadline = time.monotonic() + 20
-    while not ready.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGUSR1)
-    out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 75, err
+    code, out, err = signalled(RELAY, script, ready, signal.SIGUSR1)
+    assert code == 75, err
     assert out == f"a\rb\ngot USR1\n{EXIT_LINE} 75\n".encode()
 
 
@@ -346,12 +352,6 @@ def test_a_sigterm_to_hdbl_launch_reaches_open_mpis_mpirun_as_sigusr1(tmp_path):
               "while :; do sleep 0.1; done")
     relay = ("import signal, sys; from hdbl_mpi.launch.relay import supervise; "
              "sys.exit(supervise(sys.argv[1:], {}, reports=False, term_as=signal.SIGUSR1))")
-    proc = subprocess.Popen([sys.executable, "-c", relay, "sh", "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=ROOT)
-    deadline = time.monotonic() + 20
-    while not ready.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=20)
-    assert proc.returncode == 75 and out == b"got USR1\n", (out, err)
+    code, out, err = signalled(relay, script, ready, signal.SIGTERM)
+    assert code == 75 and out == b"got USR1\n", (out, err)
     assert b"SIGTERM passed on to mpirun as SIGUSR1" in err
