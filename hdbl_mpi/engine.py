@@ -95,19 +95,8 @@ def train_steps(
     for inputs, labels in source.batches(steps, batch_size, resolution):
         if lr_of_step is not None:
             set_lr(optimizer, lr_of_step(done))
-        try:
-            with mixed.autocast():
-                logits = model(inputs)
-                loss = F.cross_entropy(logits, labels)
-            if exchange is None:
-                optimizer.zero_grad()  # set_to_none by default; Horovod's wrapper takes no arguments
-            else:
-                exchange.zero_grad()
-            mixed.backward(loss)
-        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
-            if not is_out_of_memory(err):
-                raise
-            raise out_of_memory(err, batch_size, resolution, device) from None
+        logits, loss = _forward_backward(model, optimizer, inputs, labels, mixed, exchange, batch_size, resolution,
+                                         device)
         if exchange is not None:
             exchange.finish()
         mixed.step(optimizer)
@@ -124,6 +113,27 @@ def train_steps(
             "lower train.lr."
         )
     return StepStats(done, samples, loss_value, correct_value, time.perf_counter() - start)
+
+
+def _forward_backward(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, labels: torch.Tensor,
+                      mixed: Precision, exchange: GradientExchange | None, batch_size: int, resolution: int,
+                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, loss) of one batch, gradients computed; running out of memory becomes a ResourceError that says
+    which batch size and resolution did not fit."""
+    try:
+        with mixed.autocast():
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, labels)
+        if exchange is None:
+            optimizer.zero_grad()  # set_to_none by default; Horovod's wrapper takes no arguments
+        else:
+            exchange.zero_grad()
+        mixed.backward(loss)
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        raise out_of_memory(err, batch_size, resolution, device) from None
+    return logits, loss
 
 
 @torch.no_grad()
