@@ -72,3 +72,49 @@ def test_jobs_run_in_order_and_a_failure_stops_the_later_ones():
     with pytest.raises(RuntimeError, match="disk gone"):
         writer.close()
     assert done[-1] == 4
+
+
+_KILLED_WRITER = """
+import os, sys, time
+import torch
+from hdbl_mpi.run.book import BookPolicy, BookState, EpochBook
+from hdbl_mpi.run.progress import Progress
+from pathlib import Path
+
+def book():
+    return EpochBook(BookState(), BookPolicy(1, 1, 0, 0.0), Path(sys.argv[1]),
+                     Progress(8, 0, 4, None, interactive=False), None)
+
+first = book()
+first.save(torch.full((1000,), 1.0), {"merged": 1})
+first.close()  # written
+real_fsync = os.fsync
+
+def stuck_fsync(fd):  # the second checkpoint's bytes are in its temporary file; the disk is slow to confirm
+    print("writing", flush=True)
+    time.sleep(60)
+    real_fsync(fd)
+
+os.fsync = stuck_fsync
+book().save(torch.full((1000,), 2.0), {"merged": 2})
+time.sleep(60)
+"""
+
+
+def test_a_kill_during_the_background_write_leaves_the_previous_checkpoint_loadable(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(tmp_path)], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "writing"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    assert child.returncode == -signal.SIGKILL
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(f".{rundir.CHECKPOINT}.")]
+    assert len(leftovers) == 1  # the killed write's temporary file: the kill landed inside the write
+    vector, state = rundir.load_checkpoint(tmp_path / rundir.CHECKPOINT)  # checksum verified
+    assert state["merged"] == 1 and torch.equal(vector, torch.full((1000,), 1.0))
