@@ -116,16 +116,26 @@ def _profile(args: argparse.Namespace) -> int:
 
     averaged = average_ranks([ranks_entries for ranks_entries, _ in gathered])
     save_profile(args.output, averaged)
-    print(f"{'res':>4} {'a (s/sample)':>13} {'b (s/step)':>11} {'R2':>6} {'B_max':>6} {'predicted':>9}  "
-          f"memory  device ({averaged[0]['ranks']} rank(s))")
-    for e in averaged:
-        print(f"{e['resolution']:>4} {e['a']:>13.4g} {e['b']:>11.4g} {e['r2']:>6.3f} {e['b_max']:>6} "
-              f"{e['b_max_predicted']:>9}  {e['memory']['method']:<6}  {e['device']}")
+    _print_profile(averaged)
     print(f"profile written to {args.output}")
     if args.plot:
         plot_profile({"entries": {str(i): e for i, e in enumerate(averaged)}}, args.plot)
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _print_profile(averaged: list[dict]) -> None:
+    """The profile as a table; with --config also how much of each timed step waited for the input."""
+    print(f"{'res':>4} {'a (s/sample)':>13} {'b (s/step)':>11} {'R2':>6} {'B_max':>6} {'predicted':>9}  "
+          f"memory  device ({averaged[0]['ranks']} rank(s))")
+    for e in averaged:
+        print(f"{e['resolution']:>4} {e['a']:>13.4g} {e['b']:>11.4g} {e['r2']:>6.3f} {e['b_max']:>6} "
+              f"{e['b_max_predicted']:>9}  {e['memory']['method']:<6}  {e['device']}")
+    for e in averaged:
+        if "input" in e and "samples" in e:  # --config: the real input pipeline was part of every timed step
+            pairs = zip(e["samples"]["batch"], e["input"]["share"], strict=True)
+            shares = ", ".join(f"B={b}: {100 * share:.0f}%" for b, share in pairs)
+            print(f"{e['resolution']:>4} input ({e['input']['data']}, {e['input']['decoder']}): {shares} of the step")
 
 
 def _profile_here(args: argparse.Namespace, comm) -> tuple[list[dict], HdblError | None]:
@@ -145,15 +155,36 @@ def _profile_here(args: argparse.Namespace, comm) -> tuple[list[dict], HdblError
         local_rank, local_size = local.rank, local.size
     try:
         torch.set_num_threads(threads_per_rank(local_size, args.threads))
-        settings = ProfileSettings(args.precision, args.steps, args.warmup,
-                                   parse_bytes(args.memory_budget) if args.memory_budget else None, args.margin,
-                                   args.max_batch, _numbers(args.batches, int, "--batches"))
+        fields = {"steps": args.steps, "warmup": args.warmup, "margin": args.margin, "max_batch": args.max_batch,
+                  "memory_budget": parse_bytes(args.memory_budget) if args.memory_budget else None,
+                  "batches": _numbers(args.batches, int, "--batches")}
         device = pick_device(args.device, local_rank)
-        return profile_device(lambda r: build_model(args.model, args.classes, args.channels, r, args.stem),
-                              args.model, args.classes, args.channels,
-                              _numbers(args.resolutions, int, "--resolutions") or [], device, settings), None
+        resolutions = _numbers(args.resolutions, int, "--resolutions")
+        if args.config:
+            return _profile_config(args, device, resolutions, fields), None
+        if not resolutions:
+            raise HdblError("hdbl profile needs --resolutions r1,r2,... (or --config CONFIG: its schedule's).")
+        settings = ProfileSettings(args.precision or "fp32", **fields)
+        model, classes, channels = args.model or "resnet18", args.classes or 100, args.channels or 3
+        return profile_device(lambda r: build_model(model, classes, channels, r, args.stem or "auto"),
+                              model, classes, channels, resolutions, device, settings), None
     except Exception as err:  # every rank reports; rank 0 prints
         return [], err if isinstance(err, HdblError) else HdblError(f"{type(err).__name__}: {err}")
+
+
+def _profile_config(args: argparse.Namespace, device, resolutions: list[int] | None, fields: dict) -> list[dict]:
+    """`hdbl profile --config`: the model, classes, channels, precision and training options are the config's;
+    flags that would say otherwise are refused rather than silently ignored."""
+    from hdbl_mpi.config import load_config
+    from hdbl_mpi.profiling.trained import profile_config
+
+    given = [flag for flag, value in (("--precision", args.precision), ("--model", args.model),
+                                      ("--classes", args.classes), ("--channels", args.channels),
+                                      ("--stem", args.stem)) if value is not None]
+    if given:
+        raise HdblError(f"hdbl profile --config takes the model and training options from the config; drop "
+                        f"{', '.join(given)} (change them with --set, e.g. --set train.precision=bf16).")
+    return profile_config(load_config(args.config, args.set), device, resolutions, **fields)
 
 
 def _load_runs(paths: list[str]):
@@ -274,13 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=_plan)
 
     prof = sub.add_parser("profile", help="measure step time tau(B) = a*B + b and B_max on this device")
-    prof.add_argument("--model", default="resnet18", help="model name (resnet18, resnet_small)")
-    prof.add_argument("--resolutions", required=True, metavar="r1,r2,...", help="image resolutions to profile")
-    prof.add_argument("--precision", default="fp32", choices=PRECISIONS, help="fp32, amp (CUDA only) or bf16")
+    prof.add_argument("--config", metavar="CONFIG", help="profile the step this config trains, on its own data "
+                      "(its model, precision, optimizer, memory format, compile and input pipeline)")
+    prof.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
+    prof.add_argument("--model", help="model name (resnet18, resnet_small; default resnet18)")
+    prof.add_argument("--resolutions", metavar="r1,r2,...", help="image resolutions to profile (with --config: "
+                      "default its schedule's)")
+    prof.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), amp (CUDA only) or bf16")
     prof.add_argument("--device", default="auto", help="auto (a GPU per local rank if any), cpu, cuda, cuda:N")
-    prof.add_argument("--classes", type=int, default=100, help="classifier outputs (default 100)")
-    prof.add_argument("--channels", type=int, default=3, help="input channels (default 3)")
-    prof.add_argument("--stem", default="auto", choices=("auto", "cifar", "imagenet"), help="ResNet stem")
+    prof.add_argument("--classes", type=int, help="classifier outputs (default 100)")
+    prof.add_argument("--channels", type=int, help="input channels (default 3)")
+    prof.add_argument("--stem", choices=("auto", "cifar", "imagenet"), help="ResNet stem (default auto)")
     prof.add_argument("--batches", metavar="B1,B2,...", help="batch sizes to time (default: spread up to B_max)")
     prof.add_argument("--steps", type=int, default=20, help="timed steps per batch size (default 20)")
     prof.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per batch size (default 2)")

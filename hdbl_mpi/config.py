@@ -59,6 +59,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N (workers); the server merges on the CPU
     optimizer: str = "sgd"  # sgd (with momentum) | adamw | lars | lamb; BN and bias parameters get no weight decay
     precision: str = "fp32"  # fp32 | amp (float16 autocast + gradient scaler, CUDA) | bf16 (bfloat16, CUDA or CPU)
+    channels_last: bool = False  # train in the channels-last (NHWC) memory format (hdbl_mpi/throughput.py)
+    compile: bool = False  # torch.compile the model, one graph per input shape, compiled before it is timed
+    cudnn_benchmark: bool = True  # CUDA: let cuDNN time its convolution algorithms per input shape
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw, lamb
     trust_coefficient: float = 0.001  # lars
     lr_schedule: str = "multistep"  # multistep (lr_milestones, or the schedule's stages) | cosine (lr -> min_lr)

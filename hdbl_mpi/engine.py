@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,9 @@ from torch import nn
 
 from hdbl_mpi.errors import ResourceError
 from hdbl_mpi.precision import Precision
+
+if TYPE_CHECKING:
+    from hdbl_mpi.throughput import CompileWarmup
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -76,6 +79,7 @@ def train_steps(
     after_step: Callable[[int, torch.Tensor, int], None] | None = None,
     check_finite: bool = True,
     precision: Precision | None = None,
+    warm_up: CompileWarmup | None = None,
 ) -> StepStats:
     """Run `steps` optimizer steps of `batch_size` samples from `source` (see hdbl_mpi.data.sources); loss and
     accuracy are accumulated on the device and read once at the end (no per-step host sync on a GPU).
@@ -85,10 +89,13 @@ def train_steps(
     samples)` runs after each step (LocalSGD's model averaging every H steps). A non-finite loss raises unless
     `check_finite` is off (a parameter-server worker pushes it, flagged, and the server rejects the push).
     `precision` (hdbl_mpi.precision; None: fp32) runs the forward pass under autocast and the step through its
-    gradient scaler."""
-    start = time.perf_counter()
+    gradient scaler. `warm_up` (train.compile) compiles this batch size and resolution's graph before the clock
+    starts."""
     mixed = precision or Precision("fp32", device)
     model.train()
+    if warm_up is not None:
+        warm_up(batch_size, resolution, mixed)
+    start = time.perf_counter()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     done = samples = 0

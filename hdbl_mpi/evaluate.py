@@ -43,7 +43,7 @@ def evaluate_checkpoint(target: str, config_path: str | None, overrides: list[st
     c = config.model
     model = build_model(c.name, info.num_classes, info.channels, top, c.stem, c.dropout, c.width, c.options).to(device)
     flat = FlatState(model)
-    state = rundir.restore_checkpoint(checkpoint, flat.vector, "the run's own config to evaluate it")
+    state = rundir.restore_checkpoint(checkpoint, flat, "the run's own config to evaluate it")
     chosen = resolution or top
     start = time.perf_counter()
     loss, acc = evaluate(model, source, chosen, batch_size or config.eval.batch_size, device)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from hdbl_mpi.ps.shards import Layout
     from hdbl_mpi.run.rankstate import RankState
     from hdbl_mpi.schedule import Schedule
+    from hdbl_mpi.throughput import CompileWarmup
 
 
 @dataclass
@@ -156,6 +157,7 @@ class RunSetup:
     t_start: float
     model_notes: list[str]  # rank 0: how dropout reaches the model, where its initial weights came from
     rank_state: RankState | None = None  # resuming: this rank's own state from the checkpoint (run/rankstate.py)
+    warm_up: CompileWarmup | None = None  # train.compile: compiles each new input shape before it is timed
 
     @property
     def top(self) -> int:
@@ -190,6 +192,7 @@ def _local(config: Config, resume: bool) -> _Local:
     torch.set_num_threads(threads_per_rank(world.local_size, config.train.threads))
     torch.manual_seed(config.train.seed)
     device, local_rank_from = place(world, config)
+    torch.backends.cudnn.benchmark = config.train.cudnn_benchmark  # a CUDA setting; see hdbl_mpi/throughput.py
     if world.is_worker:  # the ranks that train (amp needs their CUDA device); every rank exits 2 with the message
         from hdbl_mpi.precision import check_precision
 
@@ -259,7 +262,8 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
                         if comm.rank == 0 else None, root=0)
     return RunSetup(config, local.world, local.device, local.data, local.train_source, local.test_source, ranks,
                     dataset_size, schedule, built.plans, built.model, flat, built.layout, Path(shared.run_dir),
-                    restored, shared.t_start, built.notes, RankState.from_bytes(mine) if mine else None)
+                    restored, shared.t_start, built.notes, RankState.from_bytes(mine) if mine else None,
+                    built.warm_up)
 
 
 def _measured_profile(comm: MPI.Intracomm, config: Config, local: _Local, schedule: Schedule) -> list[dict] | None:
@@ -320,17 +324,16 @@ def _auto_profile(config: Config, local: _Local, resolutions: list[int]) -> list
     import os
 
     from hdbl_mpi.models import build_model
-    from hdbl_mpi.optim.optimizers import optimizer_for
-    from hdbl_mpi.profiling.measure import ProfileSettings, parse_bytes, profile_device
+    from hdbl_mpi.profiling.measure import parse_bytes, profile_device
+    from hdbl_mpi.profiling.trained import training_settings
 
     d, m, t, data = config.dual, config.model, config.train, local.data
     budget = None
     if local.device.type == "cpu":
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         budget = parse_bytes(d.memory_budget) if d.memory_budget else total // local.world.local_size
-    settings = ProfileSettings(precision=config.train.precision, optimizer=lambda model: optimizer_for(model, t),
-                               steps=d.profile_steps, warmup=1, memory_budget=budget,
-                               max_batch=min(d.profile_max_batch, _scalar(d.batch_large) or 1 << 30))
+    settings = training_settings(t, steps=d.profile_steps, warmup=1, memory_budget=budget,
+                                 max_batch=min(d.profile_max_batch, _scalar(d.batch_large) or 1 << 30))
     top = resolutions[-1]
     return profile_device(
         lambda _: build_model(m.name, data.num_classes, data.channels, top, m.stem, m.dropout, m.width, m.options),
@@ -349,13 +352,13 @@ class _Built:
     flat: FlatState
     layout: Layout | None
     notes: list[str]  # how dropout reaches the model, where its initial weights came from
+    warm_up: CompileWarmup | None  # train.compile on a training rank
 
 
 def _build(config: Config, local: _Local, schedule: Schedule, dataset_size: int, entries: list[dict | None],
            initial_weights: bool) -> _Built:
     """The plan at every resolution and the model (on this rank's device, as one flat vector), with
     train.init_from's weights when `initial_weights` (rank 0 of a new run: the others receive them)."""
-    from hdbl_mpi.comm.wire import FlatState
     from hdbl_mpi.models import build_model, model_notes
     from hdbl_mpi.plan import plan_for_config
 
@@ -370,14 +373,30 @@ def _build(config: Config, local: _Local, schedule: Schedule, dataset_size: int,
         from hdbl_mpi.models.init import load_initial_weights
 
         notes.append(load_initial_weights(model, config.train.init_from, config.train.init_skip).line())
-    flat = FlatState(model.to(local.device))
+    model = model.to(local.device)
+    flat, warm_up = _trained_form(config, model, local)
     layout = None
     if has_server(config):
         from hdbl_mpi.ps.shards import Layout
 
         # refuses a model too small to shard
         layout = Layout.make(flat.numel, config.dual.workers, config.ps.servers, flat.params_numel)
-    return _Built(plans, model, flat, layout, notes)
+    return _Built(plans, model, flat, layout, notes, warm_up)
+
+
+def _trained_form(config: Config, model: nn.Module, local: _Local) -> tuple[FlatState, CompileWarmup | None]:
+    """The model as one flat vector, in the memory format and compiled form it trains in: train.channels_last
+    and train.compile apply to the ranks that train (the server only merges and evaluates)."""
+    from hdbl_mpi.comm.wire import FlatState
+    from hdbl_mpi.throughput import CompileWarmup, compile_model, use_channels_last
+
+    trains = local.world.is_worker
+    channels_last = trains and config.train.channels_last and use_channels_last(model)
+    flat = FlatState(model, channels_last)
+    if not (trains and config.train.compile):
+        return flat, None
+    compile_model(model)
+    return flat, CompileWarmup(model, local.data.channels)
 
 
 def _prepare_run_dir(shared: SharedConfig, schedule: Schedule, built: _Built, measured: list[dict],
@@ -394,7 +413,7 @@ def _prepare_run_dir(shared: SharedConfig, schedule: Schedule, built: _Built, me
         save_profile(run_path / rundir.PROFILE, measured)
     restored, states = None, {}
     if shared.checkpoint:
-        restored = rundir.restore_checkpoint(Path(shared.checkpoint), flat.vector)
+        restored = rundir.restore_checkpoint(Path(shared.checkpoint), flat)
         restored["restarts"] = [*restored.get("restarts", []), _restart(restored, run_path, schedule, config)]
         states = _rank_states(config, run_path, restored, size)
     rundir.atomic_write_text(run_path / rundir.CONFIG, dump_config(config))
@@ -452,7 +471,9 @@ def run_facts(setup: RunSetup) -> RunFacts:
     from mpi4py import MPI
 
     from hdbl_mpi import __version__
+    from hdbl_mpi.comm.cuda_aware import cuda_aware_mpi
     from hdbl_mpi.plan import plan_summary
+    from hdbl_mpi.throughput import throughput_of
 
     resolutions = sorted(setup.plans)
     data, ranks = setup.data, setup.ranks
@@ -467,10 +488,11 @@ def run_facts(setup: RunSetup) -> RunFacts:
         decoding={str(rank): info.decoder for rank, info in enumerate(ranks)},
         skipped_files=sorted({f for info in ranks for f in info.skipped}),
         model={"name": setup.config.model.name, "parameters_and_buffers": setup.flat.numel,
-               "bytes": setup.flat.nbytes, "notes": setup.model_notes, "precision": setup.config.train.precision},
+               "bytes": setup.flat.nbytes, "notes": setup.model_notes, "precision": setup.config.train.precision,
+               "throughput": throughput_of(setup.config.train, ranks, setup.flat.shapes).to_dict()},
         plan=setup.plans[resolutions[-1]].to_dict(),
         plans=plan_summary([setup.plans[r] for r in resolutions], resolutions),
         devices={str(rank): {"device": info.device, "threads": info.threads, "local_rank_from": info.local_rank_from}
                  for rank, info in enumerate(ranks)},
         host=socket.gethostname(), versions=versions,
-        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), cuda_aware_mpi=cuda_aware_mpi().to_dict())

@@ -4,17 +4,22 @@ Each gives every rank the mean of all ranks' gradients before each optimizer ste
 conventional synchronous job (Horovod's DistributedOptimizer, PyTorch DDP) does, so the hybrid method is
 compared with the real thing and not with a slower stand-in.
 
-mpi4py path, on the CPU: the gradients are views of one float32 vector (set before backward and
-accumulated into in place by autograd), laid out in reverse parameter order, the order backward produces them.
-The vector is cut into buckets of about `bucket_mb`; when the last gradient of a bucket is accumulated (a
-post-accumulate-grad hook) a non-blocking in-place Iallreduce of that bucket starts while backward goes on.
-`finish()` waits for the buckets and divides by the world size. Nothing is copied on the CPU. On a GPU the
-vector is staged through pinned host memory once per step (no CUDA-aware MPI is assumed).
+mpi4py path: the gradients are views of one float32 vector (set before backward and accumulated into in place
+by autograd), laid out in reverse parameter order, the order backward produces them. The vector is cut into
+buckets of about `bucket_mb`; when the last gradient of a bucket is accumulated (a post-accumulate-grad hook)
+that bucket's reduction starts while backward goes on. `finish()` waits for the buckets and divides by the
+world size.
+- On the CPU the bucket is reduced in place by a non-blocking Iallreduce: nothing is copied.
+- On a GPU with a CUDA-aware MPI (comm/cuda_aware.py) the bucket's device memory is reduced in place, once the
+  kernels that produced it are done (a CUDA event, polled at the next hooks, so backward is never held up).
+- On a GPU otherwise the bucket is copied into one pinned host vector on a side stream as soon as it is ready,
+  reduced there once its copy is done, and copied back in one transfer after the last bucket.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,44 +28,36 @@ from torch import nn
 
 
 class Mpi4pyAllreduce:
-    """Bucketed, zero-copy gradient averaging over an mpi4py communicator."""
+    """Bucketed gradient averaging over an mpi4py communicator, overlapped with backward."""
 
     name = "mpi4py"
 
-    def __init__(self, model: nn.Module, comm: MPI.Intracomm, bucket_mb: float = 25.0, overlap: bool = True) -> None:
+    def __init__(self, model: nn.Module, comm: MPI.Intracomm, bucket_mb: float = 25.0, overlap: bool = True,
+                 cuda_aware: bool = False) -> None:
         self.comm, self.size, self.overlap = comm, comm.size, overlap
         params = [p for p in model.parameters() if p.requires_grad]
         device = params[0].device
         self.cuda = device.type == "cuda"
+        self.direct = self.cuda and cuda_aware  # MPI reduces device memory itself
         total = sum(p.numel() for p in params)
         self.grad = torch.zeros(total, dtype=torch.float32, device=device)
-        self.host = (torch.empty(total, dtype=torch.float32).pin_memory() if self.cuda else self.grad)
+        self.host = torch.empty(total, dtype=torch.float32).pin_memory() if self.cuda else self.grad
         self.host_np = self.host.numpy()
+        self.copy_stream = torch.cuda.Stream(device) if self.cuda and not self.direct else None
         self.nbytes = self.grad.numel() * 4
-        # Reverse order: the last layers' gradients come first out of backward, so their bucket goes first.
-        self.views: list[tuple[nn.Parameter, torch.Tensor]] = []
-        limit = max(1, int(bucket_mb * (1 << 20) / 4))
-        self.buckets: list[tuple[int, int]] = []  # [start, end) of each bucket in the vector
-        self.bucket_of: dict[int, int] = {}
-        offset, start = 0, 0
-        for p in reversed(params):
-            n = p.numel()
-            self.views.append((p, self.grad[offset : offset + n].view_as(p)))
-            self.bucket_of[id(p)] = len(self.buckets)
-            offset += n
-            if offset - start >= limit:
-                self.buckets.append((start, offset))
-                start = offset
-        if offset > start:
-            self.buckets.append((start, offset))
+        self.views, self.buckets, self.bucket_of = _bucketed(params, self.grad, bucket_mb)
         self.members = [0] * len(self.buckets)
         for p, _ in self.views:
             self.members[self.bucket_of[id(p)]] += 1
         self.pending: list[int] = []
         self.requests: list[MPI.Request] = []
+        self.started: set[int] = set()
+        self.in_flight: list[tuple[int, Any]] = []  # GPU: (bucket, CUDA event) whose data is not ready yet
         self.wait_s = 0.0  # time spent in finish(): the part of the exchange that backward did not hide
         self.hooks = []
-        if overlap and not self.cuda and self.size > 1:
+        # On a GPU the hooks run in autograd's device thread: MPI must allow calls from more than one thread.
+        threads_ok = not self.cuda or MPI.Query_thread() >= MPI.THREAD_SERIALIZED
+        if overlap and self.size > 1 and threads_ok:
             self.hooks = [p.register_post_accumulate_grad_hook(self._ready) for p, _ in self.views]
 
     @property
@@ -73,7 +70,7 @@ class Mpi4pyAllreduce:
         for p, view in self.views:
             p.grad = view
         self.pending = list(self.members)
-        self.requests = []
+        self.requests, self.started, self.in_flight = [], set(), []
 
     def remove(self) -> None:
         """Unhook from the model (another exchange, or none, can then drive its backward)."""
@@ -87,8 +84,38 @@ class Mpi4pyAllreduce:
         bucket = self.bucket_of[id(param)]
         self.pending[bucket] -= 1
         if self.pending[bucket] == 0:
+            self._start(bucket)
+        self._poll()
+
+    def _reduce(self, bucket: int) -> None:
+        start, end = self.buckets[bucket]
+        buffer = self.grad[start:end] if self.direct else self.host_np[start:end]
+        self.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM))
+
+    def _start(self, bucket: int) -> None:
+        """Reduce a bucket whose gradients are complete: at once on the CPU; on a GPU once its data is ready
+        (staged: copied to the host on the side stream)."""
+        self.started.add(bucket)
+        if not self.cuda:
+            self._reduce(bucket)
+            return
+        event = torch.cuda.Event()
+        if self.copy_stream is None:
+            event.record()
+        else:
             start, end = self.buckets[bucket]
-            self.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, self.host_np[start:end], op=MPI.SUM))
+            self.copy_stream.wait_stream(torch.cuda.current_stream(self.grad.device))
+            with torch.cuda.stream(self.copy_stream):
+                self.host[start:end].copy_(self.grad[start:end], non_blocking=True)
+                event.record(self.copy_stream)
+        self.in_flight.append((bucket, event))
+
+    def _poll(self, wait: bool = False) -> None:
+        """Start the reductions of GPU buckets whose data is ready, in order (all of them when `wait`)."""
+        while self.in_flight and (wait or self.in_flight[0][1].query()):
+            bucket, event = self.in_flight.pop(0)
+            event.synchronize()
+            self._reduce(bucket)
 
     def finish(self) -> None:
         """Wait for every bucket; leave the mean gradient in each parameter's .grad."""
@@ -103,23 +130,50 @@ class Mpi4pyAllreduce:
                 p.grad = view
         if self.size == 1:
             return
-        if self.cuda:
-            self.host.copy_(self.grad)
-            self.comm.Allreduce(MPI.IN_PLACE, self.host_np, op=MPI.SUM)
-            self.grad.copy_(self.host, non_blocking=True)
-        elif not self.overlap:  # blocking collectives: no overlap with backward, but Open MPI's are faster
+        if not self.hooks:  # blocking collectives, after backward (overlap off, or no threads for the hooks)
+            if self.cuda and not self.direct:
+                self.host.copy_(self.grad)
+            buffer = self.grad if self.direct else self.host_np
+            if self.direct:
+                torch.cuda.current_stream(self.grad.device).synchronize()
             for start, end in self.buckets:
-                self.comm.Allreduce(MPI.IN_PLACE, self.host_np[start:end], op=MPI.SUM)
+                self.comm.Allreduce(MPI.IN_PLACE, buffer[start:end], op=MPI.SUM)
         else:
-            started = len(self.requests)
-            if started < len(self.buckets):  # parameters unused in this forward never fire their hook
-                done = {b for b, left in enumerate(self.pending) if left == 0}
-                for b, (start, end) in enumerate(self.buckets):
-                    if b not in done:
-                        self.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, self.host_np[start:end], op=MPI.SUM))
+            for bucket in range(len(self.buckets)):  # parameters unused in this forward never fire their hook
+                if bucket not in self.started:
+                    self._start(bucket)
+            self._poll(wait=True)
             MPI.Request.Waitall(self.requests)
+        if self.cuda and not self.direct:
+            self.grad.copy_(self.host, non_blocking=True)  # ordered before the optimizer's kernels
         self.grad.div_(self.size)
         self.pending = []
+
+
+def _bucketed(params: list[nn.Parameter], grad: torch.Tensor, bucket_mb: float
+              ) -> tuple[list[tuple[nn.Parameter, torch.Tensor]], list[tuple[int, int]], dict[int, int]]:
+    """Each parameter's view of `grad` in reverse order (the last layers' gradients come first out of backward,
+    so their bucket goes first), in the parameter's own memory format (channels-last too, so autograd
+    accumulates into it without a layout change), the [start, end) of each bucket of about `bucket_mb`, and
+    each parameter's bucket (by id)."""
+    views: list[tuple[nn.Parameter, torch.Tensor]] = []
+    limit = max(1, int(bucket_mb * (1 << 20) / 4))
+    buckets: list[tuple[int, int]] = []
+    bucket_of: dict[int, int] = {}
+    offset, start = 0, 0
+    for p in reversed(params):
+        n = p.numel()
+        dense = p.is_contiguous() or p.is_contiguous(memory_format=torch.channels_last)
+        view = grad.as_strided(p.shape, p.stride(), offset) if dense else grad[offset : offset + n].view(p.shape)
+        views.append((p, view))
+        bucket_of[id(p)] = len(buckets)
+        offset += n
+        if offset - start >= limit:
+            buckets.append((start, offset))
+            start = offset
+    if offset > start:
+        buckets.append((start, offset))
+    return views, buckets, bucket_of
 
 
 class HorovodAllreduce:

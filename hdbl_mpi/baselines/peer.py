@@ -34,6 +34,7 @@ from hdbl_mpi.baselines.allreduce import (
     horovod_importable,
 )
 from hdbl_mpi.baselines.local_steps import make_local_steps, slowmo_update
+from hdbl_mpi.comm.cuda_aware import cuda_aware_mpi
 from hdbl_mpi.config import Config
 from hdbl_mpi.engine import evaluate, train_steps
 from hdbl_mpi.errors import HdblError
@@ -141,7 +142,8 @@ class PeerTrainer:
         self.ddp: TorchDDP | None = None
         self.train_model = self.model  # what the steps run: the model, or DDP's wrapper of it
         if backend == "mpi4py":
-            self.exchange = Mpi4pyAllreduce(self.model, self.comm, self.config.ps.bucket_mb)
+            self.exchange = Mpi4pyAllreduce(self.model, self.comm, self.config.ps.bucket_mb,
+                                            cuda_aware=cuda_aware_mpi().supported)
         elif backend == "horovod":
             self.horovod = HorovodAllreduce(self.comm)
             self.optimizer = self.horovod.wrap(self.model, self.optimizer)
@@ -192,7 +194,7 @@ class PeerTrainer:
         after_step, averaging_s = self._round_hook(epoch, steps, lr_of_step)
         stats = train_steps(self.train_model, self.optimizer, self.setup.train_source, steps, batch, stage.resolution,
                             self.setup.device, exchange=self.exchange, lr_of_step=lr_of_step, after_step=after_step,
-                            precision=self.precision)
+                            precision=self.precision, warm_up=self.setup.warm_up)
         inside, outside = averaging_s[0], 0.0  # LocalSGD's averaging happens between steps, inside stats.seconds
         if self.config.ps.mode == "allreduce":
             self.state.syncs += steps
@@ -312,7 +314,7 @@ class PeerTrainer:
         states = self.comm.gather(mine.to_bytes(), root=0)
         if states is not None:  # rank 0
             st.optimizer = {}  # in the rank files now
-            self.book.save(self.flat.vector.detach().cpu().clone(), replace(st, wall_time_s=self._wall()).to_dict(),
+            self.book.save(self.flat.snapshot(), replace(st, wall_time_s=self._wall()).to_dict(),
                            {r: RankState.from_bytes(b) for r, b in enumerate(states)}, st.epoch)
 
     def figures(self) -> dict[str, Any]:

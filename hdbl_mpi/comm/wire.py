@@ -2,9 +2,10 @@
 
 A commit moves the whole model state (parameters and floating-point BatchNorm buffers) as ONE contiguous
 float32 vector. On the CPU the model's tensors are re-pointed to views of that vector, so the numpy array MPI
-sends from and receives into *is* the model: a push and a pull copy nothing. On a GPU one pinned host vector
-is the staging area (one device<->host copy per direction). Integer buffers such as BatchNorm's
-``num_batches_tracked`` are not exchanged: they only count steps and do not affect training with momentum BN.
+sends from and receives into *is* the model: a push and a pull copy nothing. On a GPU (or in the channels-last
+memory format) one host vector, pinned on a GPU, is the staging area (one copy per direction). Integer buffers
+such as BatchNorm's ``num_batches_tracked`` are not exchanged: they only count steps and do not affect training
+with momentum BN.
 """
 
 from __future__ import annotations
@@ -40,11 +41,16 @@ def _state_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
 class FlatState:
     """All floating-point state of a model in one contiguous float32 vector.
 
-    After construction the model's parameters and float buffers are views into ``self.vector`` (CPU) or into
-    a device vector mirrored by the pinned ``self.host`` array (GPU). ``host`` is what MPI sends and receives.
+    After construction the model's parameters and float buffers are views into ``self.vector`` (on the model's
+    device). ``host`` is what MPI sends and receives, always in the *wire order*: each tensor's elements in
+    row-major (NCHW) order, one after the other, so every rank, the server's merge and every checkpoint agree on
+    what element i is, whatever memory format a rank trains in. On the CPU in the plain layout ``host`` is the
+    vector itself (a push and a pull copy nothing). With `channels_last` the 4-d tensors are channels-last views
+    of the vector, and on a GPU the vector lives in device memory; then ``host`` is a separate (pinned, on a
+    GPU) array and :meth:`to_host` / :meth:`from_host` reorder and copy once per exchange.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, channels_last: bool = False) -> None:
         named = _state_tensors(model)
         for name, tensor in named:
             if tensor.dtype != torch.float32:
@@ -53,13 +59,14 @@ class FlatState:
         self.shapes = [tuple(t.shape) for _, t in named]
         self.numel = sum(t.numel() for _, t in named)
         self.params_numel = sum(t.numel() for n, t in named if n.startswith("param:"))  # they come first
+        self.channels_last = channels_last and any(len(s) == 4 for s in self.shapes)
         device = named[0][1].device
         self.vector = torch.empty(self.numel, dtype=torch.float32, device=device)
+        self._views: list[torch.Tensor] = []  # each tensor's view of the vector, in the model's memory format
         offset = 0
         modules = dict(model.named_modules())
         for name, tensor in named:
-            n = tensor.numel()
-            view = self.vector[offset : offset + n].view_as(tensor)
+            view = self._view(offset, tensor.shape)
             view.copy_(tensor.detach())
             kind, dotted = name.split(":", 1)
             owner_name, _, attr = dotted.rpartition(".")
@@ -68,11 +75,23 @@ class FlatState:
                 owner._parameters[attr].data = view
             else:
                 owner._buffers[attr] = view
-            offset += n
-        if device.type == "cpu":
-            self.host = self.vector.numpy()
+            self._views.append(view)
+            offset += tensor.numel()
+        self._direct = device.type == "cpu" and not self.channels_last
+        if self._direct:
+            self._host = self.vector
         else:
-            self.host = torch.empty(self.numel, dtype=torch.float32, pin_memory=True).numpy()
+            self._host = torch.empty(self.numel, dtype=torch.float32, pin_memory=device.type == "cuda")
+        self.host = self._host.numpy()
+        # Where the wire order is assembled on the vector's device before one copy to the host (a reordering GPU).
+        self._staging = self.vector.new_empty(self.numel) if self.channels_last and device.type == "cuda" else None
+
+    def _view(self, offset: int, shape: torch.Size) -> torch.Tensor:
+        n = shape.numel()
+        if self.channels_last and len(shape) == 4:
+            c, h, w = shape[1], shape[2], shape[3]
+            return self.vector.as_strided(shape, (h * w * c, 1, w * c, c), offset)
+        return self.vector[offset : offset + n].view(shape)
 
     @property
     def nbytes(self) -> int:
@@ -82,16 +101,56 @@ class FlatState:
         """The names and shapes of the vector's pieces, in order (kept in checkpoints: train.init_from)."""
         return {"names": list(self.names), "shapes": [list(s) for s in self.shapes]}
 
+    def _gather(self, into: torch.Tensor) -> None:
+        offset = 0
+        for view in self._views:
+            n = view.numel()
+            into[offset : offset + n].view(view.shape).copy_(view)
+            offset += n
+
+    def _scatter(self, source: torch.Tensor) -> None:
+        offset = 0
+        for view in self._views:
+            n = view.numel()
+            view.copy_(source[offset : offset + n].view(view.shape))
+            offset += n
+
     def to_host(self) -> np.ndarray:
-        """Make ``host`` hold the current model state (a no-op on the CPU)."""
-        if self.vector.device.type != "cpu":
-            torch.from_numpy(self.host).copy_(self.vector, non_blocking=False)
+        """Make ``host`` hold the current model state in the wire order (a no-op on the CPU in the plain layout).
+        A GPU's copy goes into pinned memory without blocking the host, then waits for that copy only."""
+        if self._direct:
+            return self.host
+        if self.vector.device.type == "cpu":
+            self._gather(self._host)
+            return self.host
+        source = self.vector
+        if self._staging is not None:
+            self._gather(self._staging)
+            source = self._staging
+        self._host.copy_(source, non_blocking=True)
+        torch.cuda.current_stream(self.vector.device).synchronize()
         return self.host
 
     def from_host(self) -> None:
-        """Load ``host`` into the model (a no-op on the CPU, where they share memory)."""
-        if self.vector.device.type != "cpu":
-            self.vector.copy_(torch.from_numpy(self.host), non_blocking=False)
+        """Load ``host`` (wire order) into the model (a no-op on the CPU in the plain layout)."""
+        if self._direct:
+            return
+        if self.vector.device.type == "cpu":
+            self._scatter(self._host)
+            return
+        target = self._staging if self._staging is not None else self.vector
+        target.copy_(self._host, non_blocking=True)  # ordered before any later kernel on this stream
+        if self._staging is not None:
+            self._scatter(self._staging)
+
+    def snapshot(self) -> torch.Tensor:
+        """A CPU copy of the state in the wire order: what a checkpoint keeps."""
+        return torch.from_numpy(self.to_host()).clone()
+
+    def load(self, vector: torch.Tensor) -> None:
+        """Set the model's state from a vector in the wire order (a checkpoint's, a snapshot's)."""
+        self._host.copy_(vector.reshape(-1))
+        self.from_host()
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,10 @@ import platform
 import re
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,9 @@ from hdbl_mpi.data import make_batch
 from hdbl_mpi.engine import is_out_of_memory
 from hdbl_mpi.errors import ConfigError, HdblError
 from hdbl_mpi.precision import PRECISIONS, Precision, check_precision
+
+if TYPE_CHECKING:
+    from hdbl_mpi.data.sources import BatchSource
 
 __all__ = [
     "PRECISIONS",
@@ -70,6 +74,7 @@ _PROC_STATUS = "/proc/self/status"
 
 DEFAULT_MEMORY_BATCHES = (8, 16, 32, 64)
 DEFAULT_TIME_POINTS = 8
+SOURCE_STREAM_STEPS = 64  # batches per stream drawn from a real source before a fresh one (a new epoch) starts
 
 
 # --------------------------------------------------------------------------------------------- line fits
@@ -131,6 +136,10 @@ class TrainingStep:
     A class rather than a closure so that the memory fallback (:func:`peak_memory` without a resettable RSS)
     can reach the model and optimizer to count their bytes. Every call reuses the same optimizer (and grad
     scaler), so repeated calls leave no growing state behind.
+
+    With a `source` (`hdbl profile --config`: the config's own data, decoded as training decodes it) the step
+    draws its batches from it, one stream per batch size, and `input_s` keeps the seconds each draw took, so
+    the profile says how much of tau(B) is the input pipeline.
     """
 
     def __init__(
@@ -144,6 +153,7 @@ class TrainingStep:
         pool_size: int,
         seed: int,
         optimizer: OptimizerFactory | None = None,
+        source: BatchSource | None = None,
     ) -> None:
         self.model = model
         self.device = device
@@ -161,17 +171,31 @@ class TrainingStep:
         )
         self.mean = (0.5,) * in_channels
         self.std = (0.25,) * in_channels
+        self.source = source
+        self.streams: dict[int, Iterator[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.input_s: dict[int, list[float]] = {}
+
+    def _draw(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.source is None:
+            index = torch.randint(0, self.pool.shape[0], (batch,), generator=self.generator)
+            inputs = make_batch(self.pool, index, self.resolution, self.mean, self.std, augment=True,
+                                generator=self.generator, device=self.device)
+            labels = torch.randint(0, self.num_classes, (batch,), generator=self.generator)
+            return inputs, labels.to(self.device, non_blocking=True)
+        start = time.perf_counter()
+        drawn = next(self.streams.get(batch) or iter(()), None)
+        if drawn is None:  # a stream per batch size, as long as a training commit's (sizes are taken in turn)
+            self.streams[batch] = iter(self.source.batches(SOURCE_STREAM_STEPS, batch, self.resolution))
+            drawn = next(self.streams[batch])
+        _sync(self.device)
+        self.input_s.setdefault(batch, []).append(time.perf_counter() - start)
+        return drawn
 
     def __call__(self, batch: int) -> None:
         if batch < 1:
             raise ValueError(f"batch must be >= 1, got {batch}")
         self.model.train()
-        index = torch.randint(0, self.pool.shape[0], (batch,), generator=self.generator)
-        inputs = make_batch(self.pool, index, self.resolution, self.mean, self.std, augment=True,
-                            generator=self.generator, device=self.device)
-        labels = torch.randint(0, self.num_classes, (batch,), generator=self.generator).to(
-            self.device, non_blocking=True
-        )
+        inputs, labels = self._draw(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with self.mixed.autocast():
             loss = F.cross_entropy(self.model(inputs), labels)
@@ -193,19 +217,22 @@ def make_training_step(
     pool_size: int = 4096,
     seed: int = 0,
     optimizer: OptimizerFactory | None = None,
+    source: BatchSource | None = None,
 ) -> TrainingStep:
     """`step(batch)` doing one real training step of `model` (already on `device`), as training does it.
 
     Timing a forward pass alone, or a step without the batch pipeline, would underestimate a and b and give a
     plan whose commits do not take the time it promises; so the step is the real thing: augmentation,
     cross-entropy, backward and an update by `optimizer(model)` (default SGD, momentum 0.9, weight decay 1e-4;
-    `dual.profile: auto` passes the run's own), at `precision` (hdbl_mpi.precision).
+    `dual.profile: auto` passes the run's own), at `precision` (hdbl_mpi.precision), on batches of `source`
+    (the config's data) or of a generated in-memory pool.
     """
     device = torch.device(device)
     _check_precision(precision, device)
     if pool_size < 1:
         raise ValueError(f"pool_size must be >= 1, got {pool_size}")
-    return TrainingStep(model, num_classes, in_channels, resolution, device, precision, pool_size, seed, optimizer)
+    return TrainingStep(model, num_classes, in_channels, resolution, device, precision, pool_size, seed, optimizer,
+                        source)
 
 
 def _sync(device: torch.device | None) -> None:
@@ -574,62 +601,50 @@ def profile_resolution(
     in_channels: int,
     resolution: int,
     device: torch.device,
-    precision: str = "fp32",
-    batches: Sequence[int] | None = None,
-    steps: int = 20,
-    warmup: int = 2,
-    memory_budget: int | None = None,
-    margin: float = 0.9,
-    memory_batches: Sequence[int] | None = None,
-    max_batch: int = 4096,
-    optimizer: OptimizerFactory | None = None,
+    settings: ProfileSettings | None = None,
 ) -> dict:
     """Measure B_max and tau(B) = a*B + b for one resolution and precision; the profile entry as a dict.
 
     Memory comes first because the timing sweep must stay below B_max. The model is built fresh (a previous
-    resolution's optimizer state or allocator cache must not distort this one) and freed at the end.
+    resolution's optimizer state or allocator cache must not distort this one), put in the memory format and
+    compiled form training uses, and freed at the end.
     """
+    from hdbl_mpi.throughput import compile_model, use_channels_last
+
+    s = settings or ProfileSettings()
     device = torch.device(device)
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    capacity = memory_capacity(device, memory_budget)
-    method = memory_method(device)
-    _check_precision(precision, device)  # before building anything
+    if s.max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {s.max_batch}")
+    capacity = memory_capacity(device, s.memory_budget)
+    _check_precision(s.precision, device)  # before building anything
     model = model_factory().to(device)
-    step = make_training_step(model, num_classes, in_channels, resolution, device, precision, optimizer=optimizer)
+    channels_last = s.channels_last and use_channels_last(model)
+    if s.compile:  # each batch size's graph is compiled in its warm-up steps, which are not timed
+        compile_model(model)
+    step = make_training_step(model, num_classes, in_channels, resolution, device, s.precision,
+                              optimizer=s.optimizer, source=s.source)
     del model  # the step holds the only reference, so dropping the step frees the model
     try:
-        entry = _profile_step(step, resolution, device, precision, batches, steps, warmup, capacity, method,
-                              margin, memory_batches, max_batch)
-        entry["optimizer"] = type(step.optimizer).__name__  # what the timed step ran
+        entry = _profile_step(step, resolution, device, s, capacity, memory_method(device))
+        entry.update(optimizer=type(step.optimizer).__name__, channels_last=channels_last, compile=s.compile)
+        if s.source is not None:
+            entry["input"] = _input_share(step, entry)
         return entry
     finally:
         del step
         _release(device)
 
 
-def _profile_step(
-    step: TrainingStep,
-    resolution: int,
-    device: torch.device,
-    precision: str,
-    batches: Sequence[int] | None,
-    steps: int,
-    warmup: int,
-    capacity: int,
-    method: str,
-    margin: float,
-    memory_batches: Sequence[int] | None,
-    max_batch: int,
-) -> dict:
+def _profile_step(step: TrainingStep, resolution: int, device: torch.device, s: ProfileSettings, capacity: int,
+                  method: str) -> dict:
     """The measurements of :func:`profile_resolution` on a built step (kept apart so that every reference to
     the model is gone once it returns): memory first, because the timing sweep must stay below B_max."""
-    memory, mem_batches, mem_bytes = _fit_memory(step, resolution, device, precision, method, memory_batches,
-                                                 max_batch)
-    predicted = _predict(memory, capacity, margin, max_batch, resolution, precision, device)
+    memory, mem_batches, mem_bytes = _fit_memory(step, resolution, device, s.precision, method, s.memory_batches,
+                                                 s.max_batch)
+    predicted = _predict(memory, capacity, s.margin, s.max_batch, resolution, s.precision, device)
     b_max, backoffs = confirm_bmax(_confirming_step(step, device, method, capacity), predicted,
                                    on_oom=lambda: _release(device))
-    wanted = [int(b) for b in batches] if batches is not None else _default_time_batches(b_max)
+    wanted = [int(b) for b in s.batches] if s.batches is not None else _default_time_batches(b_max)
     time_batches = sorted({b for b in wanted if 1 <= b <= b_max})
     skipped = sorted({b for b in wanted if not 1 <= b <= b_max})
     if len(time_batches) < 2:
@@ -637,21 +652,34 @@ def _profile_step(
             f"Only {time_batches} of the timing batch sizes {sorted(set(wanted))} are between 1 and B_max = "
             f"{b_max}; a line needs two. Pass batch sizes <= {b_max}."
         )
-    step_s = time_sweep(step, time_batches, steps, warmup, device)  # tau(B) on the median step time
-    medians = [statistics.median(s) for s in step_s]
+    step.input_s.clear()  # the memory probes' draws are not part of the timing, nor their streams
+    step.streams.clear()
+    step_s = time_sweep(step, time_batches, s.steps, s.warmup, device)  # tau(B) on the median step time
+    medians = [statistics.median(x) for x in step_s]
     tau = fit_line(time_batches, medians, relative=True)
     entry = {
         "device": device_name(device), "torch": torch.__version__, "model": None, "resolution": int(resolution),
-        "precision": precision, "a": tau.a, "b": tau.b, "r2": tau.r2, "b_max": int(b_max),
+        "precision": s.precision, "a": tau.a, "b": tau.b, "r2": tau.r2, "b_max": int(b_max),
         "b_max_predicted": int(predicted), "oom_backoffs": backoffs,
-        "memory": {"a": memory.a, "b": memory.b, "r2": memory.r2, "capacity": int(capacity), "margin": margin,
+        "memory": {"a": memory.a, "b": memory.b, "r2": memory.r2, "capacity": int(capacity), "margin": s.margin,
                    "method": method, "batches": mem_batches, "bytes": mem_bytes},
         "samples": {"batch": time_batches, "step_s": step_s, "median_s": medians},
-        "steps": steps, "warmup": warmup,
+        "steps": s.steps, "warmup": s.warmup,
     }
     if skipped:
         entry["skipped_batches"] = skipped
     return entry
+
+
+def _input_share(step: TrainingStep, entry: dict) -> dict:
+    """How much of each timed step was spent waiting for the input pipeline: the median draw time per batch
+    size (the timed steps' draws, warm-up excluded), its line in B, and its share of the median step."""
+    batches, medians = entry["samples"]["batch"], entry["samples"]["median_s"]
+    timed = [step.input_s[b][-entry["steps"]:] for b in batches]
+    input_medians = [statistics.median(x) for x in timed]
+    line = fit_line(batches, input_medians)
+    return {"median_s": input_medians, "a": line.a, "b": line.b, "r2": line.r2,
+            "share": [i / m if m > 0 else 0.0 for i, m in zip(input_medians, medians, strict=True)]}
 
 
 def _fit_memory(step: TrainingStep, resolution: int, device: torch.device, precision: str, method: str,
@@ -751,6 +779,10 @@ class ProfileSettings:
     max_batch: int = 4096
     batches: Sequence[int] | None = None  # None: spread up to B_max
     optimizer: OptimizerFactory | None = None  # None: SGD with momentum; dual.profile: auto gives the run's own
+    memory_batches: Sequence[int] | None = None  # None: DEFAULT_MEMORY_BATCHES
+    channels_last: bool = False  # train.channels_last
+    compile: bool = False  # train.compile
+    source: BatchSource | None = None  # the config's data (hdbl profile --config); None: a generated pool
 
 
 def profile_device(model_factory: Callable[[int], nn.Module], model: str, num_classes: int, in_channels: int,
@@ -760,10 +792,7 @@ def profile_device(model_factory: Callable[[int], nn.Module], model: str, num_cl
     device and :func:`hdbl_mpi.profiling.store.average_ranks` combines the ranks' entries."""
     entries = []
     for r in resolutions:
-        entry = profile_resolution(functools.partial(model_factory, r), num_classes, in_channels, r, device,
-                                   settings.precision, batches=settings.batches, steps=settings.steps,
-                                   warmup=settings.warmup, memory_budget=settings.memory_budget, margin=settings.margin,
-                                   max_batch=settings.max_batch, optimizer=settings.optimizer)
+        entry = profile_resolution(functools.partial(model_factory, r), num_classes, in_channels, r, device, settings)
         entry["model"] = model
         entries.append(entry)
     return entries

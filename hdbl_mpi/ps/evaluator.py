@@ -50,7 +50,7 @@ class Evaluator:
             epoch, snapshot, resolution = item
             try:
                 start = time.perf_counter()
-                self._flat.vector.copy_(snapshot)
+                self._flat.load(snapshot)
                 loss, acc = evaluate(self._model, self._source, resolution, self._batch, self._device)
                 self._done.put(EvalResult(epoch, loss, acc, time.perf_counter() - start, resolution))
             except BaseException as err:  # surfaced in the main thread by results()

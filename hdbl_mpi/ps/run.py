@@ -48,7 +48,7 @@ def run_parameter_server(setup: RunSetup, verbose: bool) -> RunResult | Stopped 
     if world.is_worker:
         assert setup.train_source is not None
         Worker(world, config, setup.model, setup.flat, setup.train_source, setup.device, timeout_s, verbose,
-               layout, setup.rank_state).run()
+               layout, setup.rank_state, setup.warm_up).run()
         return None
     return _serve(setup, timeout_s)
 
@@ -63,7 +63,7 @@ def _serve(setup: RunSetup, timeout_s: float) -> RunResult | Stopped:
     evaluator = Evaluator(setup.model, setup.test_source, config.eval.batch_size, setup.device)
     # The global model lives on the host, where MPI receives and merges; the model's own vector (on ps.device)
     # becomes the evaluator's staging area.
-    weights = setup.flat.vector.detach().to("cpu", copy=True)
+    weights = setup.flat.snapshot()
     server = Server(setup.world, config, setup.schedule, setup.plans, weights, setup.run_dir, evaluator, state,
                     timeout_s, setup.layout, assign, setup.flat.layout())
     if setup.restored and "outer_velocity" in setup.restored:

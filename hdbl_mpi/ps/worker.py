@@ -49,6 +49,7 @@ from hdbl_mpi.run.faults import maybe_crash
 from hdbl_mpi.run.rankstate import GRAD_SCALER, RankState, capture, restore
 from hdbl_mpi.run.records import CommitRecord
 from hdbl_mpi.run.signals import STOP
+from hdbl_mpi.throughput import CompileWarmup
 
 
 def push_and_pull(comm, host: np.ndarray, header_out, header_in, timeout_s: float, what: str,
@@ -75,10 +76,10 @@ class Worker:
 
     def __init__(self, world: World, config: Config, model: nn.Module, flat: FlatState, source: BatchSource,
                  device: torch.device, timeout_s: float, verbose: bool, layout: Layout | None = None,
-                 resumed: RankState | None = None) -> None:
+                 resumed: RankState | None = None, warm_up: CompileWarmup | None = None) -> None:
         self.world, self.comm, self.config = world, world.comm, config
         self.model, self.flat, self.source, self.device = model, flat, source, device
-        self.timeout_s, self.verbose, self.layout = timeout_s, verbose, layout
+        self.timeout_s, self.verbose, self.layout, self.warm_up = timeout_s, verbose, layout, warm_up
         self.optimizer = optimizer_for(model, config.train)
         self.precision = Precision(config.train.precision, device)  # its scaler (amp) lives across commits
         if resumed is not None:  # a resume: momentum, scaler, RNGs and data stream as the checkpoint left them
@@ -148,7 +149,7 @@ class Worker:
         set_lr(self.optimizer, task.lr)
         set_dropout(self.model, task.dropout)
         stats = train_steps(self.model, self.optimizer, self.source, task.steps, task.batch, task.resolution,
-                            self.device, check_finite=False, precision=self.precision)
+                            self.device, check_finite=False, precision=self.precision, warm_up=self.warm_up)
         d = self.config.debug
         if self.world.rank == d.nan_rank and d.nan_at_commit <= local < d.nan_at_commit + d.nan_commits:
             self.flat.vector[0] = self.flat.vector[-1] = float("nan")  # injected divergence (first and last shard)

@@ -99,6 +99,7 @@ class RunFacts:
     host: str
     versions: dict[str, str]
     finished: str
+    cuda_aware_mpi: dict = field(default_factory=dict)  # does MPI take device buffers, asked how (comm/cuda_aware.py)
 
 
 @dataclass
@@ -136,7 +137,9 @@ class Summary:
     def from_dict(cls, values: dict[str, Any]) -> Summary:
         outcome_keys = {f.name for f in dataclasses.fields(Outcome)}
         fact_keys = {f.name for f in dataclasses.fields(RunFacts)}
-        missing = sorted((outcome_keys | fact_keys) - set(values))
+        optional = {f.name for f in dataclasses.fields(RunFacts)  # added later: older summaries lack them
+                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+        missing = sorted((outcome_keys | fact_keys) - optional - set(values))
         if missing:
             raise KeyError(f"summary.json lacks {', '.join(missing)}")
         extra = {k: v for k, v in values.items() if k not in outcome_keys | fact_keys}

@@ -220,13 +220,13 @@ def load_checkpoint(path: Path) -> tuple[Any, dict]:
 
 
 def restore_checkpoint(path: Path, target, config_name: str = "the run's own config") -> dict:
-    """Copy the checkpoint's weights into `target` (the configured model's flat float32 vector) and return the
-    saved state; a checkpoint of another model size is refused, naming both sizes."""
+    """Load the checkpoint's weights into `target` (the configured model's FlatState) and return the saved
+    state; a checkpoint of another model size is refused, naming both sizes."""
     from hdbl_mpi.errors import HdblError
 
     vector, state = load_checkpoint(path)
-    if vector.numel() != target.numel():
-        raise HdblError(f"{path} holds {vector.numel()} weights but the configured model has {target.numel()}; "
+    if vector.numel() != target.numel:
+        raise HdblError(f"{path} holds {vector.numel()} weights but the configured model has {target.numel}; "
                         f"use {config_name}.")
-    target.copy_(vector.to(target.device))
+    target.load(vector)
     return state

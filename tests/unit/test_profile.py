@@ -14,6 +14,7 @@ from hdbl_mpi.models import build_model
 from hdbl_mpi.profiling.measure import (
     Fit,
     OutOfMemory,
+    ProfileSettings,
     confirm_bmax,
     device_name,
     fit_line,
@@ -178,7 +179,7 @@ def test_precision_checks():
     with pytest.raises(ConfigError, match="precision is 'fp16'; use one of fp32, amp, bf16"):
         make_training_step(small_model(), 10, 1, 16, CPU, precision="fp16")
     with pytest.raises(ConfigError, match="needs a CUDA device"):
-        profile_resolution(small_model, 10, 1, 16, CPU, precision="amp", memory_budget=8 * GiB)
+        profile_resolution(small_model, 10, 1, 16, CPU, ProfileSettings(precision="amp", memory_budget=8 * GiB))
 
 
 def test_bf16_profiling_runs_on_the_cpu_under_autocast():
@@ -235,8 +236,8 @@ def cpu_entry():
     torch.manual_seed(0)
     # A 16x spread of batch sizes keeps the fitted slope positive even when a busy machine makes single steps
     # twice as slow; a narrower spread failed under load.
-    return profile_resolution(small_model, 10, 1, 16, CPU, batches=(4, 16, 64), steps=3, warmup=1,
-                              memory_budget=8 * GiB, max_batch=64)
+    return profile_resolution(small_model, 10, 1, 16, CPU, ProfileSettings(batches=(4, 16, 64), steps=3, warmup=1,
+                              memory_budget=8 * GiB, max_batch=64))
 
 
 def test_profile_resolution_on_the_cpu(cpu_entry):
@@ -260,11 +261,11 @@ def test_profile_resolution_on_the_cpu(cpu_entry):
 
 def test_a_tight_budget_gives_a_small_bmax():
     # Measure this process's memory line first, then allow about 40 samples' worth above its intercept.
-    probe = profile_resolution(wide_model, 10, 1, 32, CPU, batches=(2, 4), steps=1, warmup=0,
-                               memory_budget=8 * GiB, memory_batches=(2, 4, 8), max_batch=64)
+    probe = profile_resolution(wide_model, 10, 1, 32, CPU, ProfileSettings(batches=(2, 4), steps=1, warmup=0,
+                               memory_budget=8 * GiB, memory_batches=(2, 4, 8), max_batch=64))
     budget = int(probe["memory"]["b"] + 40 * probe["memory"]["a"])
-    e = profile_resolution(wide_model, 10, 1, 32, CPU, steps=1, warmup=0, memory_budget=budget, margin=1.0,
-                           memory_batches=(2, 4, 8), max_batch=64)
+    e = profile_resolution(wide_model, 10, 1, 32, CPU, ProfileSettings(
+        steps=1, warmup=0, memory_budget=budget, margin=1.0, memory_batches=(2, 4, 8), max_batch=64))
     assert 1 <= e["b_max"] < 64 and e["b_max"] <= e["b_max_predicted"]
     assert e["oom_backoffs"] or e["b_max_predicted"] < 64
     assert all(b > e["b_max"] for b in e["oom_backoffs"])
@@ -275,25 +276,25 @@ def test_a_tight_budget_gives_a_small_bmax():
 def test_budget_overrun_backs_off_with_counted_memory(monkeypatch):
     # Counted bytes are deterministic, so the budget can sit exactly at batch 24 of the measured line.
     monkeypatch.setattr(P, "_CLEAR_REFS", "/nonexistent/clear_refs")
-    probe = profile_resolution(wide_model, 10, 1, 32, CPU, batches=(2, 4), steps=1, warmup=0,
-                               memory_budget=8 * GiB, memory_batches=(2, 4, 8), max_batch=64)
+    probe = profile_resolution(wide_model, 10, 1, 32, CPU, ProfileSettings(batches=(2, 4), steps=1, warmup=0,
+                               memory_budget=8 * GiB, memory_batches=(2, 4, 8), max_batch=64))
     assert probe["memory"]["method"] == "saved-tensors" and probe["memory"]["r2"] > 0.999
     budget = int(probe["memory"]["b"] + 24.5 * probe["memory"]["a"])
-    e = profile_resolution(wide_model, 10, 1, 32, CPU, steps=1, warmup=0, memory_budget=budget, margin=1.0,
-                           memory_batches=(2, 4, 8), max_batch=64)
+    e = profile_resolution(wide_model, 10, 1, 32, CPU, ProfileSettings(
+        steps=1, warmup=0, memory_budget=budget, margin=1.0, memory_batches=(2, 4, 8), max_batch=64))
     assert e["b_max_predicted"] == 24 and e["b_max"] == 24 and e["oom_backoffs"] == []
     assert e["samples"]["batch"] == [2, 3, 4, 6, 8, 12, 17, 24]  # ~8 sizes, geometric, from 2 up to B_max
     # A prediction that is too optimistic is caught by the confirmation step and backed off.
     monkeypatch.setattr(P, "predict_bmax", lambda memory, capacity, margin=0.9: 40)
-    e = profile_resolution(wide_model, 10, 1, 32, CPU, batches=(4, 8), steps=1, warmup=0, memory_budget=budget,
-                           margin=1.0, memory_batches=(2, 4, 8), max_batch=64)
+    e = profile_resolution(wide_model, 10, 1, 32, CPU, ProfileSettings(
+        batches=(4, 8), steps=1, warmup=0, memory_budget=budget, margin=1.0, memory_batches=(2, 4, 8), max_batch=64))
     assert (e["b_max_predicted"], e["b_max"], e["oom_backoffs"]) == (40, 22, [40, 36, 32, 28, 25])  # 25 * 0.9 -> 22
 
 
 def test_profile_that_does_not_fit_says_so():
     with pytest.raises(HdblError, match="does not fit in the memory capacity.*larger --memory-budget"):
-        profile_resolution(small_model, 10, 1, 16, CPU, batches=(2, 4), steps=1, warmup=0,
-                           memory_budget=2**20, memory_batches=(2, 4), max_batch=8)
+        profile_resolution(small_model, 10, 1, 16, CPU, ProfileSettings(batches=(2, 4), steps=1, warmup=0,
+                           memory_budget=2**20, memory_batches=(2, 4), max_batch=8))
 
 
 # ------------------------------------------------------------------------------------- profile files
@@ -414,7 +415,46 @@ def test_the_profiler_times_the_configured_optimizer(name, cls):
     assert type(step.optimizer).__name__ == cls and len(step.optimizer.state) > 0  # it stepped
     assert type(make_training_step(small_model(), 10, 1, 16, CPU).optimizer).__name__ == "SGD"  # hdbl profile
     if name == "adamw":  # the profile entry records what was timed
-        entry = profile_resolution(small_model, 10, 1, 16, CPU, batches=[2, 4], steps=2, warmup=1,
+        entry = profile_resolution(small_model, 10, 1, 16, CPU, ProfileSettings(batches=[2, 4], steps=2, warmup=1,
                                    memory_budget=8 * GiB, max_batch=8,
-                                   optimizer=lambda model: optimizer_for(model, train))
+                                   optimizer=lambda model: optimizer_for(model, train)))
         assert entry["optimizer"] == cls
+
+
+# ------------------------------------------------------------------------- hdbl profile --config
+
+
+def _synthetic_config(tmp_path, *sets: str):
+    from hdbl_mpi.config import load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("data: {name: synthetic, synthetic: {train_size: 256, test_size: 32, channels: 1, size: 16}}\n"
+                    "model: {name: resnet_small, width: 4}\n"
+                    "dual: {profile: profile.json}\n")  # what `hdbl profile --config` is run to make
+    return path, load_config(path, list(sets))
+
+
+def test_profile_config_times_the_configured_step_on_its_own_data(tmp_path):
+    from hdbl_mpi.profiling.trained import profile_config
+
+    _, config = _synthetic_config(tmp_path, "train.optimizer=adamw", "train.precision=bf16",
+                                  "train.channels_last=true")
+    entries = profile_config(config, CPU, None, batches=[4, 16], steps=2, warmup=1, memory_budget=8 * GiB,
+                             max_batch=16)
+    (e,) = entries  # the schedule's one resolution: the data's 16 px
+    assert (e["resolution"], e["precision"], e["optimizer"], e["channels_last"], e["compile"]) == (
+        16, "bf16", "AdamW", True, False)
+    share = e["input"]
+    assert (share["data"], share["decoder"]) == ("synthetic", "in-memory")
+    assert len(share["median_s"]) == 2 and all(0 < s < 1 for s in share["share"])
+    assert all(i < m for i, m in zip(share["median_s"], e["samples"]["median_s"], strict=True))
+
+
+def test_profile_config_refuses_flags_the_config_decides(tmp_path, capsys):
+    from hdbl_mpi.cli import main
+
+    path, _ = _synthetic_config(tmp_path)
+    code = main(["profile", "--config", str(path), "--precision", "bf16", "--output", str(tmp_path / "p.json")])
+    assert code == 2
+    assert "drop --precision (change them with --set, e.g. --set train.precision=bf16)" in capsys.readouterr().err
+    assert not (tmp_path / "p.json").exists()

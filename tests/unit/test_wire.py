@@ -55,3 +55,24 @@ def test_headers_round_trip():
     assert REPLY.unpack(REPLY.pack(stop=1, lr=0.02))["lr"] == pytest.approx(0.02)
     with pytest.raises(KeyError):
         PUSH.pack(nonsense=1)
+
+
+def test_channels_last_views_keep_the_wire_order_plain():
+    plain, cl = _model(), _model()  # the same weights
+    reference = FlatState(plain)
+    flat = FlatState(cl, channels_last=True)
+    name, conv = next((n, p) for n, p in cl.named_parameters() if p.dim() == 4 and p.shape[1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert conv.data_ptr() >= flat.vector.data_ptr()  # a view of the vector, not a copy
+    # What MPI sends (and a checkpoint keeps) is the plain row-major order whatever the memory format.
+    assert np.array_equal(flat.to_host(), reference.to_host())
+    assert torch.equal(flat.snapshot(), reference.snapshot())
+    flat.host[:] = np.arange(flat.numel, dtype=np.float32)  # a pull
+    flat.from_host()
+    reference.load(torch.arange(reference.numel, dtype=torch.float32))
+    for (key, a), b in zip(cl.state_dict().items(), plain.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+    with torch.no_grad():
+        conv.add_(1.0)  # a training step shows up in the next push, in row-major order
+    start = sum(int(np.prod(s)) for s in flat.shapes[:flat.names.index(f"param:{name}")])
+    assert np.array_equal(flat.to_host()[start:start + conv.numel()], conv.detach().contiguous().view(-1).numpy())
