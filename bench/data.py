@@ -35,13 +35,17 @@ from hdbl_mpi.data.images import index_folder  # noqa: E402
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def make_folder(root: Path, images: int, size: int, classes: int = 10) -> None:
-    rng = np.random.default_rng(0)
+def make_folder(root: Path, images: int, size: int, classes: int = 10, split: str = "train") -> None:
+    """`images` JPEGs of `size` px in root/split/classNNN: each class a colour gradient of its own (so a model
+    can learn them), varied per image and with noise, so they compress like photographs rather than flat
+    colours."""
+    palette = np.random.default_rng(12345).uniform(0, 255, (classes, 2, 3)).astype(np.float32)
+    rng = np.random.default_rng(0 if split == "train" else 1)
     ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
     for i in range(images):
-        folder = root / "train" / f"class{i % classes:03d}"
+        folder = root / split / f"class{i % classes:03d}"
         folder.mkdir(parents=True, exist_ok=True)
-        low, high = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+        low, high = palette[i % classes] + rng.normal(0, 30, (2, 3)).astype(np.float32)
         gradient = low + (high - low) * (ramp[:, None, None] + ramp[None, :, None]) / 2
         noisy = gradient + rng.normal(0, 12, (size, size, 3)).astype(np.float32)
         Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(folder / f"{i:05d}.JPEG", quality=90)
