@@ -277,15 +277,8 @@ def _launch(args: argparse.Namespace) -> int:
     return launch(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from hdbl_mpi.config import add_train_arguments
-
-    parser = argparse.ArgumentParser(prog="hdbl", description=__doc__)
-    sub = parser.add_subparsers(dest="subcommand", required=True)
-    train = sub.add_parser("train", help="train under mpirun: rank 0 serves, the other ranks are workers")
-    add_train_arguments(train)
-    train.set_defaults(func=_train)
-
+def _add_plan(sub) -> None:
+    """`hdbl plan`'s flags: a stable interface for scripts."""
     plan = sub.add_parser("plan", help="the dual-batch plan (d_L, d_S, B_S, f per resolution) from a, b, B_L")
     plan.add_argument("--dataset-size", type=int, required=True, metavar="D", help="training-set size")
     plan.add_argument("--workers", type=int, required=True, metavar="n", help="workers (ranks minus the server)")
@@ -304,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print one JSON object (a stable interface)")
     plan.set_defaults(func=_plan)
 
+
+def _add_profile(sub) -> None:
+    """`hdbl profile`'s flags: a model by name, or --config for the step a config trains."""
     prof = sub.add_parser("profile", help="measure step time tau(B) = a*B + b and B_max on this device")
     prof.add_argument("--config", metavar="CONFIG", help="profile the step this config trains, on its own data "
                       "(its model, precision, optimizer, memory format, compile and input pipeline)")
@@ -326,6 +322,19 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--output", default="profile.json", help="profile file to create or update")
     prof.add_argument("--plot", metavar="FILE.png", help="also plot time vs batch with the fit (matplotlib)")
     prof.set_defaults(func=_profile)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hdbl_mpi.config import add_train_arguments
+
+    parser = argparse.ArgumentParser(prog="hdbl", description=__doc__)
+    sub = parser.add_subparsers(dest="subcommand", required=True)
+    train = sub.add_parser("train", help="train under mpirun: rank 0 serves, the other ranks are workers")
+    add_train_arguments(train)
+    train.set_defaults(func=_train)
+
+    _add_plan(sub)
+    _add_profile(sub)
 
     report = sub.add_parser("report", help="epoch tables and a comparison of runs against a baseline")
     report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
