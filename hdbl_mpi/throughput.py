@@ -74,6 +74,15 @@ def use_channels_last(model: nn.Module) -> bool:
     return True
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile will use ($CXX, else g++, else c++), or None without one."""
+    for name in (os.environ.get("CXX") or "g++", "c++"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
 def compile_model(model: nn.Module) -> None:
     """Compile the model's forward in place (its parameters, state dict and modules stay the same objects),
     one static graph per input shape. torch.compile's code generator builds its kernels (C++ on the CPU, Triton's
@@ -81,11 +90,10 @@ def compile_model(model: nn.Module) -> None:
     inductor, so its absence is said here, up front."""
     import torch._dynamo.config
 
-    compiler = os.environ.get("CXX") or "g++"
-    if shutil.which(compiler) is None and shutil.which("c++") is None:
-        raise ConfigError(f"train.compile needs a C++ compiler ({compiler} or c++ on PATH; torch.compile builds its "
-                          "kernels with it) and this host has none: install one (Debian: apt-get install g++) or "
-                          "set train.compile=false.")
+    if cpp_compiler() is None:
+        raise ConfigError(f"train.compile needs a C++ compiler ({os.environ.get('CXX') or 'g++'} or c++ on PATH; "
+                          "torch.compile builds its kernels with it) and this host has none: install one (Debian: "
+                          "apt-get install g++) or set train.compile=false.")
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     model.compile(dynamic=False)

@@ -98,7 +98,22 @@ def check_mpi() -> list[Check]:
         "" if same else f"mpirun ({launcher}) is not the MPI mpi4py loaded ({library}): put the matching mpirun "
         "first on PATH, or reinstall mpi4py against this MPI (pip install --no-binary mpi4py mpi4py)"))
     checks.append(check_ulfm(library, mpirun))
+    from hdbl_mpi.comm.cuda_aware import cuda_aware_mpi
+
+    aware = cuda_aware_mpi()
+    checks.append(Check("cuda-aware mpi", OK, f"{'yes' if aware.supported else 'no'} ({aware.how})"))
     return checks
+
+
+def check_compiler() -> Check:
+    """train.compile needs a C++ compiler on every host that trains."""
+    from hdbl_mpi.throughput import cpp_compiler
+
+    found = cpp_compiler()
+    if found is None:
+        return Check("c++ compiler", WARN, "none on PATH: train.compile cannot be used here",
+                     "apt-get install g++ (or set CXX), needed only for train.compile")
+    return Check("c++ compiler", OK, f"{found} (train.compile)")
 
 
 def check_ulfm(library: str, mpirun: str) -> Check:
@@ -202,7 +217,7 @@ def run_checks(datasets: list[str], data_dir: str | None, data_required: bool = 
             checks += group()
         except Exception as err:
             checks.append(Check(group.__name__[6:], MISSING, f"check failed: {type(err).__name__}: {err}"))
-    for single in (check_dali, check_horovod, check_launcher):
+    for single in (check_dali, check_horovod, check_compiler, check_launcher):
         try:
             checks.append(single())
         except Exception as err:

@@ -60,3 +60,16 @@ def test_doctor_command_prints_json_for_scripts():
     assert proc.returncode == (0 if result["ready"] else 1)
     statuses = {c["name"]: c["status"] for c in host["checks"]}
     assert statuses["python"] == statuses["torch"] == statuses["mpi"] == OK  # this test's own interpreter runs
+
+
+def test_the_compiler_train_compile_needs_is_reported(monkeypatch):
+    import shutil
+
+    from hdbl_mpi.launch import doctor
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    missing = doctor.check_compiler()
+    assert (missing.status, missing.fix) == ("warn", "apt-get install g++ (or set CXX), needed only for train.compile")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/opt/bin/{name}")
+    assert doctor.check_compiler().detail == "/opt/bin/g++ (train.compile)"
