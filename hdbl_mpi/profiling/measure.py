@@ -43,6 +43,7 @@ from hdbl_mpi.precision import PRECISIONS, Precision, check_precision
 
 if TYPE_CHECKING:
     from hdbl_mpi.data.sources import BatchSource
+    from hdbl_mpi.throughput import CompileWarmup
 
 __all__ = [
     "PRECISIONS",
@@ -174,6 +175,13 @@ class TrainingStep:
         self.source = source
         self.streams: dict[int, Iterator[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.input_s: dict[int, list[float]] = {}
+        self.warm_up: CompileWarmup | None = None  # a compiled model (train.compile): see prepare()
+
+    def prepare(self, batch: int) -> None:
+        """Compile a compiled model's graph for `batch` now, so that neither a timed step nor a memory peak
+        includes the compiler (its time, or on a CPU its own memory)."""
+        if self.warm_up is not None:
+            self.warm_up(batch, self.resolution, self.mixed)
 
     def _draw(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.source is None:
@@ -281,6 +289,8 @@ def time_sweep(step: Callable[[int], None], batches: Sequence[int], steps: int =
         raise ValueError(f"steps must be >= 1, got {steps}")
     device = torch.device(device) if device is not None else None
     for batch in batches:
+        if isinstance(step, TrainingStep):
+            step.prepare(batch)
         for _ in range(max(0, warmup)):
             step(batch)
     seconds: list[list[float]] = [[] for _ in batches]
@@ -392,6 +402,8 @@ def peak_memory(step: Callable[[int], None], batch: int, device: torch.device, m
     """
     device = torch.device(device)
     method = method or memory_method(device)
+    if isinstance(step, TrainingStep):
+        step.prepare(batch)
     if method == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
@@ -609,7 +621,7 @@ def profile_resolution(
     resolution's optimizer state or allocator cache must not distort this one), put in the memory format and
     compiled form training uses, and freed at the end.
     """
-    from hdbl_mpi.throughput import compile_model, use_channels_last
+    from hdbl_mpi.throughput import CompileWarmup, compile_model, use_channels_last
 
     s = settings or ProfileSettings()
     device = torch.device(device)
@@ -623,6 +635,7 @@ def profile_resolution(
         compile_model(model)
     step = make_training_step(model, num_classes, in_channels, resolution, device, s.precision,
                               optimizer=s.optimizer, source=s.source)
+    step.warm_up = CompileWarmup(model, in_channels) if s.compile else None
     del model  # the step holds the only reference, so dropping the step frees the model
     try:
         entry = _profile_step(step, resolution, device, s, capacity, memory_method(device))

@@ -458,3 +458,21 @@ def test_profile_config_refuses_flags_the_config_decides(tmp_path, capsys):
     assert code == 2
     assert "drop --precision (change them with --set, e.g. --set train.precision=bf16)" in capsys.readouterr().err
     assert not (tmp_path / "p.json").exists()
+
+
+def test_a_compiled_profile_compiles_each_batch_size_before_measuring_it(monkeypatch):
+    from hdbl_mpi import throughput
+
+    prepared: list[int] = []
+    real = throughput.CompileWarmup.__call__
+
+    def recording(self, batch, resolution, precision):
+        prepared.append(batch)
+        real(self, batch, resolution, precision)
+
+    monkeypatch.setattr(throughput.CompileWarmup, "__call__", recording)
+    e = profile_resolution(small_model, 10, 1, 16, CPU, ProfileSettings(
+        compile=True, batches=(2, 4), steps=1, warmup=0, memory_budget=8 * GiB, memory_batches=(2, 4), max_batch=4))
+    assert e["compile"] is True and e["channels_last"] is False
+    assert {2, 4} <= set(prepared)  # every memory probe and every timed size, compiled before its measurement
+    assert len(prepared) >= 2 + 1 + 2  # memory probes, the B_max confirmation, the timing sweep
