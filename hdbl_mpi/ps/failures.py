@@ -61,6 +61,8 @@ class ServerView(Protocol):
 
     def line(self, text: str) -> None: ...
 
+    def served(self, rank: int) -> bool: ...
+
     def release(self) -> None: ...
 
     def save_now(self) -> None: ...
@@ -159,16 +161,25 @@ class Failures:
         group = s.comm.Get_failed()
         dead = set(MPI.Group.Translate_ranks(group, list(range(group.Get_size())), s.comm.Get_group()))
         group.Free()
+        self.drop(dead, err.Get_error_class(), err.Get_error_string().strip())
+
+    def drop(self, dead: set[int], error_class: int, error: str) -> None:
+        """Go on without the dead workers. A worker that was told to stop and whose last record is in has left
+        the run, not failed it: under ULFM a rank leaves without MPI_Finalize, so its exit reaches the server
+        as a process failure while other workers are still finishing; it is not lost, and nothing re-plans."""
+        s = self.server
         roster = s.roster
-        for w in sorted(dead - roster.lost - {0}):
+        failed = {w for w in dead - roster.lost - {0} if not s.served(w)}
+        if not failed:
+            return
+        for w in sorted(failed):
             roster.lost.add(w)
             roster.training.discard(w)
             roster.pending.pop(w, None)
             roster.stalled.discard(w)
-            s.state.lost_workers.append({"rank": w, "at_commit": s.state.merged,
-                                         "error_class": err.Get_error_class()})
+            s.state.lost_workers.append({"rank": w, "at_commit": s.state.merged, "error_class": error_class})
             left = len(roster.alive())
-            s.line(f"rank {w} failed ({err.Get_error_string().strip()}): " + (
+            s.line(f"rank {w} failed ({error}): " + (
                 f"going on with {left} worker(s); the survivors take over its commits" if left else "no worker left"))
         if not roster.alive():  # keep what was merged: a checkpoint at this commit, then a summary and stop
             s.save_now()

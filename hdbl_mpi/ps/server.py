@@ -83,6 +83,7 @@ class Server:
         self.release_due = False
         self.records: list[CommitRecord] = []  # this run segment's commit records
         self.records_seen = {w: 0 for w in self.roster.workers}
+        self.records_before = {w: state.commits(w) for w in self.roster.workers}  # commits of earlier segments
         self.awaiting: dict[int, int] = {}  # global commit -> rank: replied to, its record not yet in
         self.commit_log = rundir.CommitLog(run_dir / rundir.COMMITS, keep_up_to=state.merged)
         self.progress = Progress(schedule.epochs * self.per_epoch, state.merged, self.per_epoch, run_dir / rundir.LOG)
@@ -104,12 +105,11 @@ class Server:
     # -- the loop ------------------------------------------------------------------------------------------------
     def serve(self) -> None:
         """Serve until every worker has been told to stop and has sent its last commit record."""
-        records_before = {w: self.state.commits(w) for w in self.roster.workers}
         status = MPI.Status()
         # Idle between commits: sleep in short steps (<= 0.25 ms) so a push is noticed quickly while the
         # server, which often shares a host with workers, uses next to no CPU.
         last_heard, backoff = time.monotonic(), Backoff(spin_s=2e-3, cap_s=2.5e-4)
-        while not self._finished(records_before):
+        while not self._finished():
             try:
                 if STOP.requested:
                     self.interrupt(f"{STOP.name()} on the server")
@@ -171,9 +171,16 @@ class Server:
                 "gone; if commits are this slow legitimately, raise ps.timeout_s."
             )
 
-    def _finished(self, records_before: dict[int, int]) -> bool:
-        return self.roster.done() and all(self.records_seen[w] == self.state.commits(w) - records_before[w]
-                                          for w in self.roster.alive())
+    def _finished(self) -> bool:
+        return self.roster.done() and all(self._records_in(w) for w in self.roster.alive())
+
+    def _records_in(self, rank: int) -> bool:
+        """Whether every commit `rank` made in this serve() has its record here."""
+        return self.records_seen[rank] == self.state.commits(rank) - self.records_before[rank]
+
+    def served(self, rank: int) -> bool:
+        """Whether `rank` was told to stop and its last record (sent after its final state) is in: it is done."""
+        return rank in self.roster.stopped and self._records_in(rank)
 
     # -- messages ------------------------------------------------------------------------------------------------
     def _on_push(self, src: int) -> None:

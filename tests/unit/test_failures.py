@@ -1,0 +1,68 @@
+"""The server's handling of dead workers under ULFM (ps/failures.py), without MPI: which dead ranks are lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from hdbl_mpi.ps.failures import EveryWorkerLost, Failures
+from hdbl_mpi.ps.state import Roster, ServerState
+
+
+class FakeServer:
+    def __init__(self, workers: list[int], served: set[int]) -> None:
+        self.state, self.roster, self.done = ServerState(merged=11), Roster(workers), served
+        self.timeout_s, self.run_dir, self.comm, self.release_due = 60.0, "run", None, False
+        self.lines: list[str] = []
+        self.replans: list[list[int]] = []
+        self.saved = False
+
+    @property
+    def assign(self):
+        return self
+
+    @property
+    def epochs(self):
+        return self
+
+    total = 12
+
+    def survivors(self, alive: list[int], reason: str) -> str:
+        self.replans.append(alive)
+        return f"no re-plan ({reason})"
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+
+    def served(self, rank: int) -> bool:
+        return rank in self.done
+
+    def release(self) -> None: ...
+
+    def save_now(self) -> None:
+        self.saved = True
+
+
+def test_a_worker_that_finished_and_left_is_not_lost():
+    # Workers 3 and 4 were told to stop and sent their last records; they left (no MPI_Finalize under ULFM)
+    # while worker 1 still finished its commit. Their exits arrive as a process failure: not a loss.
+    server = FakeServer([1, 3, 4], served={3, 4})
+    Failures(server, 3, ulfm=True).drop({3, 4}, 75, "MPI_ERR_PROC_FAILED: Process Failure")
+    assert server.state.lost_workers == [] and server.roster.lost == set()
+    assert server.lines == [] and server.replans == [] and not server.release_due
+
+
+def test_a_dead_worker_that_had_not_finished_is_lost_and_the_rest_go_on():
+    server = FakeServer([1, 3, 4], served={4})
+    Failures(server, 3, ulfm=True).drop({3, 4}, 75, "MPI_ERR_PROC_FAILED: Process Failure")
+    assert server.roster.lost == {3}
+    assert server.state.lost_workers == [{"rank": 3, "at_commit": 11, "error_class": 75}]
+    assert server.lines[0] == ("rank 3 failed (MPI_ERR_PROC_FAILED: Process Failure): going on with 2 worker(s); "
+                               "the survivors take over its commits")
+    assert server.replans == [[1, 4]] and server.release_due
+
+
+def test_losing_the_last_worker_checkpoints_and_says_how_to_resume():
+    server = FakeServer([1], served=set())
+    with pytest.raises(EveryWorkerLost, match="lost at commit 11 of 12; .* resume it with --resume run"):
+        Failures(server, 3, ulfm=True).drop({1}, 75, "MPI_ERR_PROC_FAILED")
+    assert server.saved
