@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -45,8 +45,7 @@ class Throughput:
     compile: bool
 
     def to_dict(self) -> dict[str, bool]:
-        return {"cudnn_benchmark": self.cudnn_benchmark, "channels_last": self.channels_last,
-                "compile": self.compile}
+        return asdict(self)
 
 
 def throughput_of(train: TrainConfig, ranks: Sequence[Any], shapes: Sequence[tuple[int, ...]]) -> Throughput:

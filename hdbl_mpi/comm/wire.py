@@ -11,6 +11,7 @@ with momentum BN.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,19 +102,21 @@ class FlatState:
         """The names and shapes of the vector's pieces, in order (kept in checkpoints: train.init_from)."""
         return {"names": list(self.names), "shapes": [list(s) for s in self.shapes]}
 
-    def _gather(self, into: torch.Tensor) -> None:
+    def _pairs(self, flat: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(the model's view, its piece of `flat` in the wire order), tensor by tensor."""
         offset = 0
         for view in self._views:
             n = view.numel()
-            into[offset : offset + n].view(view.shape).copy_(view)
+            yield view, flat[offset : offset + n].view(view.shape)
             offset += n
 
+    def _gather(self, into: torch.Tensor) -> None:
+        for view, piece in self._pairs(into):
+            piece.copy_(view)
+
     def _scatter(self, source: torch.Tensor) -> None:
-        offset = 0
-        for view in self._views:
-            n = view.numel()
-            view.copy_(source[offset : offset + n].view(view.shape))
-            offset += n
+        for view, piece in self._pairs(source):
+            view.copy_(piece)
 
     def to_host(self) -> np.ndarray:
         """Make ``host`` hold the current model state in the wire order (a no-op on the CPU in the plain layout).
