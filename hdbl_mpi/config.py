@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -217,14 +218,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return int(value)
         raise ConfigError(f"{key} must be an integer, got {value!r}.")
     if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {value!r}.")
+        number = _float(value)
+        if number is None:
+            raise ConfigError(f"{key} must be a number, got {value!r}.")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key} is {number}; it must be a finite number.")
+        return number
     if annotation is str:
         if isinstance(value, str):
             return value
@@ -234,6 +233,17 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key} must be a mapping, got {value!r}.")
     raise TypeError(f"unsupported config annotation {annotation!r} for {key}")
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 def _unknown_key(key: str, valid: list[str]) -> ConfigError:
@@ -312,7 +322,24 @@ def load_run_config(config_path: str | None, overrides: list[str], resume: str |
     saved = Path(resume) / rundir.CONFIG
     if not saved.is_file():
         raise ConfigError(f"--resume {resume}: no {rundir.CONFIG} there; pass the run directory of an earlier run.")
-    return load_config(saved, overrides)
+    config = load_config(saved, overrides)
+    _check_resumable(load_config(saved), config, resume)
+    return config
+
+
+# Keys whose value the checkpoint's state was made for: a resume that changes one would load state it cannot use
+# (another optimizer's buffers, another mode's counters) and fail at the first step, or train something else.
+RESUME_FIXED = ("train.optimizer", "ps.mode")
+
+
+def _check_resumable(saved: Config, wanted: Config, resume: str) -> None:
+    for dotted in RESUME_FIXED:
+        section, key = dotted.split(".")
+        before, after = getattr(getattr(saved, section), key), getattr(getattr(wanted, section), key)
+        _check(before.lower() == after.lower(),
+               f"--resume {resume} with {dotted}={after}: the run trained with {dotted}={before} and its checkpoint "
+               f"holds that state, which {after} cannot continue from. Resume without changing {dotted}, or start "
+               f"a new run from its weights: --set train.init_from={resume}.")
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -392,7 +419,8 @@ def _validate_train(t: TrainConfig) -> None:
 
 
 def _check_device(device: str, key: str) -> None:
-    _check(device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()),
+    index = device[5:] if device.startswith("cuda:") else ""
+    _check(device in ("auto", "cpu", "cuda") or (index.isascii() and index.isdigit()),
            f"{key} is {device!r}; use auto, cpu, cuda or cuda:N.")
 
 

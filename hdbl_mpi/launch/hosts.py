@@ -63,8 +63,13 @@ def _short_hostname() -> str:
     return os.uname().nodename.split(".")[0]
 
 
+def _digits(text: str) -> bool:
+    """Only 0-9: str.isdigit() also takes superscripts and other scripts' digits, which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _slots(text: str, where: str, line: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not _digits(text) or int(text) < 1:
         raise HostError(f"{where}: slot count {text!r} in {line!r} is not a positive integer; use {FORMS}.")
     return int(text)
 
@@ -160,8 +165,11 @@ def expand_nodelist(text: str) -> list[str]:
         prefix, ranges, suffix = match.groups()
         for item in ranges.split(","):
             low, _, high = item.partition("-")
-            if not low.isdigit() or (high and not high.isdigit()):
+            if not _digits(low) or (high and not _digits(high)):
                 raise HostError(f"cannot expand SLURM node list {text!r}: bad range {item!r}.")
+            if high and int(high) < int(low):
+                raise HostError(f"cannot expand SLURM node list {text!r}: the range {item!r} runs backwards; "
+                                f"write it low to high ({high}-{low}).")
             width = len(low)
             for number in range(int(low), int(high or low) + 1):
                 names.append(f"{prefix}{number:0{width}d}{suffix}")

@@ -75,6 +75,8 @@ def _train_config(args: list[str]) -> Config:
 def ranks_for(command: list[str], np: int | None, hosts: Hosts | None) -> tuple[int, str, list[str]]:
     """(ranks, why) for the hdbl subcommand: `train` needs what its config says; `doctor` runs once per host;
     anything else needs --np. The third item is launcher flags the config asks for (ULFM)."""
+    if np is not None and np < 1:
+        raise LaunchError(f"--np {np}: give a positive number of ranks, or drop --np to start what the config needs.")
     if command[0] == "train":
         config = _train_config(command[1:])
         needed = required_ranks(config)
@@ -82,8 +84,10 @@ def ranks_for(command: list[str], np: int | None, hosts: Hosts | None) -> tuple[
         why = (f"{servers} + dual.workers={config.dual.workers} workers" if has_server(config) else
                f"dual.workers={config.dual.workers} {config.ps.mode} workers, no server")
         if np is not None and np != needed:
-            raise LaunchError(f"--np {np} but the config needs {needed} ranks ({why}); drop --np, or change the "
-                              f"workers with --set dual.workers={np - needed + config.dual.workers}.")
+            workers = np - needed + config.dual.workers
+            change = f"change the workers with --set dual.workers={workers}" if workers >= 1 else \
+                f"start at least {needed - config.dual.workers + 1} ranks (one worker)"
+            raise LaunchError(f"--np {np} but the config needs {needed} ranks ({why}); drop --np, or {change}.")
         flags = ulfm_args(config.ps.ft_detector_timeout_s) if config.ps.fault_tolerance == "ulfm" else []
         return needed, why, flags
     if command[0] == "doctor" and np is None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -76,6 +77,10 @@ def build_model(name: str, num_classes: int, in_channels: int, resolution: int, 
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"model.dropout is {dropout}; it must be in [0, 1).")
     options = dict(options or {})
+    if options and (name in RESNETS or name in SMALL_MODELS):
+        raise ConfigError(f"model.options is {options} but the built-in {name} takes no options (they are passed to "
+                          "torchvision:<name> models and package.module:function factories); its settings are "
+                          "model.width, model.stem and model.dropout.")
     if name in RESNETS:
         model = build_resnet(name, num_classes, in_channels, resolution, stem, dropout, width)
     elif name == "lenet5":
@@ -111,10 +116,23 @@ def _torchvision(name: str, num_classes: int, in_channels: int, resolution: int,
     if name in ("inception_v3", "googlenet"):
         options.setdefault("aux_logits", False)  # the auxiliary heads return a tuple in training
         options.setdefault("init_weights", True)
-    model = models.get_model(name, weights=None, num_classes=num_classes, **options)
+    model = _with_options(f"torchvision:{name}", options,
+                          lambda: models.get_model(name, weights=None, num_classes=num_classes, **options))
     if in_channels != 3:
         _adapt_first_conv(model, in_channels, f"torchvision:{name}")
     return model
+
+
+def _with_options(name: str, options: dict[str, Any], build: Callable[[], Any]) -> Any:
+    """`build()`, with a keyword of model.options that the constructor does not take reported as a config error
+    (it names the key) instead of a TypeError from deep inside the model's __init__."""
+    try:
+        return build()
+    except TypeError as err:
+        if "keyword argument" not in str(err):
+            raise
+        raise ConfigError(f"model.name={name} does not take model.options {options}: {err}. Remove or rename the "
+                          "option (the constructor's own parameters are the ones it takes).") from None
 
 
 def _version() -> str:
@@ -150,7 +168,7 @@ def _factory(name: str, num_classes: int, in_channels: int, options: dict[str, A
     if not callable(factory):
         raise ConfigError(f"model.name={name}: module {module_name!r} ({getattr(module, '__file__', '?')}) has no "
                           f"function {function_name!r}.")
-    model = factory(num_classes, in_channels, **options)
+    model = _with_options(name, options, lambda: factory(num_classes, in_channels, **options))
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name={name}: {function_name}(num_classes, in_channels, **model.options) returned "
                           f"{type(model).__name__}, not a torch.nn.Module.")

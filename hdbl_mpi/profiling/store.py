@@ -9,6 +9,7 @@ they came from.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -68,7 +69,35 @@ def load_profile(path: str | Path) -> dict:
             f"{path} is not a profile file of format {PROFILE_FORMAT} (it needs 'format': {PROFILE_FORMAT} and an "
             f"'entries' mapping). {remedy}"
         )
+    for key, entry in profile["entries"].items():
+        problem = _entry_problem(entry)
+        if problem:
+            raise HdblError(f"Profile file {path}: entry {key!r} {problem}. Measure it again with `hdbl profile`, "
+                            "or correct the entry.")
     return profile
+
+
+# What `hdbl plan`, the start-up plan and the lookup read from every entry, and what each must be.
+_NUMBERS = {"a": "seconds per sample of the step-time line", "b": "seconds per step of the step-time line"}
+_COUNTS = {"b_max": "the largest batch that fits", "resolution": "the image size in pixels"}
+_NAMES = ("device", "model", "precision")
+
+
+def _entry_problem(entry: Any) -> str:
+    """Why an entry cannot be used (empty when it can): a missing key or a value of the wrong kind, found when
+    the file is read rather than as a KeyError or TypeError deep inside the plan."""
+    if not isinstance(entry, dict):
+        return f"is {type(entry).__name__}, not a mapping of keys"
+    for key, what in {**_NUMBERS, **_COUNTS}.items():
+        value = entry.get(key)
+        if value is None:
+            return f"has no {key!r} ({what})"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"has {key}={value!r}; it must be a finite number ({what})"
+        if key in _COUNTS and (value < 1 or value != int(value)):
+            return f"has {key}={value!r}; it must be a positive whole number ({what})"
+    missing = [key for key in _NAMES if not isinstance(entry.get(key), str)]
+    return f"has no {missing[0]!r} name" if missing else ""
 
 
 def _describe(entries: dict) -> str:

@@ -216,6 +216,10 @@ def load_checkpoint(path: Path) -> tuple[Any, dict]:
             "Start it again without --resume."
         )
     blob, _ = load_blob(path)
+    if not isinstance(blob, dict) or "vector" not in blob or "state" not in blob:
+        what = " It is one rank's own state (optimizer, random generators, data stream) from checkpoint-ranks/, " \
+               "not the run's weights." if isinstance(blob, dict) and "rank" in blob else ""
+        raise HdblError(f"{path} holds no global weights.{what} Use the run directory, or the {CHECKPOINT} in it.")
     return blob["vector"], blob["state"]
 
 

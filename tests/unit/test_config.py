@@ -46,6 +46,10 @@ def test_unknown_key_names_the_closest_one():
     ("train.lr_milestones=[0]", "train.lr_milestones is [0]"),
     ("train.device=tpu", "train.device is 'tpu'"),
     ("ps.staleness=0", "ps.staleness is 0"),
+    ("schedule.lrs=[.nan]", "schedule.lrs[0] is nan; it must be a finite number."),
+    ("train.lr=.inf", "train.lr is inf; it must be a finite number."),
+    ("dual.time_a=-.inf", "dual.time_a is -inf; it must be a finite number."),
+    ("train.device=cuda:²", "train.device is 'cuda:²'; use auto, cpu, cuda or cuda:N."),
 ])
 def test_bad_values_say_what_to_do(assignment, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -89,3 +93,16 @@ def test_every_shipped_config_loads_and_the_paper_recipes_say_what_the_papers_ra
     assert (imagenet.schedule.preset, imagenet.dual.small, imagenet.data.name, imagenet.model.stem) == (
         "imagenet-paper", 4, "folder", "imagenet")
     assert cifar.train.lr_scaling == imagenet.train.lr_scaling == "none"  # one LR for both batch sizes
+
+
+def test_a_resume_refuses_a_change_its_checkpoint_cannot_continue_from(tmp_path):
+    """The checkpoint holds SGD's momentum buffers (and the mode's own counters): AdamW, or another mode, would
+    fail at the first step with a KeyError; the config says so before anything starts."""
+    from hdbl_mpi.config import load_run_config
+
+    (tmp_path / "config.yaml").write_text(dump_config(load_config(None, ["dual.batch_large=64"])))
+    assert load_run_config(None, ["train.epochs=9"], str(tmp_path)).train.epochs == 9
+    for change, before in (("train.optimizer=adamw", "train.optimizer=sgd"), ("ps.mode=allreduce", "ps.mode=asp")):
+        with pytest.raises(ConfigError, match=f"--resume {tmp_path} with {change}: the run trained with {before} .* "
+                                              f"start a new run from its weights: --set train.init_from="):
+            load_run_config(None, [change, "dual.small=0"], str(tmp_path))

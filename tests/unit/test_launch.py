@@ -60,6 +60,8 @@ def test_bare_host_names_are_one_slot_each(tmp_path):
     ("node01 slots=0\n", "is not a positive integer"),
     ("node01 cpus=4\n", "hosts:1: unknown field 'cpus=4'"),
     ("node01:x\n", "slot count 'x'"),
+    ("node01 slots=\u00b2\n", "hosts:1: slot count '\u00b2'"),  # str.isdigit() takes a superscript; int() does not
+    ("node01:\u0663\n", "slot count '\u0663'"),  # an Arabic-Indic three
     ("ok slots=1\nbad host name!\n", "hosts:2: "),
     ("a slots=1\nb:2\n", "mixes 'host slots=N' and 'host:N'"),
     ("# only a comment\n\n", "lists no hosts"),
@@ -93,6 +95,8 @@ def test_slurm_nodelist_expansion_keeps_padding():
     assert expand_tasks_per_node("2(x3),1") == [2, 2, 2, 1]
     with pytest.raises(HostError):
         expand_nodelist("gpu[01-x]")
+    with pytest.raises(HostError, match=r"the range '05-01' runs backwards; write it low to high \(01-05\)"):
+        expand_nodelist("gpu[05-01]")  # not silently no hosts
 
 
 def test_hosts_from_a_faked_slurm_allocation():
@@ -209,6 +213,12 @@ def test_too_few_slots_and_a_wrong_np_are_refused(fake_mpis):
         prepare(launch_args("-H", "n1:2,n2:2", "train", str(CONFIG)), {})
     with pytest.raises(commands.LaunchError, match="--np 4 but the config needs 5 ranks"):
         prepare(launch_args("--np", "4", "train", str(CONFIG)), {})
+    with pytest.raises(commands.LaunchError, match="--np 0: give a positive number of ranks"):
+        prepare(launch_args("--np", "0", "train", str(CONFIG)), {})
+    with pytest.raises(commands.LaunchError, match=r"--np 1 but the config needs 5 ranks .* start at least 2 ranks") \
+            as err:
+        prepare(launch_args("--np", "1", "train", str(CONFIG)), {})
+    assert "--set dual.workers" not in str(err.value)  # never --set dual.workers=0 or -1
     argv, _, _ = prepare(launch_args("-H", "n1:2,n2:2", "--oversubscribe", "train", str(CONFIG)), {})
     assert "--oversubscribe" in argv
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from hdbl_mpi.errors import ConfigError
+from hdbl_mpi.errors import ConfigError, HdblError
 from hdbl_mpi.models import build_model, set_dropout
 
 
@@ -114,6 +114,16 @@ def test_a_user_factory_by_module_and_function(tmp_path, monkeypatch):
         build_model("nowhere_models:tiny", 4, 1, 16)
     with pytest.raises(ConfigError, match="has no function 'huge'"):
         build_model("my_models:huge", 4, 1, 16)
+    with pytest.raises(ConfigError, match=r"model.name=my_models:tiny does not take model.options \{'hiden': 5\}: "
+                                          ".*unexpected keyword argument 'hiden'"):
+        build_model("my_models:tiny", 4, 1, 16, options={"hiden": 5})
+
+
+def test_unknown_model_options_are_config_errors():
+    with pytest.raises(ConfigError, match=r"torchvision:resnet18 does not take model.options \{'depth': 3\}"):
+        build_model("torchvision:resnet18", 10, 3, 32, options={"depth": 3})
+    with pytest.raises(ConfigError, match="the built-in resnet18 takes no options"):
+        build_model("resnet18", 10, 3, 32, options={"depth": 3})
 
 
 def test_a_model_that_cannot_take_the_images_says_so_at_build_time():
@@ -173,3 +183,18 @@ def test_init_from_an_hdbl_checkpoint_by_its_recorded_layout(tmp_path):
     load_initial_weights(target, str(tmp_path), ["fc"])  # the run directory holds checkpoint.pt
     assert torch.equal(target.stages[2].conv2.weight, source.stages[2].conv2.weight)
     assert torch.equal(target.stem[1].running_var, source.stem[1].running_var)  # BatchNorm statistics too
+
+
+def test_init_from_a_rank_file_says_it_holds_no_weights(tmp_path):
+    """checkpoint-ranks/<C>/rank-N.pt is in the checkpoint format too, but holds one rank's optimizer and RNG
+    state: a KeyError 'vector' before, a message naming the file to use now."""
+    from hdbl_mpi.models.init import load_initial_weights
+    from hdbl_mpi.run import rundir
+    from hdbl_mpi.run.rankstate import RankState
+
+    path = tmp_path / "checkpoint-ranks" / "8" / "rank-1.pt"
+    path.parent.mkdir(parents=True)
+    rundir.save_blob(path, RankState(rank=1, at=8).to_dict())
+    with pytest.raises(HdblError, match=r"rank-1.pt holds no global weights. It is one rank's own state .* Use the "
+                                        r"run directory, or the checkpoint.pt in it."):
+        load_initial_weights(build_model("resnet_small", 5, 1, 16, width=4), str(path), [])

@@ -113,6 +113,26 @@ def test_plan_from_a_profile(capsys, tmp_path):
     assert code == 2 and "no entry for resnet18 at 48 px" in err
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"b_max": None}, "has no 'b_max' (the largest batch that fits)"),
+    ({"a": "fast"}, "has a='fast'; it must be a finite number (seconds per sample of the step-time line)"),
+    ({"b": float("nan")}, "has b=nan; it must be a finite number"),
+    ({"b_max": 0}, "has b_max=0; it must be a positive whole number"),
+    ({"model": None}, "has no 'model' name"),
+])
+def test_a_profile_entry_that_cannot_be_planned_from_is_named(capsys, tmp_path, change, message):
+    """A KeyError (missing b_max) or TypeError (a text a) inside the plan before; the file, the entry and the
+    key now, exit 2."""
+    entry = {"device": "GPU X", "torch": "2.14.1", "model": "resnet18", "resolution": 32, "precision": "fp32",
+             "a": 5.6607e-4, "b": 0.014041, "r2": 0.99, "b_max": 500}
+    entry = {k: v for k, v in {**entry, **change}.items() if v is not None}
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"format": 1, "entries": {"GPU X|2.14.1|resnet18|32|fp32": entry}}))
+    code, _, err = run_plan(capsys, "--dataset-size", "50000", "--workers", "4", "--small", "3", "--resolutions",
+                            "32", "--profile", str(path))
+    assert code == 2 and f"Profile file {path}: entry 'GPU X|2.14.1|resnet18|32|fp32' {message}" in err, err
+
+
 def test_plan_is_cheap_no_torch_no_mpi():
     code = ("import sys, hdbl_mpi.cli as c; c.main(['plan','--dataset-size','100','--workers','2','--small','0',"
             "'--resolutions','32','--batch-large','10','--json']); "
