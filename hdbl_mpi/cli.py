@@ -142,12 +142,12 @@ def _profile_here(args: argparse.Namespace, comm) -> tuple[list[dict], HdblError
     """This rank's profile entries (its own GPU by local rank, or the CPU), or the error that stopped it."""
     import torch
 
-    from hdbl_mpi.comm.placement import pick_device
+    from hdbl_mpi.comm.placement import take_device
     from hdbl_mpi.comm.world import threads_per_rank
     from hdbl_mpi.models import build_model
     from hdbl_mpi.profiling.measure import ProfileSettings, parse_bytes, profile_device
 
-    local_rank, local_size = 0, 1
+    local_rank, local_size, local = 0, 1, None
     if comm is not None:
         from mpi4py import MPI
 
@@ -158,7 +158,9 @@ def _profile_here(args: argparse.Namespace, comm) -> tuple[list[dict], HdblError
         fields = {"steps": args.steps, "warmup": args.warmup, "margin": args.margin, "max_batch": args.max_batch,
                   "memory_budget": parse_bytes(args.memory_budget) if args.memory_budget else None,
                   "batches": _numbers(args.batches, int, "--batches")}
-        device = pick_device(args.device, local_rank)
+        placement = take_device(args.device, local, local_rank, "MPI shared-memory split")
+        device = placement.device
+        fields["device_share"] = placement.sharing
         resolutions = _numbers(args.resolutions, int, "--resolutions")
         if args.config:
             return _profile_config(args, device, resolutions, fields), None

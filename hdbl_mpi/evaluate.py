@@ -21,7 +21,7 @@ def evaluate_checkpoint(target: str, config_path: str | None, overrides: list[st
     test split and return the figures."""
     import torch
 
-    from hdbl_mpi.comm.placement import pick_device
+    from hdbl_mpi.comm.placement import take_device
     from hdbl_mpi.comm.wire import FlatState
     from hdbl_mpi.config import load_config
     from hdbl_mpi.data.sources import open_source
@@ -36,7 +36,7 @@ def evaluate_checkpoint(target: str, config_path: str | None, overrides: list[st
     if not config_file.is_file():
         raise HdblError(f"no config at {config_file}: pass a run directory, or --config with the run's YAML.")
     config = load_config(config_file, overrides)
-    device = pick_device(device_name, 0)
+    device = take_device(device_name, None, 0, "one process").device
     info, source = open_source(config, train=False, device=device, seed=config.train.seed)
     schedule = schedule_from_config(config, info.native_resolution)
     top = schedule.resolutions[-1]

@@ -133,6 +133,7 @@ class RankInfo:
     decoder: str  # in-memory, dali-cpu, dali-gpu, torchvision
     skipped: tuple[str, ...]  # damaged files left out
     local_rank_from: str  # the launcher variable, or the MPI shared-memory split
+    gpu_sharing: int = 1  # ranks of its host on its GPU, itself included (B_max is planned for its share)
 
 
 @dataclass
@@ -191,7 +192,8 @@ def _local(config: Config, resume: bool) -> _Local:
         else make_peer_world(config.dual.workers, comm)
     torch.set_num_threads(threads_per_rank(world.local_size, config.train.threads))
     torch.manual_seed(config.train.seed)
-    device, local_rank_from = place(world, config)
+    placement = place(world, config)
+    device = placement.device
     torch.backends.cudnn.benchmark = config.train.cudnn_benchmark  # a CUDA setting; see hdbl_mpi/throughput.py
     if world.is_worker:  # the ranks that train (amp needs their CUDA device); every rank exits 2 with the message
         from hdbl_mpi.precision import check_precision
@@ -204,7 +206,8 @@ def _local(config: Config, resume: bool) -> _Local:
     if world.is_worker and world.rank == 0:  # data-parallel: rank 0 evaluates
         test = open_source(config, train=False, device=device, seed=seed)[1]
     info = RankInfo(data.train_size, data.native_resolution, f"{socket.gethostname()}:{device}",
-                    torch.get_num_threads(), data.decoder, tuple(data.skipped), local_rank_from)
+                    torch.get_num_threads(), data.decoder, tuple(data.skipped), placement.local_rank_from,
+                    placement.sharing)
     return _Local(world, device, data, source if world.is_worker else None, test, info)
 
 
@@ -328,11 +331,11 @@ def _auto_profile(config: Config, local: _Local, resolutions: list[int]) -> list
     from hdbl_mpi.profiling.trained import training_settings
 
     d, m, t, data = config.dual, config.model, config.train, local.data
-    budget = None
-    if local.device.type == "cpu":
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        budget = parse_bytes(d.memory_budget) if d.memory_budget else total // local.world.local_size
+    budget = parse_bytes(d.memory_budget) if d.memory_budget else None
+    if local.device.type == "cpu" and budget is None:
+        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // local.world.local_size
     settings = training_settings(t, steps=d.profile_steps, warmup=1, memory_budget=budget,
+                                 device_share=local.info.gpu_sharing,
                                  max_batch=min(d.profile_max_batch, _scalar(d.batch_large) or 1 << 30))
     top = resolutions[-1]
     return profile_device(
@@ -492,7 +495,7 @@ def run_facts(setup: RunSetup) -> RunFacts:
                "throughput": throughput_of(setup.config.train, ranks, setup.flat.shapes).to_dict()},
         plan=setup.plans[resolutions[-1]].to_dict(),
         plans=plan_summary([setup.plans[r] for r in resolutions], resolutions),
-        devices={str(rank): {"device": info.device, "threads": info.threads, "local_rank_from": info.local_rank_from}
-                 for rank, info in enumerate(ranks)},
+        devices={str(rank): {"device": info.device, "threads": info.threads, "local_rank_from": info.local_rank_from,
+                             "gpu_sharing": info.gpu_sharing} for rank, info in enumerate(ranks)},
         host=socket.gethostname(), versions=versions,
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), cuda_aware_mpi=cuda_aware_mpi().to_dict())

@@ -7,7 +7,8 @@ local rank without loading torch.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from hdbl_mpi.errors import ConfigError
 
@@ -28,7 +29,7 @@ def launcher_local_rank(environ: dict[str, str]) -> tuple[int, str] | None:
     says. The launcher's numbering is the one its CPU binding and `--gpus-per-task` follow."""
     for name in LOCAL_RANK_VARIABLES:
         value = environ.get(name, "")
-        if value.isdigit():
+        if value.isascii() and value.isdigit():
             return int(value), name
     return None
 
@@ -65,14 +66,65 @@ def pick_device(requested: str, slot: int) -> torch.device:
     return torch.device(requested)
 
 
-def place(world: World, config: Config) -> tuple[torch.device, str]:
-    """This rank's device and where its local rank came from. Workers use train.device, the server ps.device
-    (CPU by default: it only merges, and evaluates), a shard server the CPU (it only merges). Ranks that take a
-    GPU in turn share out their host's GPUs in the order of the launcher's local ranks."""
+@dataclass(frozen=True)
+class Placement:
+    """Where a rank runs, as set-up decided it (summary.json `devices` keeps it)."""
+
+    device: torch.device
+    local_rank_from: str  # the launcher variable, or the MPI shared-memory split
+    sharing: int = 1  # ranks of this host on this rank's GPU, itself included (1 on the CPU)
+
+
+def use_device(device: torch.device) -> None:
+    """Make `device` this process's current CUDA device, before anything allocates on it: pinned host memory,
+    `empty_cache`, streams and events all act on the current device, which is cuda:0 until it is set, so
+    every rank of a multi-GPU node would otherwise open a context on GPU 0 (and take its memory)."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(device)
+
+
+def gpu_identity(device: torch.device) -> str | None:
+    """What tells this process's GPU apart from another process's on the same host: its UUID (two ranks that
+    each see a single GPU through CUDA_VISIBLE_DEVICES both call it cuda:0), None on the CPU."""
+    if device.type != "cuda":
+        return None
+    import torch
+
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    return str(uuid) if uuid else f"{os.environ.get('CUDA_VISIBLE_DEVICES', '*')}/{device.index}"
+
+
+def take_device(requested: str, local_comm: Any | None, local_rank: int, source: str) -> Placement:
+    """This rank's device among the ranks of its host (`local_comm`; None for a lone process), made current, and
+    how many of them share its GPU. Two allgathers on the host: who takes a GPU in turn, then which GPU each
+    got."""
+    def gather(value: Any) -> list:
+        return local_comm.allgather(value) if local_comm is not None else [value]
+
+    peers = gather((local_rank, wants_gpu(requested)))
+    device, mine, failure = None, None, None
+    try:  # a rank that cannot have its device still joins the second allgather, so no peer is left waiting
+        device = pick_device(requested, gpu_slot(local_rank, peers))
+        use_device(device)
+        mine = gpu_identity(device)
+    except Exception as err:
+        failure = err
+    gpus = gather(mine)
+    if failure is not None:
+        raise failure
+    assert device is not None
+    return Placement(device, source, sum(1 for g in gpus if g == mine) if mine is not None else 1)
+
+
+def place(world: World, config: Config) -> Placement:
+    """This rank's placement. Workers use train.device, the server ps.device (CPU by default: it only merges,
+    and evaluates), a shard server the CPU (it only merges). Ranks that take a GPU in turn share out their
+    host's GPUs in the order of the launcher's local ranks."""
     from hdbl_mpi.comm.world import SERVER, SHARD
 
     requested = config.ps.device if world.role == SERVER else "cpu" if world.role == SHARD else config.train.device
     found = launcher_local_rank(dict(os.environ))
     local_rank, source = found if found else (world.local_rank, "MPI shared-memory split")
-    peers = world.local_comm.allgather((local_rank, wants_gpu(requested)))
-    return pick_device(requested, gpu_slot(local_rank, peers)), source
+    return take_device(requested, world.local_comm, local_rank, source)

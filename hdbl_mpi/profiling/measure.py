@@ -495,17 +495,18 @@ def confirm_bmax(
         batch = min(int(math.floor(batch * backoff)), batch - 1)
 
 
-def memory_capacity(device: torch.device, memory_budget: int | None) -> int:
-    """Bytes B_max is predicted against: the GPU's total memory, or the user's budget on the CPU.
+def memory_capacity(device: torch.device, memory_budget: int | None, share: int = 1) -> int:
+    """Bytes B_max is predicted against: this rank's share of the GPU's total memory (`share` ranks train on
+    it), or the user's budget on the CPU.
 
     A CPU has no fixed limit (swap, other processes), so there the user must say how much the run may use.
-    On CUDA a given budget further caps the device total (e.g. to share a GPU).
+    On CUDA a given budget further caps the share.
     """
     device = torch.device(device)
     if memory_budget is not None and memory_budget <= 0:
         raise ConfigError(f"the memory budget is {memory_budget} bytes; it must be positive (e.g. 8GiB).")
     if device.type == "cuda":
-        total = int(torch.cuda.mem_get_info(device)[1])
+        total = int(torch.cuda.mem_get_info(device)[1]) // max(1, share)
         return min(total, int(memory_budget)) if memory_budget is not None else total
     if memory_budget is None:
         raise ConfigError(
@@ -627,7 +628,7 @@ def profile_resolution(
     device = torch.device(device)
     if s.max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {s.max_batch}")
-    capacity = memory_capacity(device, s.memory_budget)
+    capacity = memory_capacity(device, s.memory_budget, s.device_share)
     _check_precision(s.precision, device)  # before building anything
     model = model_factory().to(device)
     channels_last = s.channels_last and use_channels_last(model)
@@ -675,6 +676,7 @@ def _profile_step(step: TrainingStep, resolution: int, device: torch.device, s: 
         "precision": s.precision, "a": tau.a, "b": tau.b, "r2": tau.r2, "b_max": int(b_max),
         "b_max_predicted": int(predicted), "oom_backoffs": backoffs,
         "memory": {"a": memory.a, "b": memory.b, "r2": memory.r2, "capacity": int(capacity), "margin": s.margin,
+                   "device_share": s.device_share,
                    "method": method, "batches": mem_batches, "bytes": mem_bytes},
         "samples": {"batch": time_batches, "step_s": step_s, "median_s": medians},
         "steps": s.steps, "warmup": s.warmup,
@@ -788,6 +790,7 @@ class ProfileSettings:
     steps: int = 20
     warmup: int = 2
     memory_budget: int | None = None  # bytes; the CPU's capacity for B_max (GPUs use their memory)
+    device_share: int = 1  # ranks training on this GPU: B_max is predicted for 1/device_share of its memory
     margin: float = 0.9
     max_batch: int = 4096
     batches: Sequence[int] | None = None  # None: spread up to B_max
