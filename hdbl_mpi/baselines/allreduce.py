@@ -10,10 +10,11 @@ buckets of about `bucket_mb`; when the last gradient of a bucket is accumulated 
 that bucket's reduction starts while backward goes on. `finish()` waits for the buckets and divides by the
 world size.
 - On the CPU the bucket is reduced in place by a non-blocking Iallreduce: nothing is copied.
-- On a GPU with a CUDA-aware MPI (comm/cuda_aware.py) the bucket's device memory is reduced in place, once the
-  kernels that produced it are done (a CUDA event, polled at the next hooks, so backward is never held up).
-- On a GPU otherwise the bucket is copied into one pinned host vector on a side stream as soon as it is ready,
-  reduced there once its copy is done, and copied back in one transfer after the last bucket.
+- On a GPU the bucket is copied into one pinned host vector on a side stream as soon as it is ready, reduced
+  there by an Iallreduce once its copy is done (a CUDA event, polled at the next hooks, so backward is never
+  held up), and the vector is copied back in one transfer after the last bucket. MPI libraries support device
+  buffers in blocking collectives only (comm/cuda_aware.py: `gpu_reduction_path`), so device memory goes to MPI
+  only when the reductions do not overlap backward and the library is CUDA-aware.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ import torch
 from mpi4py import MPI
 from torch import nn
 
+from hdbl_mpi.baselines.backends import HorovodBuild
+from hdbl_mpi.comm.cuda_aware import CudaAwareness, gpu_reduction_path
+
 
 class Mpi4pyAllreduce:
     """Bucketed gradient averaging over an mpi4py communicator, overlapped with backward."""
@@ -33,17 +37,22 @@ class Mpi4pyAllreduce:
     name = "mpi4py"
 
     def __init__(self, model: nn.Module, comm: MPI.Intracomm, bucket_mb: float = 25.0, overlap: bool = True,
-                 cuda_aware: bool = False) -> None:
+                 cuda_aware: CudaAwareness | None = None) -> None:
         self.comm, self.size, self.overlap = comm, comm.size, overlap
         params = [p for p in model.parameters() if p.requires_grad]
         device = params[0].device
         self.cuda = device.type == "cuda"
-        self.direct = self.cuda and cuda_aware  # MPI reduces device memory itself
+        # On a GPU the hooks run in autograd's device thread: MPI must allow calls from more than one thread.
+        threads_ok = not self.cuda or MPI.Query_thread() >= MPI.THREAD_SERIALIZED
+        overlapped = overlap and self.size > 1 and threads_ok
+        aware = cuda_aware or CudaAwareness(False, "not asked")
+        self.path = gpu_reduction_path(aware, overlapped) if self.cuda else None
+        self.direct = self.path is not None and self.path.device_memory  # MPI reduces device memory itself
         total = sum(p.numel() for p in params)
         self.grad = torch.zeros(total, dtype=torch.float32, device=device)
         self.host = torch.empty(total, dtype=torch.float32).pin_memory() if self.cuda else self.grad
         self.host_np = self.host.numpy()
-        self.copy_stream = torch.cuda.Stream(device) if self.cuda and not self.direct else None
+        self.copy_stream = torch.cuda.Stream(device) if self.cuda and overlapped else None
         self.nbytes = self.grad.numel() * 4
         self.views, self.buckets, self.bucket_of = _bucketed(params, self.grad, bucket_mb)
         self.members = [0] * len(self.buckets)
@@ -55,9 +64,7 @@ class Mpi4pyAllreduce:
         self.in_flight: list[tuple[int, Any]] = []  # GPU: (bucket, CUDA event) whose data is not ready yet
         self.wait_s = 0.0  # time spent in finish(): the part of the exchange that backward did not hide
         self.hooks = []
-        # On a GPU the hooks run in autograd's device thread: MPI must allow calls from more than one thread.
-        threads_ok = not self.cuda or MPI.Query_thread() >= MPI.THREAD_SERIALIZED
-        if overlap and self.size > 1 and threads_ok:
+        if overlapped:
             self.hooks = [p.register_post_accumulate_grad_hook(self._ready) for p, _ in self.views]
 
     @property
@@ -88,26 +95,23 @@ class Mpi4pyAllreduce:
         self._poll()
 
     def _reduce(self, bucket: int) -> None:
+        """A non-blocking reduction of the bucket in host memory (the CPU's own, or the GPU's pinned copy)."""
         start, end = self.buckets[bucket]
-        buffer = self.grad[start:end] if self.direct else self.host_np[start:end]
-        self.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, buffer, op=MPI.SUM))
+        self.requests.append(self.comm.Iallreduce(MPI.IN_PLACE, self.host_np[start:end], op=MPI.SUM))
 
     def _start(self, bucket: int) -> None:
-        """Reduce a bucket whose gradients are complete: at once on the CPU; on a GPU once its data is ready
-        (staged: copied to the host on the side stream)."""
+        """Reduce a bucket whose gradients are complete: at once on the CPU; on a GPU once its copy to pinned
+        host memory, started here on the side stream, is done."""
         self.started.add(bucket)
-        if not self.cuda:
+        if self.copy_stream is None:
             self._reduce(bucket)
             return
         event = torch.cuda.Event()
-        if self.copy_stream is None:
-            event.record()
-        else:
-            start, end = self.buckets[bucket]
-            self.copy_stream.wait_stream(torch.cuda.current_stream(self.grad.device))
-            with torch.cuda.stream(self.copy_stream):
-                self.host[start:end].copy_(self.grad[start:end], non_blocking=True)
-                event.record(self.copy_stream)
+        start, end = self.buckets[bucket]
+        self.copy_stream.wait_stream(torch.cuda.current_stream(self.grad.device))
+        with torch.cuda.stream(self.copy_stream):
+            self.host[start:end].copy_(self.grad[start:end], non_blocking=True)
+            event.record(self.copy_stream)
         self.in_flight.append((bucket, event))
 
     def _poll(self, wait: bool = False) -> None:
@@ -201,13 +205,20 @@ class HorovodAllreduce:
                 "nccl": bool(self.hvd.nccl_built())}
 
 
-def horovod_importable() -> bool:
-    """True when horovod.torch imports (built against this torch); a broken build counts as absent."""
+def horovod_build() -> HorovodBuild | None:
+    """What the installed Horovod was built with; None when horovod.torch does not import (not installed, or
+    built against another torch: a broken build counts as absent)."""
     try:
-        import horovod.torch  # noqa: F401
+        import horovod
+        import horovod.torch as hvd
     except Exception:
-        return False
-    return True
+        return None
+    return HorovodBuild(horovod.__version__, bool(hvd.cuda_built() or hvd.rocm_built()), bool(hvd.nccl_built()))
+
+
+def horovod_importable() -> bool:
+    """Whether horovod.torch imports here (tests and benchmarks skip the Horovod backend where it does not)."""
+    return horovod_build() is not None
 
 
 def average_vector(comm: MPI.Intracomm, vector: np.ndarray) -> None:
@@ -220,23 +231,25 @@ def average_vector(comm: MPI.Intracomm, vector: np.ndarray) -> None:
 class TorchDDP:
     """PyTorch's DistributedDataParallel, initialised from the MPI world the launcher started (mpirun,
     horovodrun or srun): rank and size from mpi4py, and the rendezvous address and port chosen by rank 0 and
-    broadcast over MPI, so no other launcher (torchrun) or environment is needed. gloo on the CPU, NCCL on GPUs.
+    broadcast over MPI, so no other launcher (torchrun) or environment is needed.
 
     Buffers (BatchNorm statistics) are not broadcast every step (``broadcast_buffers=False``): like the mpi4py
     and Horovod backends, the run averages them at the end of each epoch, so the three backends train the same
-    model. MASTER_ADDR and MASTER_PORT, when set, win over the automatic choice (e.g. on hosts with several
-    networks, where GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME pick the interface too)."""
+    model. The process group is NCCL on GPUs of their own, gloo on the CPU and where ranks share a GPU (NCCL
+    refuses that; gloo reduces CUDA tensors too, through host memory; baselines/backends.py). MASTER_ADDR and
+    MASTER_PORT, when set, win over the automatic choice (e.g. on hosts with several networks, where
+    GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME pick the interface too)."""
 
     name = "ddp"
 
     def __init__(self, comm: MPI.Intracomm, device: torch.device, bucket_mb: float = 25.0,
-                 timeout_s: float = 600.0) -> None:
+                 timeout_s: float = 600.0, process_group: str | None = None) -> None:
         from datetime import timedelta
 
         import torch.distributed as dist
 
         self.dist, self.device, self.bucket_mb = dist, device, bucket_mb
-        self.backend = "nccl" if device.type == "cuda" else "gloo"
+        self.backend = process_group or ("nccl" if device.type == "cuda" else "gloo")
         addr, port = rendezvous(comm)
         dist.init_process_group(self.backend, init_method=f"tcp://{addr}:{port}", rank=comm.rank,
                                 world_size=comm.size, timeout=timedelta(seconds=timeout_s))

@@ -31,13 +31,14 @@ from hdbl_mpi.baselines.allreduce import (
     Mpi4pyAllreduce,
     TorchDDP,
     average_vector,
-    horovod_importable,
+    horovod_build,
 )
+from hdbl_mpi.baselines.backends import BackendChoice, BackendFacts, choose_backend
 from hdbl_mpi.baselines.local_steps import make_local_steps, slowmo_update
 from hdbl_mpi.comm.cuda_aware import cuda_aware_mpi
 from hdbl_mpi.config import Config
 from hdbl_mpi.engine import evaluate, train_steps
-from hdbl_mpi.errors import HdblError
+from hdbl_mpi.errors import HdblError, SetupError
 from hdbl_mpi.models import set_dropout
 from hdbl_mpi.optim.optimizers import optimizer_for
 from hdbl_mpi.optim.schedules import scheduled_lr
@@ -68,17 +69,15 @@ class PeerState(BookState):
     optimizer: dict = field(default_factory=dict)  # rank 0's optimizer state (equal on all ranks in allreduce)
 
 
-def choose_backend(config: Config) -> str:
-    """allreduce: Horovod when asked, or on auto when horovod.torch imports; mpi4py otherwise. localsgd needs
-    no gradient exchange."""
-    if config.ps.mode != "allreduce":
-        return "none"
-    if config.ps.backend == "horovod" and not horovod_importable():
-        raise HdblError("ps.backend is horovod but horovod.torch does not import here; build it with "
-                        "launchers/install_horovod.sh, or set ps.backend=mpi4py (or auto).")
-    if config.ps.backend == "auto":
-        return "horovod" if horovod_importable() else "mpi4py"
-    return config.ps.backend
+def backend_facts(setup: RunSetup) -> BackendFacts:
+    """This rank's part of the backend choice (baselines/backends.py): its device and GPU sharing, what Horovod
+    was built with, and whether torch.distributed has NCCL."""
+    import torch.distributed as dist
+
+    cuda = setup.device.type == "cuda"
+    mine = setup.ranks[setup.world.rank]
+    build = horovod_build() if setup.config.ps.mode == "allreduce" else None
+    return BackendFacts(cuda, mine.gpu_sharing, build, cuda and dist.is_available() and dist.is_nccl_available())
 
 
 class LocalRounds:
@@ -131,8 +130,9 @@ class _Round:
 class PeerTrainer:
     """One rank of a data-parallel run; every rank runs the same loop and meets the others in collectives."""
 
-    def __init__(self, setup: RunSetup, state: PeerState, backend: str) -> None:
-        self.setup, self.config, self.state, self.backend = setup, setup.config, state, backend
+    def __init__(self, setup: RunSetup, state: PeerState, choice: BackendChoice) -> None:
+        backend = choice.name
+        self.setup, self.config, self.state, self.backend, self.choice = setup, setup.config, state, backend, choice
         self.comm, self.model, self.flat = setup.world.comm, setup.model, setup.flat
         self.is_root = setup.world.rank == 0
         self.optimizer = optimizer_for(self.model, self.config.train)
@@ -143,12 +143,13 @@ class PeerTrainer:
         self.train_model = self.model  # what the steps run: the model, or DDP's wrapper of it
         if backend == "mpi4py":
             self.exchange = Mpi4pyAllreduce(self.model, self.comm, self.config.ps.bucket_mb,
-                                            cuda_aware=cuda_aware_mpi().supported)
+                                            cuda_aware=cuda_aware_mpi())
         elif backend == "horovod":
             self.horovod = HorovodAllreduce(self.comm)
             self.optimizer = self.horovod.wrap(self.model, self.optimizer)
         elif backend == "ddp":
-            self.ddp = TorchDDP(self.comm, setup.device, self.config.ps.bucket_mb, self.config.ps.timeout_s or 600.0)
+            self.ddp = TorchDDP(self.comm, setup.device, self.config.ps.bucket_mb, self.config.ps.timeout_s or 600.0,
+                                choice.process_group)
             self.train_model = self.ddp.wrap(self.model)
         epochs = setup.schedule.epochs
         self.rounds = LocalRounds(self.config, epochs, state, self.flat.to_host(), self.comm) \
@@ -320,8 +321,11 @@ class PeerTrainer:
     def figures(self) -> dict[str, Any]:
         """What summary.json says of a data-parallel run besides the shared outcome and facts."""
         st, c = self.state, self.config
+        path = self.exchange.path if self.exchange is not None else None
         return {
             "backend": self.backend,
+            "backend_reason": self.choice.reason,
+            "gradient_path": None if path is None else path.to_dict(),
             "horovod": None if self.horovod is None else {"version": self.horovod.version,
                                                           **self.horovod.controllers()},
             "syncs": st.syncs,
@@ -346,16 +350,20 @@ class PeerTrainer:
 def run_data_parallel(setup: RunSetup) -> RunResult | Stopped | None:
     """Run the data-parallel loop on every rank; rank 0 returns the run's result."""
     comm, config = setup.world.comm, setup.config
-    failure, backend = None, "none"
+    failure, facts = None, None
     try:
-        backend = choose_backend(config)
+        facts = backend_facts(setup)
     except Exception as err:
         failure = err
-    agree(comm, failure, None)
+    gathered = agree(comm, failure, facts)  # every rank applies the rule to the same facts, so all choose alike
+    try:
+        choice = choose_backend(config.ps.mode, config.ps.backend, gathered)
+    except HdblError as err:  # the same error on every rank: each exits 2, as with any set-up error
+        raise SetupError(str(err)) from None
     restored = comm.bcast(setup.restored, root=0)  # every rank continues from rank 0's checkpoint state
     state = from_mapping(PeerState, restored) if restored else PeerState()
-    trainer = PeerTrainer(setup, state, backend)
-    trainer.book.line(_start_line(setup, backend))
+    trainer = PeerTrainer(setup, state, choice)
+    trainer.book.line(_start_line(setup, choice))
     try:
         trainer.run()
     finally:
@@ -369,9 +377,9 @@ def run_data_parallel(setup: RunSetup) -> RunResult | Stopped | None:
     return RunResult(outcome, trainer.figures(), f"{state.syncs} synchronisations")
 
 
-def _start_line(setup: RunSetup, backend: str) -> str:
+def _start_line(setup: RunSetup, choice: BackendChoice) -> str:
     config, schedule, plan = setup.config, setup.schedule, setup.plans[setup.top]
-    how = {"allreduce": f"gradients averaged every step over {backend}",
+    how = {"allreduce": f"gradients averaged every step over {choice.name}: {choice.reason}",
            "localsgd": f"models averaged every H local steps (local.strategy={config.local.strategy})"}
     return (f"hdbl train: {setup.world.size} ranks, mode {config.ps.mode} ({how[config.ps.mode]}), no server, "
             f"D={setup.dataset_size}, d={plan.d_large} B={plan.batch_large} per worker, {schedule.epochs} epochs at "

@@ -65,3 +65,30 @@ def cuda_aware_mpi() -> CudaAwareness:
             return answer
     return CudaAwareness(False, "the MPI library offers no CUDA-support query; device buffers are staged "
                                 "through pinned host memory")
+
+
+@dataclass(frozen=True)
+class ReductionPath:
+    """Where the mpi4py allreduce reduces gradients that live on a GPU (summary.json `exchange_path`)."""
+
+    device_memory: bool  # MPI reads and writes the device buffers itself
+    overlapped: bool  # buckets are reduced while backward runs
+    why: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"device_memory": self.device_memory, "overlapped": self.overlapped, "why": self.why}
+
+
+def gpu_reduction_path(aware: CudaAwareness, overlap: bool) -> ReductionPath:
+    """The documented way to reduce GPU gradients with this MPI. Open MPI supports device buffers in point-to-point
+    calls and *blocking* collectives, not in non-blocking ones (its CUDA FAQ), and its reductions on device
+    buffers stage through host memory anyway (the `cuda` coll component). So the overlapped path, which needs
+    MPI_Iallreduce, always copies each finished bucket to pinned host memory on a side stream; device buffers
+    go to MPI only in blocking reductions after backward, and only where the library says it is CUDA-aware."""
+    if overlap:
+        return ReductionPath(False, True, "pinned host memory, non-blocking reductions overlapped with backward "
+                                          "(MPI documents device buffers for blocking collectives only)")
+    if aware.supported:
+        return ReductionPath(True, False, "device memory, blocking reductions after backward (CUDA-aware MPI)")
+    return ReductionPath(False, False, "pinned host memory, blocking reductions after backward (MPI is not "
+                                       "CUDA-aware)")

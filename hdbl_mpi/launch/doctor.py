@@ -18,6 +18,10 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hdbl_mpi.comm.cuda_aware import CudaAwareness
 
 OK, WARN, MISSING = "ok", "warn", "missing"
 # A job cannot start without these; the rest limits what it can do.
@@ -102,7 +106,16 @@ def check_mpi() -> list[Check]:
 
     aware = cuda_aware_mpi()
     checks.append(Check("cuda-aware mpi", OK, f"{'yes' if aware.supported else 'no'} ({aware.how})"))
+    checks.append(check_gradient_path(aware))
     return checks
+
+
+def check_gradient_path(aware: CudaAwareness) -> Check:
+    """How the mpi4py allreduce will reduce GPU gradients with this MPI (comm/cuda_aware.py)."""
+    from hdbl_mpi.comm.cuda_aware import gpu_reduction_path
+
+    overlapped, blocking = gpu_reduction_path(aware, overlap=True), gpu_reduction_path(aware, overlap=False)
+    return Check("allreduce on gpus", OK, f"mpi4py backend: {overlapped.why}; without overlap: {blocking.why}")
 
 
 def check_compiler() -> Check:
@@ -181,9 +194,26 @@ def check_horovod() -> Check:
                      "rebuild for this torch: HDBL_HOROVOD_REBUILD=1 launchers/install_horovod.sh")
     built = [name for name, flag in (("MPI", hvd.mpi_built()), ("Gloo", hvd.gloo_built()),
                                      ("NCCL", hvd.nccl_built())) if flag]
-    status = OK if hvd.mpi_built() else WARN
-    return Check("horovod", status, f"{horovod.__version__}: PyTorch with {', '.join(built) or 'no controller'}",
-                 "" if status == OK else "rebuild with MPI: launchers/install_horovod.sh")
+    gpu_ops = bool(hvd.cuda_built() or hvd.rocm_built())
+    gpus = _cuda_devices()
+    gpu_text = ("GPU operations: " + ("NCCL" if hvd.nccl_built() else "CUDA, no NCCL" if gpu_ops else
+                                      "none (built without CUDA)"))
+    if not hvd.mpi_built():
+        status, fix = WARN, "rebuild with MPI: launchers/install_horovod.sh"
+    elif gpus and not gpu_ops:
+        status, fix = WARN, ("this host has GPUs: ps.backend auto uses DDP or mpi4py, and ps.backend=horovod is "
+                             "refused; rebuild with GPU operations: HDBL_HOROVOD_GPU=nccl HDBL_HOROVOD_REBUILD=1 "
+                             "launchers/install_horovod.sh")
+    else:
+        status, fix = OK, ""
+    return Check("horovod", status, f"{horovod.__version__}: PyTorch with {', '.join(built) or 'no controller'}; "
+                                    f"{gpu_text}", fix)
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def check_data(names: list[str], data_dir: str | None, required: bool) -> list[Check]:

@@ -81,6 +81,8 @@ def test_ddp_trains_the_same_weights_as_the_mpi4py_backend(tmp_path):
     assert torch.allclose(w_mpi, w_ddp, rtol=0, atol=1e-5), float((w_mpi - w_ddp).abs().max())
     s = ddp.summary()
     assert s["backend"] == "ddp" and s["ddp"]["process_group"] == "gloo" and s["syncs"] == 8
+    assert s["backend_reason"] == "ps.backend=ddp, process group gloo (the ranks train on the CPU)"
+    assert mpi.summary()["gradient_path"] is None  # the CPU reduces its own memory: no GPU path to choose
 
 
 def test_ddp_under_hdbl_launch(tmp_path):

@@ -73,3 +73,20 @@ def test_the_compiler_train_compile_needs_is_reported(monkeypatch):
     assert (missing.status, missing.fix) == ("warn", "apt-get install g++ (or set CXX), needed only for train.compile")
     monkeypatch.setattr(shutil, "which", lambda name: f"/opt/bin/{name}")
     assert doctor.check_compiler().detail == "/opt/bin/g++ (train.compile)"
+
+
+def test_a_horovod_without_gpu_operations_on_a_gpu_host_is_a_warning_with_the_rebuild(monkeypatch):
+    import pytest
+
+    from hdbl_mpi.baselines.allreduce import horovod_build
+    from hdbl_mpi.launch import doctor
+
+    build = horovod_build()
+    if build is None or build.gpu:
+        pytest.skip("needs the CPU-only Horovod that launchers/install_horovod.sh builds without a CUDA toolkit")
+    assert doctor.check_horovod().status == OK and "GPU operations: none (built without CUDA)" in \
+        doctor.check_horovod().detail
+    monkeypatch.setattr(doctor, "_cuda_devices", lambda: 2)
+    check = doctor.check_horovod()
+    assert check.status == WARN and "ps.backend auto uses DDP or mpi4py" in check.fix
+    assert "HDBL_HOROVOD_GPU=nccl HDBL_HOROVOD_REBUILD=1 launchers/install_horovod.sh" in check.fix
