@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "compare-fashion-mnist.yaml"
 GRIDS = ROOT / "configs" / "sweeps" / "compare-fashion-mnist.yaml"
 QUICK_GRIDS = ROOT / "bench" / "e2e-quick-grids.yaml"
-QUICK_SETS = ["data.name=synthetic",
+QUICK_SETS = ["train.device=cpu", "data.name=synthetic",
               "data.synthetic={train_size: 256, test_size: 128, channels: 1, size: 16, classes: 4}",
               "model.name=resnet_small", "model.width=4", "train.threads=1", "train.epochs=4", "train.lr=0.05",
               "train.lr_milestones=[2]", "dual.workers=4", "dual.batch_large=32", "eval.every=2",

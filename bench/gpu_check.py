@@ -75,7 +75,7 @@ def write_config(args: argparse.Namespace, mode: str) -> Path:
     if mode == "hybrid":  # planned from the profile just measured; the server evaluates on the GPU too
         config["dual"] = {"workers": args.workers, "small": args.workers // 2,
                           "profile": str(args.out / "profile.json")}
-        config["ps"] = {"mode": "asp", "device": "auto"}
+        config["ps"] = {"mode": "asp", "device": "cpu" if args.cpu else "auto"}
     else:
         config["dual"] = {"workers": args.workers, "batch_large": args.batch}
         config["ps"] = {"mode": "allreduce", "backend": "mpi4py"}

@@ -1,5 +1,8 @@
-"""Shared test helpers: run `hdbl train` under a real mpirun with a hard timeout; the `mpi` marker and the fast
-lane's guard.
+"""Shared test helpers: run `hdbl train` under a real mpirun with a hard timeout; the `mpi` and `gpu` markers and
+the fast lane's guard.
+
+`gpu` tests need CUDA and are skipped where torch sees none; every other test pins the CPU (FAST below, or its
+own `train.device=cpu` / `--device cpu`), so the suite asserts the same facts on a host with GPUs as without.
 
 Every test under tests/mpi/ is marked `mpi` here, in one place (no per-file marks to forget), so
 `pytest -m "not mpi"` is the fast lane. When the selected tests hold no `mpi` test, tests/no_mpi/sitecustomize.py
@@ -27,9 +30,20 @@ GUARD = TESTS / "no_mpi"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (torch sees none here)") if gpu_tests and \
+        not _cuda_available() else None
     for item in items:
         if MPI_TESTS in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.mpi)
+        if skip_gpu is not None and item in gpu_tests:
+            item.add_marker(skip_gpu)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -50,8 +64,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         print(f"\nerror: the fast lane started MPI jobs (mark these tests `mpi`):\n{log.read_text()}")
 
-# Small, fast, learnable: 1-channel 16 px synthetic images, the small ResNet at width 8.
+# Small, fast, learnable: 1-channel 16 px synthetic images, the small ResNet at width 8, on the CPU (the tests
+# assert CPU facts; a GPU host runs them the same way, and the `gpu` tests ask for CUDA themselves).
 FAST = [
+    "train.device=cpu",
     "data.name=synthetic",
     "data.synthetic={train_size: 1024, test_size: 256, channels: 1, size: 16, classes: 4}",
     "model.name=resnet_small",

@@ -44,7 +44,8 @@ def test_allreduce_mode_writes_the_same_outputs_as_the_ps_modes(tmp_path):
                             text=True, timeout=60)
     assert report.returncode == 0 and "allreduce" in report.stdout
     # `hdbl evaluate` tests the final checkpoint in one process and gets the run's own final top-1.
-    evaluated = subprocess.run([sys.executable, "-m", "hdbl_mpi.cli", "evaluate", str(run.run_dir), "--json"],
+    evaluated = subprocess.run([sys.executable, "-m", "hdbl_mpi.cli", "evaluate", str(run.run_dir), "--json",
+                                "--device", "cpu"],
                                capture_output=True, text=True, timeout=120)
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads(evaluated.stdout)

@@ -209,8 +209,8 @@ def test_ulfm_demo_sized_job_loses_exactly_the_killed_worker_and_exits_promptly(
         pytest.skip("Fashion-MNIST is not installed (./bootstrap.sh installs Debian's dataset-fashion-mnist)")
     run_dir = tmp_path / "run"
     argv = [sys.executable, "-m", "hdbl_mpi.cli", "launch", "train", "configs/demo.yaml", "--run-dir", str(run_dir)]
-    for item in ("ps.fault_tolerance=ulfm", "train.epochs=3", "debug.raise_on_rank=2", "debug.raise_at_commit=2",
-                 "debug.crash=kill"):
+    for item in ("train.device=cpu", "ps.fault_tolerance=ulfm", "train.epochs=3", "debug.raise_on_rank=2",
+                 "debug.raise_at_commit=2", "debug.crash=kill"):
         argv += ["--set", item]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[2])
     ended = time.time()

@@ -24,7 +24,7 @@ def _make_folder(root):
 
 FOLDER = ["data.name=folder", "data.resolution=24", "data.threads=1", "model.name=resnet_small", "model.width=4",
           "dual.workers=2", "train.epochs=2", "dual.batch_large=8", "eval.batch_size=16", "train.lr=0.05",
-          "train.threads=1", "ps.timeout_s=120"]
+          "train.threads=1", "ps.timeout_s=120", "train.device=cpu"]
 
 
 @pytest.mark.parametrize("decoder", ["torchvision", "dali"])

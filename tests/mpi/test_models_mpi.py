@@ -43,7 +43,8 @@ def test_a_user_factory_trains_one_commit_and_evaluates(tmp_path, monkeypatch):
     assert run.summary()["commits_total"] == 1
     assert "the model has no dropout layer: the schedule's dropout applies to the input of its classifier head (5)" \
         in run.output
-    proc = subprocess.run([sys.executable, "-m", "hdbl_mpi.cli", "evaluate", str(run.run_dir), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "hdbl_mpi.cli", "evaluate", str(run.run_dir), "--json",
+                           "--device", "cpu"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert 0.0 <= json.loads(proc.stdout)["top1"] <= 1.0

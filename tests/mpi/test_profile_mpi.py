@@ -71,7 +71,8 @@ def test_hdbl_profile_under_mpirun_averages_the_ranks(tmp_path):
     out = tmp_path / "profile.json"
     argv, env = local_mpirun(2, hdbl_program() + [
         "profile", "--model", "resnet_small", "--resolutions", "16", "--classes", "10", "--channels", "1",
-        "--memory-budget", "4GiB", "--max-batch", "32", "--steps", "3", "--warmup", "1", "--output", str(out)])
+        "--memory-budget", "4GiB", "--device", "cpu", "--max-batch", "32", "--steps", "3", "--warmup", "1",
+        "--output", str(out)])
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     (entry,) = json.loads(out.read_text())["entries"].values()

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCAL_SLURM = ROOT / "launchers" / "slurm" / "local_slurm.sh"
 SBATCH = ROOT / "launchers" / "slurm" / "hdbl.sbatch"
 ONE_NODE = ["--nodes=1", "--ntasks=5", "--ntasks-per-node=5", "--cpus-per-task=1", "--gpus-per-node=0"]
-SYNTHETIC = ["--set", "data.name=synthetic", "--set",
+SYNTHETIC = ["--set", "train.device=cpu", "--set", "data.name=synthetic", "--set",
              "data.synthetic={train_size: 1024, test_size: 256, channels: 1, size: 16, classes: 4}",
              "--set", "model.width=4", "--set", "train.threads=1", "--set", "dual.small=0",
              "--set", "dual.profile=null", "--set", "dual.batch_large=64"]
@@ -79,7 +79,8 @@ def wait_state(env: dict, job: str, states: set[str], out: Path, timeout: float)
 
 def test_the_sbatch_script_runs_the_demo_through_srun_pmix(slurm, tmp_path):
     run, out = tmp_path / "run", tmp_path / "job.out"
-    job = sbatch(slurm, out, ["--time=10"], ["configs/demo.yaml", "--set", "train.epochs=1", "--set", "model.width=4"],
+    job = sbatch(slurm, out, ["--time=10"], ["configs/demo.yaml", "--set", "train.epochs=1", "--set", "model.width=4",
+                                                    "--set", "train.device=cpu"],
                  {"HDBL_RUN_DIR": str(run)})
     assert wait_state(slurm, job, {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}, out, 600) == "COMPLETED", \
         out.read_text()[-4000:] + controller_log(slurm)

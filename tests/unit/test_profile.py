@@ -454,7 +454,8 @@ def test_profile_config_refuses_flags_the_config_decides(tmp_path, capsys):
     from hdbl_mpi.cli import main
 
     path, _ = _synthetic_config(tmp_path)
-    code = main(["profile", "--config", str(path), "--precision", "bf16", "--output", str(tmp_path / "p.json")])
+    code = main(["profile", "--config", str(path), "--device", "cpu", "--precision", "bf16", "--output",
+                 str(tmp_path / "p.json")])
     assert code == 2
     assert "drop --precision (change them with --set, e.g. --set train.precision=bf16)" in capsys.readouterr().err
     assert not (tmp_path / "p.json").exists()
