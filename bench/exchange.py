@@ -7,14 +7,15 @@ Run (2 ranks: server + 1 worker; more ranks add workers that commit concurrently
     mpirun -np 3 python bench/exchange.py --values 50000000    # a 50M-value (200 MB) vector instead of a model
 
 In one run it measures, on the same ranks and the same bytes (the model's flat float32 vector: ResNet-18 with
-the CIFAR stem is 11.2M values, 44.7 MB):
+the CIFAR stem is 11,229,732 values, 44.9 MB):
 
 1. raw: worker Send -> server Recv -> server Send -> worker Recv of the vector (mpi4py buffer API);
 2. merge: the server's merge pass alone (torch.lerp_ over the vector);
 3. commit: the real protocol and server: ``push_and_pull`` on the worker against ``Server.serve`` (headers,
    bounded waits, merge, bookkeeping, reply, commit records).
 
-It prints round-trip times, throughput, and commit / (raw + merge) as the efficiency figure. With --servers k
+It prints round-trip times, throughput, and the efficiency (raw + merge time) / commit time: about 1.0 when a
+commit costs the raw transfer plus the merge and nothing more, lower the more the protocol adds. With --servers k
 the last k-1 ranks are shard servers: raw stays the rank 0 <-> rank 1 transfer of the whole vector, merge is
 rank 0's pass over its own shard, and the server throughput is that of the k servers together.
 `bench/server.py` sweeps workers, model size and servers with this script. Record results in
@@ -187,8 +188,9 @@ def main() -> None:
     print(f"server merge (lerp_)      {figures['merge_ms']:8.2f} ms{shard_note}")
     print(f"commit round trip         {figures['commit_round_trip_ms']:8.2f} ms  ({figures['commit_GBps']:.2f} GB/s "
           f"per worker); server {commits_per_s:.1f} commits/s = {figures['server_GBps']:.2f} GB/s")
-    print(f"commit / raw: {figures['efficiency_vs_raw']:.3f}   commit / (raw + merge): "
-          f"{figures['efficiency_vs_raw_plus_merge']:.3f}  (target >= 0.90)")
+    print(f"efficiency = raw time / commit time: {figures['efficiency_vs_raw']:.3f}   "
+          f"efficiency = (raw + merge time) / commit time: {figures['efficiency_vs_raw_plus_merge']:.3f}  "
+          "(target >= 0.90)")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 

@@ -2,8 +2,11 @@
 exited with its checkpoint (exit code 75), the size of checkpoint.pt and of each worker's rank file, and the resume
 to the end.
 
-    python bench/stop_resume.py --out /tmp/stop                      # configs/demo.yaml, k = 1 and k = 16
+    python bench/stop_resume.py --out /tmp/stopbench --after 20      # configs/demo.yaml, k = 1 and k = 16: the
+                                                                     # run in docs/BENCHMARKS.md (signal after 20 s)
     python bench/stop_resume.py --out /tmp/stop --after 60 --k 4      # signal after 60 s of training, k = 4
+
+Without --after the signal comes after 30 s of training.
 
 The parameter server stops after the commits in flight, so the cost is about one commit: d_L/k samples per worker.
 """
