@@ -71,12 +71,14 @@ class PeerState(BookState):
 
 def backend_facts(setup: RunSetup) -> BackendFacts:
     """This rank's part of the backend choice (baselines/backends.py): its device and GPU sharing, what Horovod
-    was built with, and whether torch.distributed has NCCL."""
+    was built with (asked only where ps.backend may choose it: importing horovod.torch takes seconds), and
+    whether torch.distributed has NCCL."""
     import torch.distributed as dist
 
     cuda = setup.device.type == "cuda"
     mine = setup.ranks[setup.world.rank]
-    build = horovod_build() if setup.config.ps.mode == "allreduce" else None
+    ps = setup.config.ps
+    build = horovod_build() if ps.mode == "allreduce" and ps.backend in ("auto", "horovod") else None
     return BackendFacts(cuda, mine.gpu_sharing, build, cuda and dist.is_available() and dist.is_nccl_available())
 
 
