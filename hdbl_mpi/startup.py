@@ -6,8 +6,8 @@
    model is measured or read, the plans and the model are made, rank 0 prepares the run directory (and loads
    the checkpoint when resuming), all agree again, and everyone starts from rank 0's weights.
 
-Set-up errors are gathered with one allgather (:func:`agree`), so every rank learns that the job cannot start
-and exits with code 2: no rank is left waiting in a collective.
+Set-up errors are gathered with one allgather (:func:`hdbl_mpi.comm.agree.agree`), so every rank learns that the
+job cannot start and exits with code 2: no rank is left waiting in a collective.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hdbl_mpi.comm.agree import agree
 from hdbl_mpi.config import Config, config_from_dict, dump_config, has_server, load_run_config
 from hdbl_mpi.errors import AlreadyFinished, ConfigError, HdblError, SetupError
 from hdbl_mpi.run import rundir
@@ -29,11 +30,11 @@ if TYPE_CHECKING:
     from mpi4py import MPI
     from torch import nn
 
+    from hdbl_mpi.comm.layout import Layout
     from hdbl_mpi.comm.wire import FlatState
     from hdbl_mpi.comm.world import World
     from hdbl_mpi.data.sources import BatchSource, DataInfo
     from hdbl_mpi.plan import Plan
-    from hdbl_mpi.ps.shards import Layout
     from hdbl_mpi.run.rankstate import RankState
     from hdbl_mpi.schedule import Schedule
     from hdbl_mpi.throughput import CompileWarmup
@@ -103,23 +104,6 @@ def shared_config(comm: MPI.Intracomm, config_path: str | None, overrides: list[
         raise failure
     config = config_from_dict(tree)  # the tree is identical on every rank, and so is any error
     return SharedConfig(config, chosen_dir, checkpoint, stored_profile, t_start)
-
-
-def agree(comm: MPI.Intracomm, error: BaseException | None, value: Any) -> list:
-    """Allgather each rank's (error, value); raise the same SetupError on every rank if any rank failed."""
-    message = None
-    if error is not None:
-        message = str(error) if isinstance(error, HdblError) else f"{type(error).__name__}: {error}"
-    gathered = comm.allgather((message, value))
-    failures = [(rank, msg) for rank, (msg, _) in enumerate(gathered) if msg is not None]
-    if failures:
-        by_message: dict[str, list[int]] = {}
-        for rank, msg in failures:
-            by_message.setdefault(msg, []).append(rank)
-        everyone = len(by_message) == 1 and len(failures) == comm.size
-        lines = [msg if everyone else f"(rank {', '.join(map(str, ranks))}) {msg}" for msg, ranks in by_message.items()]
-        raise SetupError("\n".join(lines))
-    return [v for _, v in gathered]
 
 
 @dataclass(frozen=True)
@@ -380,7 +364,7 @@ def _build(config: Config, local: _Local, schedule: Schedule, dataset_size: int,
     flat, warm_up = _trained_form(config, model, local)
     layout = None
     if has_server(config):
-        from hdbl_mpi.ps.shards import Layout
+        from hdbl_mpi.comm.layout import Layout
 
         # refuses a model too small to shard
         layout = Layout.make(flat.numel, config.dual.workers, config.ps.servers, flat.params_numel)

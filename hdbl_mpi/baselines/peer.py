@@ -35,6 +35,7 @@ from hdbl_mpi.baselines.allreduce import (
 )
 from hdbl_mpi.baselines.backends import BackendChoice, BackendFacts, choose_backend
 from hdbl_mpi.baselines.local_steps import make_local_steps, slowmo_update
+from hdbl_mpi.comm.agree import agree
 from hdbl_mpi.comm.cuda_aware import cuda_aware_mpi
 from hdbl_mpi.config import Config
 from hdbl_mpi.engine import evaluate, train_steps
@@ -51,7 +52,7 @@ from hdbl_mpi.run.rankstate import GRAD_SCALER, RankState, capture, restore
 from hdbl_mpi.run.records import CommitRecord, EpochRow, from_mapping
 from hdbl_mpi.run.scalars import Scalars
 from hdbl_mpi.run.signals import STOP
-from hdbl_mpi.startup import RunSetup, agree
+from hdbl_mpi.startup import RunSetup
 
 RESUME_POLICY = ("weights, epoch history and the H strategy come from the checkpoint, and each rank's optimizer "
                  "state, random-number generators, data stream (and SlowMo buffer) from its rank file "

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from mpi4py import MPI
 
+from hdbl_mpi.comm.layout import Layout
 from hdbl_mpi.comm.wire import (
     PUSH,
     TAG_PUSH_HEADER,
@@ -43,7 +44,7 @@ from hdbl_mpi.ps.epochs import ServerEpochs
 from hdbl_mpi.ps.evaluator import FINAL, Evaluator
 from hdbl_mpi.ps.failures import Failures, is_process_failure
 from hdbl_mpi.ps.policy import make_policy
-from hdbl_mpi.ps.shards import OP_REPLY, Layout, ShardFanout, ShardMath
+from hdbl_mpi.ps.shards import OP_REPLY, ShardFanout, ShardMath
 from hdbl_mpi.ps.state import Roster, ServerState
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import BookPolicy, EpochBook

@@ -12,25 +12,23 @@ MPI keeps messages between two ranks in order, so every shard applies the same o
 rank 0 applies them to its own shard: the shards together hold exactly the vector one server would hold.
 The element-wise arithmetic lives in ``ShardMath``, used by rank 0 and the shard servers alike.
 
-Shard boundaries are multiples of ``ALIGN`` values, so every shard starts on the same SIMD lane as in the
-whole vector and the vectorised kernels round each element identically; the BSP average is written with
+Who owns which slice is the wire's `Layout` (comm/layout.py: boundaries aligned so that the vectorised kernels
+round each element of a shard as in the whole vector); the BSP average is written with
 separately rounded multiply and add, which makes a sharded BSP run bit-identical to a single server.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
+from hdbl_mpi.comm.layout import Layout
 from hdbl_mpi.comm.wire import TAG_PUSH_WEIGHTS, TAG_REPLY_WEIGHTS, HeaderLayout, wait_bounded
-from hdbl_mpi.errors import ConfigError
 from hdbl_mpi.ps.policy import OP_ACCUMULATE, OP_ACCUMULATE_OWN, OP_AVERAGE, OP_DELTA, OP_DROP, OP_MERGE, Update
 
-ALIGN = 1024  # values (4 KiB): shard starts are multiples of this
 TAG_SHARD_OP = 41
 TAG_SHARD_GATHER = 42
 TAG_SHARD_DONE = 43  # a shard server's counters, sent to rank 0 when it finishes
@@ -40,56 +38,6 @@ TAG_SHARD_DONE = 43  # a shard server's counters, sent to rank 0 when it finishe
 SHARD_OP = HeaderLayout(("op", "rank", "value", "value2"))
 OP_REPLY, OP_GATHER, OP_FINISH = 6, 7, 8
 PUSH_OPS = (OP_MERGE, OP_DROP, OP_ACCUMULATE, OP_ACCUMULATE_OWN, OP_DELTA)  # each receives a worker's slice first
-
-
-def shard_bounds(numel: int, servers: int, align: int = ALIGN) -> list[tuple[int, int]]:
-    """[start, end) of each server's shard: equal slices rounded up to `align` values, the last one shorter.
-
-    A model too small to give every server at least one aligned slice is refused: the extra servers would have
-    nothing to do."""
-    if servers < 1:
-        raise ConfigError(f"ps.servers is {servers}; it must be >= 1.")
-    chunk = -(-numel // servers)
-    chunk = -(-chunk // align) * align
-    bounds = [(min(i * chunk, numel), min((i + 1) * chunk, numel)) for i in range(servers)]
-    if any(start >= end for start, end in bounds):
-        raise ConfigError(
-            f"ps.servers={servers} shards of {align} values do not fit a model of {numel:,} values: each server "
-            f"needs a slice. Use ps.servers <= {max(1, -(-numel // align))} (sharding pays off for large models)."
-        )
-    return bounds
-
-
-def server_ranks(workers: int, servers: int) -> list[int]:
-    """The rank owning each shard: rank 0, then the ranks after the n workers."""
-    return [0] + [workers + i for i in range(1, servers)]
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Who owns which slice: ``parts[i] = (rank, start, end)``; one part (rank 0, whole vector) without sharding."""
-
-    parts: tuple[tuple[int, int, int], ...]
-    params: int | None = None  # the vector's first `params` values are parameters, the rest buffers (None: all)
-
-    @classmethod
-    def make(cls, numel: int, workers: int, servers: int, params: int | None = None) -> Layout:
-        bounds = shard_bounds(numel, servers)
-        ranks = server_ranks(workers, servers)
-        return cls(tuple((rank, s, e) for rank, (s, e) in zip(ranks, bounds, strict=True)), params)
-
-    def split(self, start: int) -> int | None:
-        """Where the buffers begin in the slice that starts at `start` (None: the slice is all parameters)."""
-        return None if self.params is None else self.params - start
-
-    @property
-    def own(self) -> tuple[int, int]:
-        """Rank 0's slice."""
-        return self.parts[0][1], self.parts[0][2]
-
-    @property
-    def others(self) -> tuple[tuple[int, int, int], ...]:
-        return self.parts[1:]
 
 
 class ShardMath:

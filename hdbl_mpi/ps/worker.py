@@ -21,6 +21,7 @@ import torch
 from mpi4py import MPI
 from torch import nn
 
+from hdbl_mpi.comm.layout import Layout
 from hdbl_mpi.comm.wire import (
     PUSH,
     REPLY,
@@ -44,7 +45,6 @@ from hdbl_mpi.optim.optimizers import optimizer_for
 from hdbl_mpi.precision import Precision
 from hdbl_mpi.ps.assign import Assignment
 from hdbl_mpi.ps.merge import pushes_change
-from hdbl_mpi.ps.shards import Layout
 from hdbl_mpi.run.faults import maybe_crash
 from hdbl_mpi.run.rankstate import GRAD_SCALER, RankState, capture, restore
 from hdbl_mpi.run.records import CommitRecord

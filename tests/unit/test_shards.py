@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hdbl_mpi.comm.layout import ALIGN, Layout, server_ranks, shard_bounds
 from hdbl_mpi.comm.world import check_world_size
 from hdbl_mpi.config import load_config, required_ranks
 from hdbl_mpi.errors import ConfigError, WorldSizeError
-from hdbl_mpi.ps.shards import ALIGN, Layout, ShardMath, server_ranks, shard_bounds
+from hdbl_mpi.ps.shards import ShardMath
 
 
 def test_bounds_cover_the_vector_in_aligned_contiguous_slices():
