@@ -43,13 +43,13 @@ from hdbl_mpi.comm.wire import PUSH, REPLY, TAG_RECORD, FlatState  # noqa: E402
 from hdbl_mpi.comm.world import SHARD, make_world  # noqa: E402
 from hdbl_mpi.config import load_config  # noqa: E402
 from hdbl_mpi.models import build_model  # noqa: E402
-from hdbl_mpi.plan import make_plan  # noqa: E402
 from hdbl_mpi.ps.server import Server  # noqa: E402
 from hdbl_mpi.ps.shards import Layout, serve_shard  # noqa: E402
 from hdbl_mpi.ps.state import ServerState  # noqa: E402
 from hdbl_mpi.ps.worker import push_and_pull  # noqa: E402
+from hdbl_mpi.rules.plan import make_plan  # noqa: E402
+from hdbl_mpi.rules.schedule import single_resolution  # noqa: E402
 from hdbl_mpi.run.records import CommitRecord  # noqa: E402
-from hdbl_mpi.schedule import single_resolution  # noqa: E402
 
 
 class NoEvaluation:

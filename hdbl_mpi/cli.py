@@ -7,8 +7,8 @@ import argparse
 import sys
 import traceback
 
-from hdbl_mpi.config import PRECISIONS
 from hdbl_mpi.errors import HdblError, SetupError
+from hdbl_mpi.precision import PRECISIONS
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -58,7 +58,7 @@ def _plan(args: argparse.Namespace) -> int:
     """`hdbl plan`: the dual-batch plan from explicit numbers or a profile; a stable interface for scripts."""
     import json
 
-    from hdbl_mpi.plan import format_plan, plan_resolutions, plan_summary
+    from hdbl_mpi.rules.plan import format_plan, plan_resolutions, plan_summary
 
     resolutions = _numbers(args.resolutions, int, "--resolutions") or []  # a required flag
     batch_large = _numbers(args.batch_large, int, "--batch-large")
@@ -221,7 +221,7 @@ def _schedule(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hdbl_mpi.config import load_config
-    from hdbl_mpi.schedule import NATIVE_RESOLUTIONS, format_schedule, from_config, preset
+    from hdbl_mpi.rules.schedule import NATIVE_RESOLUTIONS, format_schedule, from_config, preset
 
     if Path(args.target).is_file():
         config = load_config(args.target, args.set)

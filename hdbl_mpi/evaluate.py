@@ -27,8 +27,8 @@ def evaluate_checkpoint(target: str, config_path: str | None, overrides: list[st
     from hdbl_mpi.data.sources import open_source
     from hdbl_mpi.engine import evaluate
     from hdbl_mpi.models import build_model
+    from hdbl_mpi.rules.schedule import from_config as schedule_from_config
     from hdbl_mpi.run.book import completed_epochs
-    from hdbl_mpi.schedule import from_config as schedule_from_config
 
     path = Path(target)
     checkpoint = path / rundir.CHECKPOINT if path.is_dir() else path

@@ -10,20 +10,22 @@ and lowers its scale; that is not a divergence (a push is still checked for non-
 Horovod's `DistributedOptimizer` reduces the gradients inside `step()`, so the scaler must not unscale them
 before that: as Horovod documents for AMP, `synchronize()` first, then `unscale_`, then the step with
 `skip_synchronize()`. The mpi4py exchange has averaged them before `step()` and DDP during backward.
+
+torch is imported by the methods that use it, so that the config check can ask `PRECISIONS` without loading it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from hdbl_mpi.config import PRECISIONS
 from hdbl_mpi.errors import ConfigError
 
-__all__ = ["PRECISIONS", "Precision", "check_precision"]
-_DTYPES = {"amp": torch.float16, "bf16": torch.bfloat16}
+if TYPE_CHECKING:
+    import torch
+
+PRECISIONS = ("fp32", "amp", "bf16")  # train.precision
+_DTYPES = {"amp": "float16", "bf16": "bfloat16"}  # torch dtypes of the autocast regions
 
 
 def check_precision(precision: str, device: torch.device, key: str = "train.precision") -> None:
@@ -40,12 +42,16 @@ class Precision:
     commits and, through :meth:`state_dict`, a resume."""
 
     def __init__(self, precision: str, device: torch.device, key: str = "train.precision") -> None:
+        import torch
+
         check_precision(precision, device, key)
         self.name, self.device = precision, device
-        self.dtype = _DTYPES.get(precision)
+        self.dtype = getattr(torch, _DTYPES[precision]) if precision in _DTYPES else None
         self.scaler = torch.amp.GradScaler("cuda") if precision == "amp" else None
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        import torch
+
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hdbl_mpi.comm.agree import agree
-from hdbl_mpi.config import Config, config_from_dict, dump_config, has_server, load_run_config
+from hdbl_mpi.config import config_from_dict, dump_config, load_run_config
 from hdbl_mpi.errors import AlreadyFinished, ConfigError, HdblError, SetupError
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.records import RunFacts
+from hdbl_mpi.schema import Config, has_server
 
 if TYPE_CHECKING:
     import torch
@@ -34,9 +35,9 @@ if TYPE_CHECKING:
     from hdbl_mpi.comm.wire import FlatState
     from hdbl_mpi.comm.world import World
     from hdbl_mpi.data.sources import BatchSource, DataInfo
-    from hdbl_mpi.plan import Plan
+    from hdbl_mpi.rules.plan import Plan
+    from hdbl_mpi.rules.schedule import Schedule
     from hdbl_mpi.run.rankstate import RankState
-    from hdbl_mpi.schedule import Schedule
     from hdbl_mpi.throughput import CompileWarmup
 
 
@@ -216,7 +217,7 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
     """Set up this rank for the run of `shared`, agreeing with every other rank at each step that can fail."""
     from mpi4py import MPI
 
-    from hdbl_mpi.schedule import from_config as schedule_from_config
+    from hdbl_mpi.rules.schedule import from_config as schedule_from_config
 
     comm, config = MPI.COMM_WORLD, shared.config
     local, ranks, dataset_size = _agree_on_data(comm, config, resume)
@@ -273,7 +274,7 @@ def profile_spread(config: Config, dataset_size: int, entries: list[dict]) -> st
     """What `profile: auto` measured, and how much the workers disagreed: the plan's B_S from the average, and
     the B_S each worker's own a and b would have given (a wide range means a noisy plan)."""
     from hdbl_mpi.errors import PlanError
-    from hdbl_mpi.plan import make_plan
+    from hdbl_mpi.rules.plan import make_plan
 
     d = config.dual
     parts = []
@@ -347,7 +348,7 @@ def _build(config: Config, local: _Local, schedule: Schedule, dataset_size: int,
     """The plan at every resolution and the model (on this rank's device, as one flat vector), with
     train.init_from's weights when `initial_weights` (rank 0 of a new run: the others receive them)."""
     from hdbl_mpi.models import build_model, model_notes
-    from hdbl_mpi.plan import plan_for_config
+    from hdbl_mpi.rules.plan import plan_for_config
 
     resolutions = schedule.resolutions
     plans = {r: plan_for_config(config, dataset_size, entries[i], i, len(resolutions))
@@ -390,8 +391,8 @@ def _prepare_run_dir(shared: SharedConfig, schedule: Schedule, built: _Built, me
                      size: int) -> tuple[dict | None, dict[int, RankState]]:
     """Rank 0: create the run directory, load the checkpoint and the training ranks' states when resuming
     (refusing a finished run), write the resolved config, the plan and the profile measured at start-up."""
-    from hdbl_mpi.plan import plan_summary
     from hdbl_mpi.profiling.store import save_profile
+    from hdbl_mpi.rules.plan import plan_summary
 
     config, run_path = shared.config, Path(shared.run_dir)
     plans, flat = built.plans, built.flat
@@ -459,7 +460,7 @@ def run_facts(setup: RunSetup) -> RunFacts:
 
     from hdbl_mpi import __version__
     from hdbl_mpi.comm.cuda_aware import cuda_aware_mpi
-    from hdbl_mpi.plan import plan_summary
+    from hdbl_mpi.rules.plan import plan_summary
     from hdbl_mpi.throughput import throughput_of
 
     resolutions = sorted(setup.plans)

@@ -412,7 +412,7 @@ def sweep(args: argparse.Namespace) -> int:
 
 def _submit(args: argparse.Namespace, config: str | None, specs: list[RunSpec], out: Path) -> int:
     """Write runs.txt and sweep.sbatch; print them (--dry-run) or submit the array and a report job after it."""
-    from hdbl_mpi.config import required_ranks
+    from hdbl_mpi.schema import required_ranks
 
     ntasks = max(required_ranks(load_config(config, [*args.set, *s.overrides])) for s in specs)
     (out / "logs").mkdir(exist_ok=True)

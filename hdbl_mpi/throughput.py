@@ -30,7 +30,7 @@ from hdbl_mpi.errors import ConfigError
 from hdbl_mpi.precision import Precision
 
 if TYPE_CHECKING:
-    from hdbl_mpi.config import TrainConfig
+    from hdbl_mpi.schema import TrainConfig
 
 # Graphs kept per compiled model: resolutions x batch sizes x dropout values x train/eval, with room for re-plans.
 RECOMPILE_LIMIT = 64

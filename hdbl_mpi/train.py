@@ -12,10 +12,10 @@ import sys
 
 from mpi4py import MPI
 
-from hdbl_mpi.config import has_server
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import RunResult, Stopped
 from hdbl_mpi.run.records import Summary
+from hdbl_mpi.schema import has_server
 from hdbl_mpi.startup import RunSetup, SharedConfig, run_facts, set_up
 
 
@@ -45,7 +45,7 @@ def train(shared: SharedConfig, resume: bool, verbose: bool, plan_only: bool = F
 
 
 def print_plan(setup: RunSetup) -> None:
-    from hdbl_mpi.plan import format_plan
+    from hdbl_mpi.rules.plan import format_plan
 
     resolutions = sorted(setup.plans)
     print(format_plan([setup.plans[r] for r in resolutions], resolutions))

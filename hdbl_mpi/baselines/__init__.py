@@ -1,7 +1,5 @@
 """Baselines run by the same trainer: synchronous allreduce SGD and LocalSGD (no parameter server; method §7).
 
-The names live here, free of torch and MPI, so that the config is checked before either loads.
+Their mode and backend names, and the rule that picks a backend, are pure and live in hdbl_mpi/rules/backends.py,
+so that a config is checked before torch or MPI loads.
 """
-
-PEER_MODES = ("allreduce", "localsgd")  # ps.mode values where every rank is a worker and there is no server
-BACKENDS = ("mpi4py", "horovod", "ddp")  # ps.backend of the allreduce baseline (besides auto)

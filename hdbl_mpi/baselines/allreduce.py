@@ -27,8 +27,8 @@ import torch
 from mpi4py import MPI
 from torch import nn
 
-from hdbl_mpi.baselines.backends import HorovodBuild
 from hdbl_mpi.comm.cuda_aware import CudaAwareness, gpu_reduction_path
+from hdbl_mpi.rules.backends import HorovodBuild
 
 
 class Mpi4pyAllreduce:
@@ -236,7 +236,7 @@ class TorchDDP:
     Buffers (BatchNorm statistics) are not broadcast every step (``broadcast_buffers=False``): like the mpi4py
     and Horovod backends, the run averages them at the end of each epoch, so the three backends train the same
     model. The process group is NCCL on GPUs of their own, gloo on the CPU and where ranks share a GPU (NCCL
-    refuses that; gloo reduces CUDA tensors too, through host memory; baselines/backends.py). MASTER_ADDR and
+    refuses that; gloo reduces CUDA tensors too, through host memory; rules/backends.py). MASTER_ADDR and
     MASTER_PORT, when set, win over the automatic choice (e.g. on hosts with several networks, where
     GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME pick the interface too)."""
 

@@ -33,18 +33,18 @@ from hdbl_mpi.baselines.allreduce import (
     average_vector,
     horovod_build,
 )
-from hdbl_mpi.baselines.backends import BackendChoice, BackendFacts, choose_backend
-from hdbl_mpi.baselines.local_steps import make_local_steps, slowmo_update
 from hdbl_mpi.comm.agree import agree
 from hdbl_mpi.comm.cuda_aware import cuda_aware_mpi
-from hdbl_mpi.config import Config
 from hdbl_mpi.engine import evaluate, train_steps
 from hdbl_mpi.errors import HdblError, SetupError
 from hdbl_mpi.models import set_dropout
 from hdbl_mpi.optim.optimizers import optimizer_for
 from hdbl_mpi.optim.schedules import scheduled_lr
-from hdbl_mpi.plan import round_half_up
 from hdbl_mpi.precision import Precision
+from hdbl_mpi.rules.backends import BackendChoice, BackendFacts, choose_backend
+from hdbl_mpi.rules.local_steps import make_local_steps
+from hdbl_mpi.rules.plan import round_half_up
+from hdbl_mpi.rules.slowmo import slowmo_update
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import BookPolicy, BookState, EpochBook, RunResult, Stopped
 from hdbl_mpi.run.progress import Progress
@@ -52,6 +52,7 @@ from hdbl_mpi.run.rankstate import GRAD_SCALER, RankState, capture, restore
 from hdbl_mpi.run.records import CommitRecord, EpochRow, from_mapping
 from hdbl_mpi.run.scalars import Scalars
 from hdbl_mpi.run.signals import STOP
+from hdbl_mpi.schema import Config
 from hdbl_mpi.startup import RunSetup
 
 RESUME_POLICY = ("weights, epoch history and the H strategy come from the checkpoint, and each rank's optimizer "
@@ -71,7 +72,7 @@ class PeerState(BookState):
 
 
 def backend_facts(setup: RunSetup) -> BackendFacts:
-    """This rank's part of the backend choice (baselines/backends.py): its device and GPU sharing, what Horovod
+    """This rank's part of the backend choice (rules/backends.py): its device and GPU sharing, what Horovod
     was built with (asked only where ps.backend may choose it: importing horovod.torch takes seconds), and
     whether torch.distributed has NCCL."""
     import torch.distributed as dist

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import torch
 
     from hdbl_mpi.comm.world import World
-    from hdbl_mpi.config import Config
+    from hdbl_mpi.schema import Config
 
 # Where launchers put a rank's index among the ranks of its host: Open MPI, MPICH/Hydra and Intel MPI, SLURM's
 # srun, Cray PALS, MVAPICH.

@@ -20,7 +20,7 @@ from hdbl_mpi.data import ArrayDataset, eval_batches, load_dataset, make_batch
 from hdbl_mpi.errors import DataError
 
 if TYPE_CHECKING:
-    from hdbl_mpi.config import Config
+    from hdbl_mpi.schema import Config
 
 # ImageNet statistics, the usual normalisation for photographs in class folders.
 FOLDER_MEAN, FOLDER_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

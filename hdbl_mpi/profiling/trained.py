@@ -18,8 +18,8 @@ from hdbl_mpi.profiling.measure import ProfileSettings, profile_device
 if TYPE_CHECKING:
     import torch
 
-    from hdbl_mpi.config import Config, TrainConfig
     from hdbl_mpi.data.sources import BatchSource
+    from hdbl_mpi.schema import Config, TrainConfig
 
 
 def training_settings(train: TrainConfig, source: BatchSource | None = None, **fields: Any) -> ProfileSettings:
@@ -38,7 +38,7 @@ def profile_config(config: Config, device: torch.device, resolutions: list[int] 
     decoder, the input share of the step and which options were timed."""
     from hdbl_mpi.data.sources import open_source
     from hdbl_mpi.models import build_model
-    from hdbl_mpi.schedule import from_config as schedule_from_config
+    from hdbl_mpi.rules.schedule import from_config as schedule_from_config
 
     info, source = open_source(config, train=True, device=device, seed=config.train.seed)
     schedule = schedule_from_config(config, info.native_resolution)

@@ -15,14 +15,14 @@ import numpy as np
 
 from hdbl_mpi.comm.wire import REPLY, TAG_START
 from hdbl_mpi.comm.world import SMALL, role_of
-from hdbl_mpi.config import Config
 from hdbl_mpi.errors import PlanError
 from hdbl_mpi.optim.schedules import scheduled_lr
-from hdbl_mpi.plan import Plan, lr_scale, make_plan, round_half_up
 from hdbl_mpi.ps.balance import Balance
-from hdbl_mpi.ps.merge import push_update
 from hdbl_mpi.ps.state import ServerState
-from hdbl_mpi.schedule import Schedule
+from hdbl_mpi.rules.merge import push_update
+from hdbl_mpi.rules.plan import Plan, lr_scale, make_plan, round_half_up
+from hdbl_mpi.rules.schedule import Schedule
+from hdbl_mpi.schema import Config
 
 
 @dataclass(frozen=True)

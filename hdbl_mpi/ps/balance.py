@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from hdbl_mpi.errors import PlanError
-from hdbl_mpi.plan import Plan, make_plan
+from hdbl_mpi.rules.plan import Plan, make_plan
 from hdbl_mpi.run.records import CommitRecord
 
 

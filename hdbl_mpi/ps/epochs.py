@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     import torch
 
     from hdbl_mpi.ps.state import Roster, ServerState
+    from hdbl_mpi.rules.schedule import Schedule
     from hdbl_mpi.run.progress import Progress
-    from hdbl_mpi.schedule import Schedule
 
 
 class ServerView(Protocol):

@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
     from hdbl_mpi.ps.state import Roster, ServerState
 
-FAULT_TOLERANCE = ("abort", "ulfm")  # ps.fault_tolerance
-
 
 class EveryWorkerLost(HdblError):
     """ULFM: the last worker died. The server has checkpointed; it evaluates the weights and writes a summary

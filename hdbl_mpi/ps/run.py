@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 
 from hdbl_mpi.comm.world import SHARD
-from hdbl_mpi.config import Config
-from hdbl_mpi.plan import Plan
 from hdbl_mpi.ps.assign import Assignments
 from hdbl_mpi.ps.evaluator import Evaluator
 from hdbl_mpi.ps.failures import EveryWorkerLost
@@ -18,9 +16,11 @@ from hdbl_mpi.ps.server import Server
 from hdbl_mpi.ps.shards import serve_shard
 from hdbl_mpi.ps.state import ServerState
 from hdbl_mpi.ps.worker import Worker
+from hdbl_mpi.rules.plan import Plan
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import RunResult, Stopped
 from hdbl_mpi.run.records import from_mapping
+from hdbl_mpi.schema import Config
 from hdbl_mpi.startup import RunSetup
 
 RESUME_POLICY = ("global weights, server counters and epoch history come from the checkpoint, and each worker's "

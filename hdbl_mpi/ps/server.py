@@ -5,7 +5,7 @@ briefly: it never blocks on one worker, so in ASP a slow worker slows nobody els
 pre-allocated receive vector and are merged into the global vector W with one fused pass; the reply goes out
 straight from W. The rest are parts with one concern each:
 
-- ``ps/policy.py``: when a push merges and when a reply is released (ASP, BSP, SSP);
+- ``rules/policy.py``: when a push merges and when a reply is released (ASP, BSP, SSP);
 - ``ps/assign.py``: what each worker trains next (the one source of its plan);
 - ``ps/epochs.py`` with ``run/book.py``: epochs, evaluations, checkpoints, early stopping;
 - ``ps/failures.py``: non-finite pushes, stalled and lost workers;
@@ -35,17 +35,17 @@ from hdbl_mpi.comm.wire import (
     TimeoutWaiting,
 )
 from hdbl_mpi.comm.world import World
-from hdbl_mpi.config import Config
 from hdbl_mpi.optim.schedules import scheduled_lr
-from hdbl_mpi.plan import Plan
 from hdbl_mpi.ps.assign import Assignments
 from hdbl_mpi.ps.balance import balance_report, group_times
 from hdbl_mpi.ps.epochs import ServerEpochs
 from hdbl_mpi.ps.evaluator import FINAL, Evaluator
 from hdbl_mpi.ps.failures import Failures, is_process_failure
-from hdbl_mpi.ps.policy import make_policy
 from hdbl_mpi.ps.shards import OP_REPLY, ShardFanout, ShardMath
 from hdbl_mpi.ps.state import Roster, ServerState
+from hdbl_mpi.rules.plan import Plan
+from hdbl_mpi.rules.policy import make_policy
+from hdbl_mpi.rules.schedule import Schedule
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import BookPolicy, EpochBook
 from hdbl_mpi.run.faults import maybe_crash
@@ -55,7 +55,7 @@ from hdbl_mpi.run.records import CommitRecord
 from hdbl_mpi.run.scalars import Scalars
 from hdbl_mpi.run.signals import STOP
 from hdbl_mpi.run.trace import write_trace
-from hdbl_mpi.schedule import Schedule
+from hdbl_mpi.schema import Config
 
 
 class Server:

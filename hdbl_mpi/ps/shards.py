@@ -27,14 +27,14 @@ from mpi4py import MPI
 
 from hdbl_mpi.comm.layout import Layout
 from hdbl_mpi.comm.wire import TAG_PUSH_WEIGHTS, TAG_REPLY_WEIGHTS, HeaderLayout, wait_bounded
-from hdbl_mpi.ps.policy import OP_ACCUMULATE, OP_ACCUMULATE_OWN, OP_AVERAGE, OP_DELTA, OP_DROP, OP_MERGE, Update
+from hdbl_mpi.rules.policy import OP_ACCUMULATE, OP_ACCUMULATE_OWN, OP_AVERAGE, OP_DELTA, OP_DROP, OP_MERGE, Update
 
 TAG_SHARD_OP = 41
 TAG_SHARD_GATHER = 42
 TAG_SHARD_DONE = 43  # a shard server's counters, sent to rank 0 when it finishes
 
 # Control message, rank 0 -> each shard server: what to do next, in rank 0's order. Operations 0..5 change the
-# vector (ps/policy.py decides them); these three move it.
+# vector (rules/policy.py decides them); these three move it.
 SHARD_OP = HeaderLayout(("op", "rank", "value", "value2"))
 OP_REPLY, OP_GATHER, OP_FINISH = 6, 7, 8
 PUSH_OPS = (OP_MERGE, OP_DROP, OP_ACCUMULATE, OP_ACCUMULATE_OWN, OP_DELTA)  # each receives a worker's slice first

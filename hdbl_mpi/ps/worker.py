@@ -37,18 +37,18 @@ from hdbl_mpi.comm.wire import (
     wait_bounded,
 )
 from hdbl_mpi.comm.world import World
-from hdbl_mpi.config import Config
 from hdbl_mpi.data.sources import BatchSource
 from hdbl_mpi.engine import StepStats, set_lr, train_steps
 from hdbl_mpi.models import set_dropout
 from hdbl_mpi.optim.optimizers import optimizer_for
 from hdbl_mpi.precision import Precision
 from hdbl_mpi.ps.assign import Assignment
-from hdbl_mpi.ps.merge import pushes_change
+from hdbl_mpi.rules.merge import pushes_change
 from hdbl_mpi.run.faults import maybe_crash
 from hdbl_mpi.run.rankstate import GRAD_SCALER, RankState, capture, restore
 from hdbl_mpi.run.records import CommitRecord
 from hdbl_mpi.run.signals import STOP
+from hdbl_mpi.schema import Config
 from hdbl_mpi.throughput import CompileWarmup
 
 
@@ -89,7 +89,7 @@ class Worker:
                   f"{resumed.optimizer_l1():.6g}", flush=True)
         self.kept: list[RankState] = []  # own state after the last two pulls (oldest first)
         self.host = socket.gethostname()
-        # The delta rule (ps/merge.py): the parameters as last pulled, to push their change since then.
+        # The delta rule (rules/merge.py): the parameters as last pulled, to push their change since then.
         self.pulled = flat.to_host()[:flat.params_numel].copy() if pushes_change(config.ps.merge) else None
 
     def run(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 
-from hdbl_mpi.schedule import cyclic
+from hdbl_mpi.rules.schedule import cyclic
 from tests.conftest import run_train
 
 SCHEDULE = ["schedule.phases=[2, 2]", "schedule.lrs=[0.05, 0.005]", "schedule.resolutions=[12, 16]",

@@ -1,12 +1,12 @@
-"""ps.backend for the allreduce baseline, chosen from every rank's facts (baselines/backends.py): what Horovod was
+"""ps.backend for the allreduce baseline, chosen from every rank's facts (rules/backends.py): what Horovod was
 built with and whether ranks share a GPU decide it before the first GPU tensor would."""
 
 from __future__ import annotations
 
 import pytest
 
-from hdbl_mpi.baselines.backends import BackendChoice, BackendFacts, HorovodBuild, choose_backend
 from hdbl_mpi.errors import ConfigError
+from hdbl_mpi.rules.backends import BackendChoice, BackendFacts, HorovodBuild, choose_backend
 
 CPU_HOROVOD = HorovodBuild("0.28.1", gpu=False, nccl=False)  # what launchers/install_horovod.sh builds without nvcc
 NCCL_HOROVOD = HorovodBuild("0.28.1", gpu=True, nccl=True)
@@ -61,7 +61,7 @@ def test_the_rule_loads_neither_torch_nor_mpi():
     import subprocess
     import sys
 
-    code = ("import sys, hdbl_mpi.baselines.backends; "
+    code = ("import sys, hdbl_mpi.rules.backends; "
             "assert 'torch' not in sys.modules and 'mpi4py' not in sys.modules, sorted(sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -10,9 +10,10 @@ import typing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hdbl_mpi.config import Config, config_from_dict
+from hdbl_mpi.config import config_from_dict
 from hdbl_mpi.errors import ConfigError, HdblError, PlanError
-from hdbl_mpi.plan import make_plan
+from hdbl_mpi.rules.plan import make_plan
+from hdbl_mpi.schema import Config
 
 
 def leaf_keys(cls: type = Config, prefix: str = "") -> list[str]:
@@ -117,7 +118,7 @@ def test_the_planner_returns_a_plan_or_a_plan_error(D, n, n_s, B_L, a, b, t, fac
 @settings(max_examples=100, deadline=None)
 @given(length=st.integers(1, 5), resolutions=st.integers(1, 4))
 def test_per_resolution_lists_must_match_the_schedule(length, resolutions):
-    from hdbl_mpi.plan import plan_for_config
+    from hdbl_mpi.rules.plan import plan_for_config
 
     tree = {"dual": {"batch_large": [64] * length, "workers": 2}}
     config = config_from_dict(tree)

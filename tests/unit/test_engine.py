@@ -9,9 +9,9 @@ from hdbl_mpi.data.sources import ArraySource, sample_indices
 from hdbl_mpi.engine import evaluate, train_steps
 from hdbl_mpi.models import build_model
 from hdbl_mpi.optim.optimizers import make_optimizer, param_groups
-from hdbl_mpi.plan import lr_scale
+from hdbl_mpi.rules.plan import lr_scale
+from hdbl_mpi.rules.schedule import from_config
 from hdbl_mpi.run.book import BookPolicy
-from hdbl_mpi.schedule import from_config
 
 
 def test_each_commit_draws_a_fresh_permutation():

@@ -1,10 +1,11 @@
-"""LocalSGD local-step strategies and the SlowMo update (hdbl_mpi.baselines.local_steps) against explicit sequences."""
+"""LocalSGD local-step strategies and the SlowMo update (hdbl_mpi.rules.local_steps) against explicit sequences."""
 
 import pytest
 import torch
 
-from hdbl_mpi.baselines.local_steps import STRATEGIES, make_local_steps, slowmo_update
 from hdbl_mpi.errors import ConfigError
+from hdbl_mpi.rules.local_steps import STRATEGIES, make_local_steps
+from hdbl_mpi.rules.slowmo import slowmo_update
 
 
 def _by_loss(strategy, losses):

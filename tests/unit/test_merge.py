@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hdbl_mpi.ps.merge import bsp_weights, merge_weight
+from hdbl_mpi.rules.merge import bsp_weights, merge_weight
 
 
 @pytest.mark.parametrize("f", [1.0, 0.8095, 0.25])
@@ -46,9 +46,9 @@ def test_bad_rule_and_factor():
 
 def test_the_delta_rule_steps_parameters_and_interpolates_buffers():
     """W_params += outer_lr * f * Delta_k; the BatchNorm statistics (after the split) move as in the journal rule."""
-    from hdbl_mpi.ps.merge import push_update
-    from hdbl_mpi.ps.policy import OP_DELTA
     from hdbl_mpi.ps.shards import ShardMath
+    from hdbl_mpi.rules.merge import push_update
+    from hdbl_mpi.rules.policy import OP_DELTA
 
     update = push_update("delta", 0.5, outer_lr=0.8)
     assert (update.op, update.value, update.value2) == (OP_DELTA, pytest.approx(0.4), pytest.approx(1 / 3))
@@ -73,8 +73,8 @@ def test_outer_nesterov_momentum_accumulates_over_pushes():
 
 
 def test_workers_push_their_change_only_under_the_delta_rule():
-    from hdbl_mpi.ps.merge import push_update, pushes_change
-    from hdbl_mpi.ps.policy import OP_MERGE
+    from hdbl_mpi.rules.merge import push_update, pushes_change
+    from hdbl_mpi.rules.policy import OP_MERGE
 
     assert pushes_change("delta") and not pushes_change("journal") and not pushes_change("conference")
     assert push_update("journal", 1.0).op == OP_MERGE and push_update("journal", 1.0).value == 0.5

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from hdbl_mpi.errors import PlanError
-from hdbl_mpi.plan import feasible_extra_time, feasible_small_workers, make_plan, round_half_up, update_factor
+from hdbl_mpi.rules.plan import feasible_extra_time, feasible_small_workers, make_plan, round_half_up, update_factor
 
 EXAMPLE = dict(dataset_size=50_000, workers=4, batch_large=500, time_a=5.6607e-4, time_b=0.014041, extra_time=1.05)
 

@@ -7,12 +7,12 @@ import sys
 import pytest
 
 from hdbl_mpi.cli import main
-from hdbl_mpi.plan import round_half_up
 from hdbl_mpi.profiling.store import save_profile
+from hdbl_mpi.rules.plan import round_half_up
 
 
 def spec(D, n, n_s, B_L, a, b, t):
-    """method §4 written out independently of hdbl_mpi.plan."""
+    """method §4 written out independently of hdbl_mpi.rules.plan."""
     n_l = n - n_s
     T0 = (a + b / B_L) * D / n
     if n_s == 0:

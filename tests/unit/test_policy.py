@@ -1,10 +1,10 @@
-"""The synchronisation policies (ps/policy.py) on plain numbers: what a push does, when a round ends, who may go."""
+"""The synchronisation policies (rules/policy.py) on plain numbers: what a push does, when a round ends, who may go."""
 
 from __future__ import annotations
 
 import pytest
 
-from hdbl_mpi.ps.policy import (
+from hdbl_mpi.rules.policy import (
     OP_ACCUMULATE,
     OP_ACCUMULATE_OWN,
     OP_AVERAGE,

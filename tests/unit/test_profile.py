@@ -387,7 +387,7 @@ def test_a_stored_profile_is_read_at_the_configured_precision():
     """The plan comes from the entry measured at train.precision: the same model, resolution and device
     profiled in fp32 and in bf16 give two different lines, and training in bf16 takes the bf16 one."""
     from hdbl_mpi.config import load_run_config
-    from hdbl_mpi.schedule import from_config
+    from hdbl_mpi.rules.schedule import from_config
     from hdbl_mpi.startup import _stored_entries
 
     profile = {"entries": {str(i): e for i, e in enumerate([entry(precision="fp32", a=1e-3),

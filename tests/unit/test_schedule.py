@@ -3,7 +3,7 @@
 import pytest
 
 from hdbl_mpi.errors import ConfigError
-from hdbl_mpi.schedule import Stage, cyclic, format_schedule, preset, validate_stages
+from hdbl_mpi.rules.schedule import Stage, cyclic, format_schedule, preset, validate_stages
 
 
 def table(schedule):

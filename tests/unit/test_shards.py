@@ -7,9 +7,10 @@ import torch
 
 from hdbl_mpi.comm.layout import ALIGN, Layout, server_ranks, shard_bounds
 from hdbl_mpi.comm.world import check_world_size
-from hdbl_mpi.config import load_config, required_ranks
+from hdbl_mpi.config import load_config
 from hdbl_mpi.errors import ConfigError, WorldSizeError
 from hdbl_mpi.ps.shards import ShardMath
+from hdbl_mpi.schema import required_ranks
 
 
 def test_bounds_cover_the_vector_in_aligned_contiguous_slices():
@@ -93,7 +94,7 @@ def test_a_wrong_rank_count_for_sharded_servers_names_the_fix():
 @pytest.mark.parametrize("k", [2, 3])
 def test_delta_steps_on_shards_reproduce_one_server(k):
     """The delta rule with momentum on k shards (the parameter/buffer split inside one of them) equals one server."""
-    from hdbl_mpi.ps.merge import push_update
+    from hdbl_mpi.rules.merge import push_update
 
     g = torch.Generator().manual_seed(1)
     numel = 3 * ALIGN * k + 77

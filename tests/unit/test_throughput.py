@@ -71,7 +71,7 @@ def test_compiled_steps_match_eager_and_compile_before_the_clock():
 
 
 def test_throughput_record_says_what_took_effect():
-    from hdbl_mpi.config import TrainConfig
+    from hdbl_mpi.schema import TrainConfig
 
     class Info:
         def __init__(self, device: str) -> None:

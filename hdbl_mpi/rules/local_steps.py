@@ -1,4 +1,4 @@
-"""LocalSGD's number of local steps H per round, and the SlowMo outer update (method §7).
+"""LocalSGD's number of local steps H per round (method §7; SlowMo's outer step is in rules/slowmo.py).
 
 In LocalSGD each of K workers takes H optimizer steps on its own shard, then the workers average their
 parameters: one synchronisation round. A larger H means fewer averages (less communication) but more drift
@@ -7,11 +7,8 @@ training loss (communicate less while training progresses) or as a function of t
 small object asked once per round for the H of the round about to start; the strategies are plain Python (no
 MPI, no torch), so every rank makes the same decision and the rules can be checked against explicit sequences.
 
-SlowMo (Wang et al. 2020) adds a momentum step on top of the average; :func:`slowmo_update` is its arithmetic on
-flat parameter vectors, also free of MPI so the caller decides where the vectors live.
-
 Rounding: every H computed from a real-valued formula is rounded half up (2.5 -> 3), the project's rule (see
-hdbl_mpi.plan.round_half_up), then clamped to [h_min, h_max]. A value within 1e-9 of a half counts as the half,
+hdbl_mpi.rules.plan.round_half_up), then clamped to [h_min, h_max]. A value within 1e-9 of a half counts as the half,
 so cos/exp rounding at a symmetric point (cos(pi/2) is 6e-17, not 0) cannot flip the documented result; epoch
 boundaries of the pow2 strategies get the same 1e-9 allowance (epoch 0.3 with every 0.1 is step 3, not 2).
 """
@@ -20,11 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # torch is only needed by the caller's tensors: validating a config imports no torch
-    import torch
-
+from typing import Any
 
 from hdbl_mpi.errors import ConfigError
 
@@ -395,36 +388,3 @@ def make_local_steps(name: str, h: int, h_min: int, h_max: int, total_epochs: in
     if key in ("pow2_increase", "pow2_decrease"):
         return Pow2LocalSteps(h_min, h_max, total_epochs, increase=key == "pow2_increase", **options)
     return EpochLocalSteps(key, h_min, h_max, total_epochs, **options)
-
-
-def slowmo_update(
-    global_params: torch.Tensor,
-    averaged: torch.Tensor,
-    slow_buffer: torch.Tensor,
-    beta: float,
-    alpha: float,
-    lr: float,
-) -> None:
-    """SlowMo outer step (Wang et al. 2020, Algorithm 1) on flat parameter vectors, in place.
-
-    With x_prev = ``global_params`` (the parameters every worker started the round from), x_avg = ``averaged``
-    (the workers' parameters averaged after the round) and u = ``slow_buffer``::
-
-        u     = beta * u + (x_prev - x_avg) / lr
-        x_new = x_prev - alpha * lr * u
-
-    x_new is written into ``global_params`` and u into ``slow_buffer``. Dividing by the fast learning rate
-    ``lr`` (the LR the workers used in the round) makes u a gradient-like quantity, so beta acts as momentum
-    independently of the LR schedule; ``lr`` must therefore be > 0, and a schedule that reaches 0 must pass the
-    round's non-zero LR. With ``beta = 0`` and ``alpha = 1`` the step reduces to x_new = x_avg (exactly up
-    to float rounding): plain LocalSGD averaging, the study's default.
-    """
-    if not lr > 0:
-        raise ValueError(f"SlowMo needs the round's learning rate > 0, got {lr}.")
-    if not global_params.shape == averaged.shape == slow_buffer.shape:
-        raise ValueError(
-            f"SlowMo vectors differ in shape: global {tuple(global_params.shape)}, averaged "
-            f"{tuple(averaged.shape)}, buffer {tuple(slow_buffer.shape)}."
-        )
-    slow_buffer.mul_(beta).add_(global_params - averaged, alpha=1 / lr)
-    global_params.sub_(slow_buffer, alpha=alpha * lr)

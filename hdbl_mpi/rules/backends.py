@@ -1,4 +1,5 @@
-"""Which library averages the allreduce baseline's gradients (`ps.backend`), decided from what every rank found.
+"""The data-parallel baselines' modes and gradient backends, and which library averages the allreduce baseline's
+gradients (`ps.backend`), decided from what every rank found.
 
 Pure (no torch, no MPI): the ranks gather their facts (their device, how many ranks share their GPU, what
 Horovod was built with) and each applies the same rule to the same list, so they all choose alike. The rule
@@ -14,6 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hdbl_mpi.errors import ConfigError
+
+PEER_MODES = ("allreduce", "localsgd")  # ps.mode values where every rank is a worker and there is no server
+BACKENDS = ("mpi4py", "horovod", "ddp")  # ps.backend of the allreduce baseline (besides auto)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The merge rules (method §3): what one push does to the global model W. This file is the one place to read
-or change them; ``ps/shards.py`` applies the arithmetic and ``ps/policy.py`` decides when.
+or change them; ``ps/shards.py`` applies the arithmetic and ``rules/policy.py`` decides when.
 
 The papers' rules interpolate W <- W + w*(W_k - W) towards the pushed weights W_k:
 
@@ -20,7 +20,7 @@ read W_k, write W) whichever is chosen.
 
 from __future__ import annotations
 
-from hdbl_mpi.ps.policy import OP_DELTA, OP_MERGE, Update
+from hdbl_mpi.rules.policy import OP_DELTA, OP_MERGE, Update
 
 MERGE_RULES = ("journal", "conference", "delta")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 # What a decision does to the global vector W (the shard servers receive these numbers).
-OP_MERGE = 0  # W <- lerp(W, W_k, value): ASP/SSP merge with the rule's weight (ps/merge.py)
+OP_MERGE = 0  # W <- lerp(W, W_k, value): ASP/SSP merge with the rule's weight (rules/merge.py)
 OP_DROP = 1  # receive W_k and discard it: a rejected (non-finite) push
 OP_ACCUMULATE = 2  # BSP: add value * W_k to the round's sum
 OP_ACCUMULATE_OWN = 3  # BSP, rejected push: add value * W (the worker "changed nothing")
@@ -39,7 +39,7 @@ class SyncPolicy:
     goes_on_without_stalled: ClassVar[bool] = True  # may end the run without a worker that stopped committing
 
     def on_push(self, rejected: bool, factor: float, merge: Update) -> Update:
-        """A push with model-update factor `factor`; `merge` is what the merge rule does with it (ps/merge.py)."""
+        """A push with model-update factor `factor`; `merge` is what the merge rule does with it (rules/merge.py)."""
         return Update(OP_DROP) if rejected else merge
 
     def round_end(self, held: int, active: int) -> Update | None:
@@ -105,6 +105,12 @@ class Bsp(SyncPolicy):
 
 
 PS_MODES = ("asp", "bsp", "ssp")
+# MXNet's kvstore names: dist_sync is a BSP parameter server, dist_async an ASP one, local one process.
+KVSTORE_MODES = {"dist_sync": "bsp", "dist_async": "asp", "local": "allreduce"}
+# ps.fault_tolerance: abort (a lost worker ends the job; --resume continues it) or ulfm (the server drops it
+# and the survivors take over its commits: ps/failures.py). ULFM needs ASP: a BSP round or an SSP bound cannot
+# go on without a worker.
+FAULT_TOLERANCE = ("abort", "ulfm")
 
 
 def make_policy(mode: str, staleness: int) -> SyncPolicy:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hdbl_mpi.errors import ConfigError
-from hdbl_mpi.plan import round_half_up
+from hdbl_mpi.rules.plan import round_half_up
 
 
 @dataclass(frozen=True)
