@@ -221,14 +221,12 @@ def _schedule(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hdbl_mpi.config import load_config
-    from hdbl_mpi.rules.schedule import NATIVE_RESOLUTIONS, format_schedule, from_config, preset
+    from hdbl_mpi.datasets import native_resolution
+    from hdbl_mpi.rules.schedule import format_schedule, from_config, preset
 
     if Path(args.target).is_file():
         config = load_config(args.target, args.set)
-        native = NATIVE_RESOLUTIONS.get(config.data.name.lower())
-        if config.data.name.lower() == "synthetic":
-            native = int(config.data.synthetic.get("size", 16))
-        print(format_schedule(from_config(config, native)))
+        print(format_schedule(from_config(config, native_resolution(config.data.name, config.data.synthetic))))
     else:
         print(format_schedule(preset(args.target)))
     return 0
@@ -236,7 +234,7 @@ def _schedule(args: argparse.Namespace) -> int:
 
 def _doctor(args: argparse.Namespace) -> int:
     """`hdbl doctor`: the checks of hdbl_mpi.launch.doctor; with --config, that config's data set must exist."""
-    from hdbl_mpi.data import DATASET_NAMES
+    from hdbl_mpi.datasets import DATASET_NAMES
     from hdbl_mpi.launch.doctor import doctor
 
     datasets, data_dir = args.data or [n for n in DATASET_NAMES if n != "synthetic"], args.data_dir

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from hdbl_mpi.datasets import DECODERS
 from hdbl_mpi.errors import ConfigError
 from hdbl_mpi.precision import PRECISIONS
 from hdbl_mpi.rules.policy import KVSTORE_MODES
@@ -374,7 +375,6 @@ def _validate_rest(c: Config) -> None:
            f"data.resolution is {c.data.resolution}; use at least 8 px, or leave it unset for the native size.")
 
 
-DECODERS = ("auto", "dali", "torchvision")  # data.decoder: how image folders are decoded (hdbl_mpi.data.folder)
 
 
 def _as_list(value) -> list:

@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-from hdbl_mpi.data import ArrayDataset, eval_batches, load_dataset, make_batch
+from hdbl_mpi.data.batches import eval_batches, make_batch
+from hdbl_mpi.data.loading import ArrayDataset, load_dataset
+from hdbl_mpi.datasets import statistics
 from hdbl_mpi.errors import DataError
 
 if TYPE_CHECKING:
     from hdbl_mpi.schema import Config
 
-# ImageNet statistics, the usual normalisation for photographs in class folders.
-FOLDER_MEAN, FOLDER_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+FOLDER_MEAN, FOLDER_STD = statistics("folder")  # ImageNet's, the usual normalisation for photographs in folders
 
 
 class BatchSource(Protocol):

@@ -11,17 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from hdbl_mpi.datasets import SYNTHETIC_DEFAULTS as DEFAULTS
 from hdbl_mpi.errors import DataError
-
-DEFAULTS: dict[str, int] = {
-    "train_size": 2048,
-    "test_size": 512,
-    "classes": 10,
-    "channels": 3,
-    "size": 16,
-    "seed": 0,
-}
-"""The accepted keys of the ``synthetic`` options and their defaults."""
 
 NOISE_STD = 0.15
 """Per-pixel Gaussian noise, in [0, 1] units: visible, yet far below the prototypes' contrast."""

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hdbl_mpi.data import make_batch
+from hdbl_mpi.data.batches import make_batch
 from hdbl_mpi.engine import is_out_of_memory
 from hdbl_mpi.errors import ConfigError, HdblError
 from hdbl_mpi.precision import PRECISIONS, Precision, check_precision

@@ -103,11 +103,6 @@ PRESETS = {
 }
 
 
-# Native image sizes of the in-memory data sets (image folders have none).
-NATIVE_RESOLUTIONS = {"fashion-mnist": 28, "fashion_mnist": 28, "fashionmnist": 28, "mnist": 28, "cifar10": 32,
-                      "cifar-10": 32, "cifar100": 32, "cifar-100": 32}
-
-
 def preset(name: str) -> Schedule:
     if name not in PRESETS:
         raise ConfigError(f"unknown schedule preset {name!r} (and no such config file); use a YAML config or one "

@@ -92,7 +92,7 @@ def tar_folder(folder: Path, archive: Path) -> None:
 @pytest.fixture
 def no_system_dirs(monkeypatch):
     """Hides /usr/share/datasets so that "not found" paths are exercised whatever is installed."""
-    monkeypatch.setattr(data, "SYSTEM_DIRS", {"fashion-mnist": (Path("/nonexistent/datasets/fashion-mnist"),)})
+    monkeypatch.setattr(data.loading, "SYSTEM_DIRS", {"fashion-mnist": (Path("/nonexistent/datasets/fashion-mnist"),)})
 
 
 # ---------------------------------------------------------------------------------------------- names
