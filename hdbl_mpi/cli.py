@@ -69,9 +69,9 @@ def _plan(args: argparse.Namespace) -> int:
 
         profile = load_profile(args.profile)
         entries = [lookup(profile, args.model, r, args.precision, args.device) for r in resolutions]
-        batch_large = batch_large or [e["b_max"] for e in entries]
-        time_a = time_a or [e["a"] for e in entries]
-        time_b = time_b or [e["b"] for e in entries]
+        batch_large = batch_large or [e.b_max for e in entries]
+        time_a = time_a or [e.a for e in entries]
+        time_b = time_b or [e.b for e in entries]
     missing = [flag for flag, value in (("--batch-large", batch_large), ("--time-a", time_a),
                                         ("--time-b", time_b)) if value is None]
     if batch_large is None or (missing and not (args.small == 0 and missing == ["--time-a", "--time-b"])):
@@ -95,98 +95,26 @@ def _under_mpi() -> bool:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    """`hdbl profile`: measure tau(B) = a*B + b and B_max per resolution on this device (or, under mpirun, on
-    every rank's device, averaged) and store them in a profile file."""
+    """`hdbl profile` (hdbl_mpi/profiling/command.py): every rank under mpirun, averaged."""
+    from hdbl_mpi.profiling.command import ProfileRequest, run_profile
+
     comm = None
     if _under_mpi():
         from mpi4py import MPI
 
         comm = MPI.COMM_WORLD
-    entries, error = _profile_here(args, comm)
-    mine = (entries, str(error) if error else None)
-    gathered = comm.gather(mine, root=0) if comm else [mine]
-    if gathered is None:  # not rank 0
-        return 2 if error else 0
-    failures = [f"(rank {i}) {msg}" if len(gathered) > 1 else msg for i, (_, msg) in enumerate(gathered) if msg]
-    if failures:
-        print("hdbl profile: error: " + "\n".join(failures), file=sys.stderr)
-        return 2
-    from hdbl_mpi.profiling.measure import plot_profile
-    from hdbl_mpi.profiling.store import average_ranks, save_profile
-
-    averaged = average_ranks([ranks_entries for ranks_entries, _ in gathered])
-    save_profile(args.output, averaged)
-    _print_profile(averaged)
-    print(f"profile written to {args.output}")
-    if args.plot:
-        plot_profile({"entries": {str(i): e for i, e in enumerate(averaged)}}, args.plot)
-        print(f"plot written to {args.plot}")
-    return 0
-
-
-def _print_profile(averaged: list[dict]) -> None:
-    """The profile as a table; with --config also how much of each timed step waited for the input."""
-    print(f"{'res':>4} {'a (s/sample)':>13} {'b (s/step)':>11} {'R2':>6} {'B_max':>6} {'predicted':>9}  "
-          f"memory  device ({averaged[0]['ranks']} rank(s))")
-    for e in averaged:
-        print(f"{e['resolution']:>4} {e['a']:>13.4g} {e['b']:>11.4g} {e['r2']:>6.3f} {e['b_max']:>6} "
-              f"{e['b_max_predicted']:>9}  {e['memory']['method']:<6}  {e['device']}")
-    for e in averaged:
-        if "input" in e and "samples" in e:  # --config: the real input pipeline was part of every timed step
-            pairs = zip(e["samples"]["batch"], e["input"]["share"], strict=True)
-            shares = ", ".join(f"B={b}: {100 * share:.0f}%" for b, share in pairs)
-            print(f"{e['resolution']:>4} input ({e['input']['data']}, {e['input']['decoder']}): {shares} of the step")
-
-
-def _profile_here(args: argparse.Namespace, comm) -> tuple[list[dict], HdblError | None]:
-    """This rank's profile entries (its own GPU by local rank, or the CPU), or the error that stopped it."""
-    import torch
-
-    from hdbl_mpi.comm.placement import take_device
-    from hdbl_mpi.comm.world import threads_per_rank
-    from hdbl_mpi.models import build_model
-    from hdbl_mpi.profiling.measure import ProfileSettings, parse_bytes, profile_device
-
-    local_rank, local_size, local = 0, 1, None
-    if comm is not None:
-        from mpi4py import MPI
-
-        local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
-        local_rank, local_size = local.rank, local.size
     try:
-        torch.set_num_threads(threads_per_rank(local_size, args.threads))
-        fields = {"steps": args.steps, "warmup": args.warmup, "margin": args.margin, "max_batch": args.max_batch,
-                  "memory_budget": parse_bytes(args.memory_budget) if args.memory_budget else None,
-                  "batches": _numbers(args.batches, int, "--batches")}
-        placement = take_device(args.device, local, local_rank, "MPI shared-memory split")
-        device = placement.device
-        fields["device_share"] = placement.sharing
-        resolutions = _numbers(args.resolutions, int, "--resolutions")
-        if args.config:
-            return _profile_config(args, device, resolutions, fields), None
-        if not resolutions:
-            raise HdblError("hdbl profile needs --resolutions r1,r2,... (or --config CONFIG: its schedule's).")
-        settings = ProfileSettings(args.precision or "fp32", **fields)
-        model, classes, channels = args.model or "resnet18", args.classes or 100, args.channels or 3
-        return profile_device(lambda r: build_model(model, classes, channels, r, args.stem or "auto"),
-                              model, classes, channels, resolutions, device, settings), None
-    except Exception as err:  # every rank reports; rank 0 prints
-        return [], err if isinstance(err, HdblError) else HdblError(f"{type(err).__name__}: {err}")
-
-
-def _profile_config(args: argparse.Namespace, device, resolutions: list[int] | None, fields: dict) -> list[dict]:
-    """`hdbl profile --config`: the model, classes, channels, precision and training options are the config's;
-    flags that would say otherwise are refused rather than silently ignored."""
-    from hdbl_mpi.config import load_config
-    from hdbl_mpi.profiling.trained import profile_config
-
-    given = [flag for flag, value in (("--precision", args.precision), ("--model", args.model),
-                                      ("--classes", args.classes), ("--channels", args.channels),
-                                      ("--stem", args.stem)) if value is not None]
-    if given:
-        raise HdblError(f"hdbl profile --config takes the model and training options from the config; drop "
-                        f"{', '.join(given)} (change them with --set, e.g. --set train.precision=bf16).")
-    return profile_config(load_config(args.config, args.set), device, resolutions, **fields)
+        request = ProfileRequest(
+            device=args.device, resolutions=_numbers(args.resolutions, int, "--resolutions"), config=args.config,
+            overrides=args.set, model=args.model, precision=args.precision, classes=args.classes,
+            channels=args.channels, stem=args.stem, batches=_numbers(args.batches, int, "--batches"),
+            steps=args.steps, warmup=args.warmup, memory_budget=args.memory_budget, margin=args.margin,
+            max_batch=args.max_batch, threads=args.threads, output=args.output, plot=args.plot)
+    except HdblError as err:  # the same on every rank
+        if comm is None or comm.rank == 0:
+            print(f"hdbl profile: error: {err}", file=sys.stderr)
+        return 2
+    return run_profile(request, comm)
 
 
 def _load_runs(paths: list[str]):

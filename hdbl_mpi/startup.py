@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from hdbl_mpi.comm.wire import FlatState
     from hdbl_mpi.comm.world import World
     from hdbl_mpi.data.sources import BatchSource, DataInfo
+    from hdbl_mpi.profiling.entry import ProfileEntry
+    from hdbl_mpi.profiling.store import Profile
     from hdbl_mpi.rules.plan import Plan
     from hdbl_mpi.rules.schedule import Schedule
     from hdbl_mpi.run.rankstate import RankState
@@ -46,12 +48,12 @@ class SharedConfig:
     config: Config
     run_dir: str
     checkpoint: str | None  # the checkpoint to resume from
-    profile: dict | None  # the stored profile the run uses (a file, or a resumed auto run's own)
+    profile: Profile | None  # the stored profile the run uses (a file, or a resumed auto run's own)
     t_start: float
 
 
 def read_config(config_path: str | None, overrides: list[str], resume: str | None,
-                run_dir: str | None) -> tuple[dict, str, Path | None, dict | None]:
+                run_dir: str | None) -> tuple[dict, str, Path | None, Profile | None]:
     """Rank 0 only: the config tree, the run directory, the checkpoint to resume from (if any) and the stored
     profile the run uses (if any): a resumed `profile: auto` run reuses its own profile, so its plan stays put."""
     if resume == "auto":
@@ -230,7 +232,8 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
     built, restored = None, None
     states: dict[int, RankState] = {}
     try:
-        entries: list[dict | None] = list(measured) if measured else _stored_entries(config, schedule, shared.profile)
+        entries: list[ProfileEntry | None] = list(measured) if measured else _stored_entries(config, schedule,
+                                                                                            shared.profile)
         built = _build(config, local, schedule, dataset_size, entries, comm.rank == 0 and not shared.checkpoint)
         if comm.rank == 0:
             restored, states = _prepare_run_dir(shared, schedule, built, measured or [], comm.size)
@@ -254,7 +257,8 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
                     built.warm_up)
 
 
-def _measured_profile(comm: MPI.Intracomm, config: Config, local: _Local, schedule: Schedule) -> list[dict] | None:
+def _measured_profile(comm: MPI.Intracomm, config: Config, local: _Local,
+                      schedule: Schedule) -> list[ProfileEntry] | None:
     """`profile: auto`: the step-time model per resolution, measured now by every worker at once (so the timings
     include the contention of the real run on shared hosts) and averaged; None without `profile: auto`."""
     from hdbl_mpi.profiling.store import average_ranks
@@ -270,7 +274,7 @@ def _measured_profile(comm: MPI.Intracomm, config: Config, local: _Local, schedu
     return average_ranks([e for e in agree(comm, failure, mine) if e is not None])
 
 
-def profile_spread(config: Config, dataset_size: int, entries: list[dict]) -> str:
+def profile_spread(config: Config, dataset_size: int, entries: list[ProfileEntry]) -> str:
     """What `profile: auto` measured, and how much the workers disagreed: the plan's B_S from the average, and
     the B_S each worker's own a and b would have given (a wide range means a noisy plan)."""
     from hdbl_mpi.errors import PlanError
@@ -279,22 +283,22 @@ def profile_spread(config: Config, dataset_size: int, entries: list[dict]) -> st
     d = config.dual
     parts = []
     for e in entries:
-        text = f"{e['resolution']} px: a={1e3 * e['a']:.3f} ms/sample, b={1e3 * e['b']:.2f} ms/step"
+        text = f"{e.resolution} px: a={1e3 * e.a:.3f} ms/sample, b={1e3 * e.b:.2f} ms/step"
         if d.small:
             own = []
-            for rank in e.get("per_rank", []):
+            for rank in e.per_rank:
                 try:
-                    own.append(make_plan(dataset_size, d.workers, d.small, _scalar(d.batch_large) or e["b_max"],
-                                         rank["a"], rank["b"], d.extra_time, d.factor).batch_small)
+                    own.append(make_plan(dataset_size, d.workers, d.small, _scalar(d.batch_large) or e.b_max,
+                                         rank.a, rank.b, d.extra_time, d.factor).batch_small)
                 except PlanError:
                     own.append(None)
             found = [b for b in own if b is not None]
             text += f"; B_S from each worker's own profile: {', '.join(str(b) for b in own)}" if found else ""
         parts.append(text)
-    return f"profile: auto ({entries[0].get('ranks', 1)} workers, averaged): " + "; ".join(parts)
+    return f"profile: auto ({entries[0].ranks} workers, averaged): " + "; ".join(parts)
 
 
-def _stored_entries(config: Config, schedule: Schedule, stored: dict | None) -> list[dict | None]:
+def _stored_entries(config: Config, schedule: Schedule, stored: Profile | None) -> list[ProfileEntry | None]:
     """The stored profile's entry per resolution (this torch version's where it has several), or no entries."""
     import torch
 
@@ -306,13 +310,14 @@ def _stored_entries(config: Config, schedule: Schedule, stored: dict | None) -> 
             for r in schedule.resolutions]
 
 
-def _auto_profile(config: Config, local: _Local, resolutions: list[int]) -> list[dict]:
+def _auto_profile(config: Config, local: _Local, resolutions: list[int]) -> list[ProfileEntry]:
     """`profile: auto`: this worker's device at every resolution of the run (the model's stem is chosen for
     the top resolution, as in training)."""
     import os
 
     from hdbl_mpi.models import build_model
-    from hdbl_mpi.profiling.measure import parse_bytes, profile_device
+    from hdbl_mpi.profiling.measure import profile_device
+    from hdbl_mpi.profiling.memory import parse_bytes
     from hdbl_mpi.profiling.trained import training_settings
 
     d, m, t, data = config.dual, config.model, config.train, local.data
@@ -343,7 +348,7 @@ class _Built:
     warm_up: CompileWarmup | None  # train.compile on a training rank
 
 
-def _build(config: Config, local: _Local, schedule: Schedule, dataset_size: int, entries: list[dict | None],
+def _build(config: Config, local: _Local, schedule: Schedule, dataset_size: int, entries: list[ProfileEntry | None],
            initial_weights: bool) -> _Built:
     """The plan at every resolution and the model (on this rank's device, as one flat vector), with
     train.init_from's weights when `initial_weights` (rank 0 of a new run: the others receive them)."""
@@ -387,7 +392,7 @@ def _trained_form(config: Config, model: nn.Module, local: _Local) -> tuple[Flat
     return flat, CompileWarmup(model, local.data.channels)
 
 
-def _prepare_run_dir(shared: SharedConfig, schedule: Schedule, built: _Built, measured: list[dict],
+def _prepare_run_dir(shared: SharedConfig, schedule: Schedule, built: _Built, measured: list[ProfileEntry],
                      size: int) -> tuple[dict | None, dict[int, RankState]]:
     """Rank 0: create the run directory, load the checkpoint and the training ranks' states when resuming
     (refusing a finished run), write the resolved config, the plan and the profile measured at start-up."""

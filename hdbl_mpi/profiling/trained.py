@@ -11,8 +11,10 @@ reports which share of each step was spent waiting for a batch (entry["input"]).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from hdbl_mpi.profiling.entry import ProfileEntry
 from hdbl_mpi.profiling.measure import ProfileSettings, profile_device
 
 if TYPE_CHECKING:
@@ -32,7 +34,7 @@ def training_settings(train: TrainConfig, source: BatchSource | None = None, **f
 
 
 def profile_config(config: Config, device: torch.device, resolutions: list[int] | None,
-                   **fields: Any) -> list[dict]:
+                   **fields: Any) -> list[ProfileEntry]:
     """`hdbl profile --config`: this device's entries for the config's model at `resolutions` (default: every
     resolution of its schedule), timed on batches of its training data. Each entry records the data's
     decoder, the input share of the step and which options were timed."""
@@ -47,6 +49,5 @@ def profile_config(config: Config, device: torch.device, resolutions: list[int] 
     entries = profile_device(
         lambda _: build_model(m.name, info.num_classes, info.channels, top, m.stem, m.dropout, m.width, m.options),
         m.name, info.num_classes, info.channels, resolutions or schedule.resolutions, device, settings)
-    for entry in entries:
-        entry["input"].update(data=info.name, decoder=info.decoder)
-    return entries
+    return [replace(e, input=replace(e.input, data=info.name, decoder=info.decoder)) if e.input else e
+            for e in entries]

@@ -8,10 +8,14 @@ grey), one row per worker: balanced groups show bars of equal length that end to
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hdbl_mpi.errors import HdblError
 from hdbl_mpi.report.runs import Run
 from hdbl_mpi.run.rundir import COMMITS, read_commits
+
+if TYPE_CHECKING:
+    from hdbl_mpi.profiling.store import Profile
 
 GROUP_COLOURS = {"small": "tab:orange", "large": "tab:blue", "peer": "tab:green"}
 
@@ -22,14 +26,20 @@ def _boundaries(run: Run) -> list[int]:
     return [e for (e, lr), (_, nxt) in zip(lrs, lrs[1:], strict=False) if nxt != lr]
 
 
-def plot_runs(runs: list[Run], output: str | Path) -> None:
+def _pyplot(what: str) -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (no display on a cluster node), or what to install."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise HdblError("hdbl plot needs matplotlib: pip install matplotlib") from None
+        raise HdblError(f"{what} needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def plot_runs(runs: list[Run], output: str | Path) -> None:
+    plt = _pyplot("hdbl plot")
     fig = plt.figure(figsize=(15, 4.2 + 1.9 * len(runs)), layout="constrained")
     grid = fig.add_gridspec(1 + len(runs), 3, height_ratios=[4.2] + [1.9] * len(runs))
     ax_epoch, ax_wall, ax_loss = (fig.add_subplot(grid[0, i]) for i in range(3))
@@ -83,3 +93,27 @@ def _timeline(ax, run: Run) -> None:
     ax.set(title=f"{run.name}: commits per worker (orange small-batch, blue large-batch, green data-parallel "
                  "compute; grey exchange + wait)", xlabel="seconds since the first commit started")
     ax.grid(axis="x", alpha=0.3)
+
+
+def plot_profile(profile: Profile, path: str | Path) -> None:
+    """Median step time against batch size with the fitted line, one subplot per resolution: a look at the
+    plot shows at once whether the linear model holds over the range the plan uses."""
+    plt = _pyplot("Plotting a profile")
+    entries = list(profile.entries.values())
+    if not entries:
+        raise HdblError("The profile holds no entries to plot.")
+    resolutions = sorted({e.resolution for e in entries})
+    fig, axes = plt.subplots(1, len(resolutions), figsize=(5 * len(resolutions), 4), squeeze=False)
+    for ax, res in zip(axes[0], resolutions, strict=True):
+        for entry in (e for e in entries if e.resolution == res):
+            xs = list(entry.samples.batch) if entry.samples else []
+            ys = list(entry.samples.median_s) if entry.samples else []
+            points = ax.scatter(xs, ys, s=14, label=f"{entry.model} {entry.precision} {entry.device} (measured)")
+            line_x = [0, max([*xs, entry.b_max])]
+            ax.plot(line_x, [entry.a * x + entry.b for x in line_x], color=points.get_facecolor()[0],
+                    label=f"a={entry.a:.3g}, b={entry.b:.3g}, R²={entry.r2:.3f}")
+        ax.set(title=f"{res} px", xlabel="batch size", ylabel="seconds per step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(str(path))
+    plt.close(fig)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from hdbl_mpi.errors import ConfigError, PlanError
 
@@ -301,7 +302,18 @@ def format_plan(plans: list[Plan], resolutions: list[int]) -> str:
     return "\n".join(lines)
 
 
-def plan_for_config(config, dataset_size: int, profile_entry: dict | None, index: int, count: int) -> Plan:
+class Profiled(Protocol):
+    """What a plan takes from a profile entry (hdbl_mpi/profiling/entry.py's ProfileEntry is one)."""
+
+    @property
+    def b_max(self) -> int: ...
+    @property
+    def a(self) -> float: ...
+    @property
+    def b(self) -> float: ...
+
+
+def plan_for_config(config, dataset_size: int, profile_entry: Profiled | None, index: int, count: int) -> Plan:
     """The plan of the `index`-th of `count` resolutions of a run. Explicit config values win (one value for
     every resolution, or a list with one per resolution); the profile entry fills in B_L (its B_max), a and b."""
     d = config.dual
@@ -312,7 +324,7 @@ def plan_for_config(config, dataset_size: int, profile_entry: dict | None, index
                 raise ConfigError(f"dual.{'batch_large' if key == 'b_max' else 'time_' + key} has {len(value)} "
                                   f"values but the schedule has {count} resolutions; give one per resolution.")
             return value[index]
-        return value if value is not None or profile_entry is None else profile_entry[key]
+        return value if value is not None or profile_entry is None else getattr(profile_entry, key)
 
     return make_plan(dataset_size, d.workers, d.small, pick(d.batch_large, "b_max"), pick(d.time_a, "a"),
                      pick(d.time_b, "b"), d.extra_time, d.factor)

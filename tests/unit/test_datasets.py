@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hdbl_mpi.datasets import DATASETS, DATASET_NAMES, canonical_name, native_resolution, statistics
+from hdbl_mpi.datasets import DATASET_NAMES, DATASETS, canonical_name, native_resolution, statistics
 from hdbl_mpi.errors import DataError
 
 

@@ -10,7 +10,7 @@ import torch
 
 from hdbl_mpi.comm import placement
 from hdbl_mpi.comm.placement import Placement, take_device
-from hdbl_mpi.profiling.measure import memory_capacity
+from hdbl_mpi.profiling.memory import memory_capacity
 
 GiB = 1 << 30
 

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from hdbl_mpi.cli import main
+from hdbl_mpi.profiling.entry import ProfileEntry
 from hdbl_mpi.profiling.store import save_profile
 from hdbl_mpi.rules.plan import round_half_up
 
@@ -102,7 +103,8 @@ def test_plan_from_a_profile(capsys, tmp_path):
     entry = {"device": "GPU X", "torch": "2.14.1", "model": "resnet18", "resolution": 32, "precision": "fp32",
              "a": 5.6607e-4, "b": 0.014041, "r2": 0.99, "b_max": 500}
     path = tmp_path / "profile.json"
-    save_profile(path, [entry, {**entry, "resolution": 24, "b_max": 600, "a": 4e-4}])
+    save_profile(path, [ProfileEntry.from_dict(entry),
+                        ProfileEntry.from_dict({**entry, "resolution": 24, "b_max": 600, "a": 4e-4})])
     code, out, _ = run_plan(capsys, "--dataset-size", "50000", "--workers", "4", "--small", "3", "--resolutions",
                             "24,32", "--profile", str(path), "--json")
     assert code == 0

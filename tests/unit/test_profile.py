@@ -9,26 +9,18 @@ import pytest
 import torch
 
 import hdbl_mpi.profiling.measure as P
+import hdbl_mpi.profiling.memory as M
+from hdbl_mpi.engine import is_out_of_memory
 from hdbl_mpi.errors import ConfigError, HdblError
 from hdbl_mpi.models import build_model
-from hdbl_mpi.profiling.measure import (
-    Fit,
-    OutOfMemory,
-    ProfileSettings,
-    confirm_bmax,
-    device_name,
-    fit_line,
-    is_out_of_memory,
-    make_training_step,
-    memory_capacity,
-    parse_bytes,
-    peak_memory,
-    plot_profile,
-    predict_bmax,
-    profile_resolution,
-    time_steps,
-)
-from hdbl_mpi.profiling.store import average_entries, load_profile, lookup, profile_key, save_profile
+from hdbl_mpi.profiling.bmax import confirm_bmax, predict_bmax
+from hdbl_mpi.profiling.entry import ProfileEntry, RankLine, StepSamples
+from hdbl_mpi.profiling.fit import Fit, fit_line
+from hdbl_mpi.profiling.measure import ProfileSettings, device_name, profile_resolution
+from hdbl_mpi.profiling.memory import OutOfMemory, memory_capacity, parse_bytes, peak_memory
+from hdbl_mpi.profiling.step import make_training_step, time_steps
+from hdbl_mpi.profiling.store import Profile, average_entries, load_profile, lookup, profile_key, save_profile
+from hdbl_mpi.report.plots import plot_profile
 
 CPU = torch.device("cpu")
 GiB = 2**30
@@ -209,17 +201,17 @@ def test_peak_memory_cuda_branch_simulated(monkeypatch):
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 123456)
     assert peak_memory(lambda b: events.append(f"step{b}"), 32, torch.device("cuda", 0)) == 123456
     assert events[-4:] == ["empty", "reset", "step32", "sync"]
-    assert P.memory_method(torch.device("cuda", 0)) == "cuda"
+    assert M.memory_method(torch.device("cuda", 0)) == "cuda"
 
 
 def test_peak_memory_on_the_cpu_grows_with_the_batch(monkeypatch):
     step = make_training_step(wide_model(), 10, 1, 32, CPU)
     step(8)
-    if P.memory_method(CPU) == "rss":
+    if M.memory_method(CPU) == "rss":
         rss = [peak_memory(step, b, CPU) for b in (8, 64)]
         assert rss[1] > rss[0] > 100 * 2**20  # the whole process, torch included
-    monkeypatch.setattr(P, "_CLEAR_REFS", "/nonexistent/clear_refs")
-    assert P.memory_method(CPU) == "saved-tensors"
+    monkeypatch.setattr(M, "_CLEAR_REFS", "/nonexistent/clear_refs")
+    assert M.memory_method(CPU) == "saved-tensors"
     counted = [peak_memory(step, b, CPU) for b in (8, 16, 32)]
     params = sum(p.numel() * 4 for p in step.model.parameters())
     assert counted[0] > 3 * params  # weights + gradients + momentum + activations
@@ -242,53 +234,53 @@ def cpu_entry():
 
 def test_profile_resolution_on_the_cpu(cpu_entry):
     e = cpu_entry
-    assert e["a"] > 0 and math.isfinite(e["b"]) and 0 <= e["r2"] <= 1
-    assert e["b_max"] == 64 and e["b_max_predicted"] == 64 and e["oom_backoffs"] == []  # capped by max_batch
-    assert e["model"] is None and e["resolution"] == 16 and e["precision"] == "fp32"
-    assert e["device"] == device_name(CPU) and e["torch"] == torch.__version__
-    assert (e["steps"], e["warmup"]) == (3, 1)
-    s = e["samples"]
-    assert s["batch"] == [4, 16, 64] and len(s["step_s"]) == 3 and all(len(t) == 3 for t in s["step_s"])
-    assert s["median_s"] == [sorted(t)[1] for t in s["step_s"]]
-    assert Fit(e["a"], e["b"], e["r2"]) == fit_line(s["batch"], s["median_s"], relative=True)
-    m = e["memory"]
-    assert m["batches"] == [8, 16, 32, 64] and len(m["bytes"]) == 4
-    assert all(x <= y for x, y in zip(m["bytes"], m["bytes"][1:], strict=False)) and m["a"] > 0
-    assert m["capacity"] == 8 * GiB and m["margin"] == 0.9
-    assert m["method"] == ("rss" if sys.platform.startswith("linux") else "saved-tensors")
-    json.dumps(e)  # storable as is
+    assert e.a > 0 and math.isfinite(e.b) and 0 <= e.r2 <= 1
+    assert e.b_max == 64 and e.b_max_predicted == 64 and e.oom_backoffs == ()  # capped by max_batch
+    assert e.model == "" and e.resolution == 16 and e.precision == "fp32"
+    assert e.device == device_name(CPU) and e.torch == torch.__version__
+    assert (e.steps, e.warmup) == (3, 1)
+    s = e.samples
+    assert s.batch == (4, 16, 64) and len(s.step_s) == 3 and all(len(t) == 3 for t in s.step_s)
+    assert list(s.median_s) == [sorted(t)[1] for t in s.step_s]
+    assert Fit(e.a, e.b, e.r2) == fit_line(s.batch, s.median_s, relative=True)
+    m = e.memory
+    assert m.batches == (8, 16, 32, 64) and len(m.bytes) == 4
+    assert all(x <= y for x, y in zip(m.bytes, m.bytes[1:], strict=False)) and m.a > 0
+    assert m.capacity == 8 * GiB and m.margin == 0.9
+    assert m.method == ("rss" if sys.platform.startswith("linux") else "saved-tensors")
+    assert ProfileEntry.from_dict(json.loads(json.dumps(e.to_dict()))) == e  # stored and read back unchanged
 
 
 def test_a_tight_budget_gives_a_small_bmax():
     # Measure this process's memory line first, then allow about 40 samples' worth above its intercept.
     probe = profile_resolution(wide_model, 10, 1, 32, CPU, ProfileSettings(batches=(2, 4), steps=1, warmup=0,
                                memory_budget=8 * GiB, memory_batches=(2, 4, 8), max_batch=64))
-    budget = int(probe["memory"]["b"] + 40 * probe["memory"]["a"])
+    budget = int(probe.memory.b + 40 * probe.memory.a)
     e = profile_resolution(wide_model, 10, 1, 32, CPU, ProfileSettings(
         steps=1, warmup=0, memory_budget=budget, margin=1.0, memory_batches=(2, 4, 8), max_batch=64))
-    assert 1 <= e["b_max"] < 64 and e["b_max"] <= e["b_max_predicted"]
-    assert e["oom_backoffs"] or e["b_max_predicted"] < 64
-    assert all(b > e["b_max"] for b in e["oom_backoffs"])
-    assert e["samples"]["batch"][-1] == e["b_max"] and all(b <= e["b_max"] for b in e["samples"]["batch"])
-    assert e["memory"]["capacity"] == budget
+    assert 1 <= e.b_max < 64 and e.b_max <= e.b_max_predicted
+    assert e.oom_backoffs or e.b_max_predicted < 64
+    assert all(b > e.b_max for b in e.oom_backoffs)
+    assert e.samples.batch[-1] == e.b_max and all(b <= e.b_max for b in e.samples.batch)
+    assert e.memory.capacity == budget
 
 
 def test_budget_overrun_backs_off_with_counted_memory(monkeypatch):
     # Counted bytes are deterministic, so the budget can sit exactly at batch 24 of the measured line.
-    monkeypatch.setattr(P, "_CLEAR_REFS", "/nonexistent/clear_refs")
+    monkeypatch.setattr(M, "_CLEAR_REFS", "/nonexistent/clear_refs")
     probe = profile_resolution(wide_model, 10, 1, 32, CPU, ProfileSettings(batches=(2, 4), steps=1, warmup=0,
                                memory_budget=8 * GiB, memory_batches=(2, 4, 8), max_batch=64))
-    assert probe["memory"]["method"] == "saved-tensors" and probe["memory"]["r2"] > 0.999
-    budget = int(probe["memory"]["b"] + 24.5 * probe["memory"]["a"])
+    assert probe.memory.method == "saved-tensors" and probe.memory.r2 > 0.999
+    budget = int(probe.memory.b + 24.5 * probe.memory.a)
     e = profile_resolution(wide_model, 10, 1, 32, CPU, ProfileSettings(
         steps=1, warmup=0, memory_budget=budget, margin=1.0, memory_batches=(2, 4, 8), max_batch=64))
-    assert e["b_max_predicted"] == 24 and e["b_max"] == 24 and e["oom_backoffs"] == []
-    assert e["samples"]["batch"] == [2, 3, 4, 6, 8, 12, 17, 24]  # ~8 sizes, geometric, from 2 up to B_max
+    assert e.b_max_predicted == 24 and e.b_max == 24 and e.oom_backoffs == ()
+    assert e.samples.batch == (2, 3, 4, 6, 8, 12, 17, 24)  # ~8 sizes, geometric, from 2 up to B_max
     # A prediction that is too optimistic is caught by the confirmation step and backed off.
     monkeypatch.setattr(P, "predict_bmax", lambda memory, capacity, margin=0.9: 40)
     e = profile_resolution(wide_model, 10, 1, 32, CPU, ProfileSettings(
         batches=(4, 8), steps=1, warmup=0, memory_budget=budget, margin=1.0, memory_batches=(2, 4, 8), max_batch=64))
-    assert (e["b_max_predicted"], e["b_max"], e["oom_backoffs"]) == (40, 22, [40, 36, 32, 28, 25])  # 25 * 0.9 -> 22
+    assert (e.b_max_predicted, e.b_max, e.oom_backoffs) == (40, 22, (40, 36, 32, 28, 25))  # 25 * 0.9 -> 22
 
 
 def test_profile_that_does_not_fit_says_so():
@@ -301,10 +293,8 @@ def test_profile_that_does_not_fit_says_so():
 
 
 def entry(device="cpu:test x2", model="resnet18", resolution=32, precision="fp32", a=1e-3, b=0.01, b_max=500):
-    return {"device": device, "torch": torch.__version__, "model": model, "resolution": resolution,
-            "precision": precision, "a": a, "b": b, "r2": 0.99, "b_max": b_max, "b_max_predicted": b_max + 10,
-            "oom_backoffs": [], "samples": {"batch": [8, 64], "step_s": [[0.018], [0.074]],
-                                            "median_s": [0.018, 0.074]}}
+    return ProfileEntry(device, torch.__version__, model, resolution, precision, a, b, 0.99, b_max,
+                        b_max_predicted=b_max + 10, samples=StepSamples((8, 64), (0.018, 0.074), ((0.018,), (0.074,))))
 
 
 def test_profile_key():
@@ -314,14 +304,15 @@ def test_profile_key():
 def test_save_load_lookup_round_trip_and_merge(tmp_path):
     path = tmp_path / "sub" / "profile.json"
     first = save_profile(path, [entry(resolution=24, a=1.0), entry(resolution=32)])
-    assert first["format"] == 1 and "created" in first and len(first["entries"]) == 2
+    assert first.created and len(first.entries) == 2
+    assert json.loads(path.read_text())["format"] == 1
     second = save_profile(path, [entry(resolution=24, a=2.0), entry(device="NVIDIA A100", precision="amp")])
     loaded = load_profile(path)
-    assert loaded == second and len(loaded["entries"]) == 3  # the 24 px entry was replaced, one added
+    assert loaded == second and len(loaded.entries) == 3  # the 24 px entry was replaced, one added
     key = profile_key("cpu:test x2", torch.__version__, "resnet18", 24, "fp32")
-    assert loaded["entries"][key]["a"] == 2.0
-    assert lookup(loaded, "resnet18", 24, "fp32")["a"] == 2.0
-    assert lookup(loaded, "resnet18", 32, "amp")["device"] == "NVIDIA A100"
+    assert loaded.entries[key].a == 2.0
+    assert lookup(loaded, "resnet18", 24, "fp32").a == 2.0
+    assert lookup(loaded, "resnet18", 32, "amp").device == "NVIDIA A100"
     assert [p.name for p in path.parent.iterdir()] == ["profile.json"]  # no temporary file left behind
 
 
@@ -331,11 +322,11 @@ def test_lookup_errors(tmp_path):
         lookup(profile, "resnet18", 224, "fp32")
     with pytest.raises(HdblError, match="several devices \\(NVIDIA A100, cpu:test x2\\); pass the device"):
         lookup(profile, "resnet18", 32, "fp32")
-    assert lookup(profile, "resnet18", 32, "fp32", device="NVIDIA A100")["device"] == "NVIDIA A100"
+    assert lookup(profile, "resnet18", 32, "fp32", device="NVIDIA A100").device == "NVIDIA A100"
     with pytest.raises(HdblError, match="no entry for resnet18 at 32 px, fp32 on TPU"):
         lookup(profile, "resnet18", 32, "fp32", device="TPU")
-    with pytest.raises(ValueError, match="needs its 'model' set"):
-        save_profile(tmp_path / "p.json", [entry(model=None)])
+    with pytest.raises(ValueError, match="needs its model named"):
+        save_profile(tmp_path / "p.json", [entry(model="")])
 
 
 def test_load_profile_errors(tmp_path):
@@ -353,14 +344,15 @@ def test_load_profile_errors(tmp_path):
 
 def test_average_entries():
     avg = average_entries([entry(a=1e-3, b=0.01, b_max=500), entry(device="gpu B", a=3e-3, b=0.03, b_max=450)])
-    assert avg["a"] == pytest.approx(2e-3) and avg["b"] == pytest.approx(0.02) and avg["r2"] == pytest.approx(0.99)
-    assert avg["b_max"] == 450 and avg["b_max_predicted"] == 460 and avg["ranks"] == 2
-    assert avg["per_rank"] == [{"device": "cpu:test x2", "a": 1e-3, "b": 0.01, "b_max": 500},
-                               {"device": "gpu B", "a": 3e-3, "b": 0.03, "b_max": 450}]
-    assert avg["device"] == "cpu:test x2 + gpu B" and avg["model"] == "resnet18"
-    assert avg["samples"]["median_s"] == pytest.approx([0.018, 0.074])
+    assert avg.a == pytest.approx(2e-3) and avg.b == pytest.approx(0.02) and avg.r2 == pytest.approx(0.99)
+    assert avg.b_max == 450 and avg.b_max_predicted == 460 and avg.ranks == 2
+    assert avg.per_rank == (RankLine("cpu:test x2", 1e-3, 0.01, 500), RankLine("gpu B", 3e-3, 0.03, 450))
+    assert avg.to_dict()["ranks"] == 2 and avg.to_dict()["per_rank"][1] == {"device": "gpu B", "a": 3e-3, "b": 0.03,
+                                                                            "b_max": 450}
+    assert avg.device == "cpu:test x2 + gpu B" and avg.model == "resnet18"
+    assert list(avg.samples.median_s) == pytest.approx([0.018, 0.074])
     same = average_entries([entry(), entry()])
-    assert same["device"] == "cpu:test x2" and same["ranks"] == 2
+    assert same.device == "cpu:test x2" and same.ranks == 2
     with pytest.raises(ValueError, match="must share model, resolution and precision"):
         average_entries([entry(), entry(resolution=24)])
 
@@ -368,7 +360,7 @@ def test_average_entries():
 def test_plot_profile_needs_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     with pytest.raises(HdblError, match="pip install matplotlib"):
-        plot_profile({"format": 1, "entries": {"k": entry()}}, tmp_path / "p.png")
+        plot_profile(Profile({"k": entry()}), tmp_path / "p.png")
 
 
 def test_relative_fit_follows_small_batches_on_a_superlinear_curve():
@@ -390,13 +382,13 @@ def test_a_stored_profile_is_read_at_the_configured_precision():
     from hdbl_mpi.rules.schedule import from_config
     from hdbl_mpi.startup import _stored_entries
 
-    profile = {"entries": {str(i): e for i, e in enumerate([entry(precision="fp32", a=1e-3),
-                                                             entry(precision="bf16", a=4e-4)])}}
+    profile = Profile({str(i): e for i, e in enumerate([entry(precision="fp32", a=1e-3), entry(precision="bf16",
+                                                                                                 a=4e-4)])})
     for precision, a in (("fp32", 1e-3), ("bf16", 4e-4)):
         config = load_run_config(None, ["model.name=resnet18", "data.resolution=32", f"train.precision={precision}",
                                         "dual.profile_device=cpu:test x2", "dual.batch_large=64"], None)
         (found,) = _stored_entries(config, from_config(config, 32), profile)
-        assert found is not None and found["precision"] == precision and found["a"] == a
+        assert found is not None and found.precision == precision and found.a == a
     config = load_run_config(None, ["model.name=resnet18", "data.resolution=32", "train.precision=amp",
                                     "dual.profile_device=cpu:test x2", "dual.batch_large=64"], None)
     with pytest.raises(HdblError, match="no entry for resnet18 at 32 px, amp"):
@@ -418,7 +410,7 @@ def test_the_profiler_times_the_configured_optimizer(name, cls):
         entry = profile_resolution(small_model, 10, 1, 16, CPU, ProfileSettings(batches=[2, 4], steps=2, warmup=1,
                                    memory_budget=8 * GiB, max_batch=8,
                                    optimizer=lambda model: optimizer_for(model, train)))
-        assert entry["optimizer"] == cls
+        assert entry.optimizer == cls
 
 
 # ------------------------------------------------------------------------- hdbl profile --config
@@ -442,12 +434,12 @@ def test_profile_config_times_the_configured_step_on_its_own_data(tmp_path):
     entries = profile_config(config, CPU, None, batches=[4, 16], steps=2, warmup=1, memory_budget=8 * GiB,
                              max_batch=16)
     (e,) = entries  # the schedule's one resolution: the data's 16 px
-    assert (e["resolution"], e["precision"], e["optimizer"], e["channels_last"], e["compile"]) == (
+    assert (e.resolution, e.precision, e.optimizer, e.channels_last, e.compile) == (
         16, "bf16", "AdamW", True, False)
-    share = e["input"]
-    assert (share["data"], share["decoder"]) == ("synthetic", "in-memory")
-    assert len(share["median_s"]) == 2 and all(0 < s < 1 for s in share["share"])
-    assert all(i < m for i, m in zip(share["median_s"], e["samples"]["median_s"], strict=True))
+    share = e.input
+    assert (share.data, share.decoder) == ("synthetic", "in-memory")
+    assert len(share.median_s) == 2 and all(0 < s < 1 for s in share.share)
+    assert all(i < m for i, m in zip(share.median_s, e.samples.median_s, strict=True))
 
 
 def test_profile_config_refuses_flags_the_config_decides(tmp_path, capsys):
@@ -474,6 +466,6 @@ def test_a_compiled_profile_compiles_each_batch_size_before_measuring_it(monkeyp
     monkeypatch.setattr(throughput.CompileWarmup, "__call__", recording)
     e = profile_resolution(small_model, 10, 1, 16, CPU, ProfileSettings(
         compile=True, batches=(2, 4), steps=1, warmup=0, memory_budget=8 * GiB, memory_batches=(2, 4), max_batch=4))
-    assert e["compile"] is True and e["channels_last"] is False
+    assert e.compile is True and e.channels_last is False
     assert {2, 4} <= set(prepared)  # every memory probe and every timed size, compiled before its measurement
     assert len(prepared) >= 2 + 1 + 2  # memory probes, the B_max confirmation, the timing sweep
