@@ -253,7 +253,7 @@ def _add_profile(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hdbl_mpi.config import add_train_arguments
+    from hdbl_mpi.run_config import add_train_arguments
 
     parser = argparse.ArgumentParser(prog="hdbl", description=__doc__)
     sub = parser.add_subparsers(dest="subcommand", required=True)

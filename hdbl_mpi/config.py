@@ -10,7 +10,6 @@ reads it back.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import math
@@ -155,51 +154,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for assignment in overrides:
         _apply_override(tree, assignment)
     return config_from_dict(tree)
-
-
-def load_run_config(config_path: str | None, overrides: list[str], resume: str | None) -> Config:
-    """The config of a run: the YAML file with overrides, or, with `resume`, the resolved config that run
-    directory keeps (further overrides apply on top, e.g. more epochs)."""
-    from hdbl_mpi.run import rundir
-
-    if not resume:
-        return load_config(config_path, overrides)  # no file: the defaults plus --set overrides
-    saved = Path(resume) / rundir.CONFIG
-    if not saved.is_file():
-        raise ConfigError(f"--resume {resume}: no {rundir.CONFIG} there; pass the run directory of an earlier run.")
-    config = load_config(saved, overrides)
-    _check_resumable(load_config(saved), config, resume)
-    return config
-
-
-# Keys whose value the checkpoint's state was made for: a resume that changes one would load state it cannot use
-# (another optimizer's buffers, another mode's counters) and fail at the first step, or train something else.
-RESUME_FIXED = ("train.optimizer", "ps.mode")
-
-
-def _check_resumable(saved: Config, wanted: Config, resume: str) -> None:
-    for dotted in RESUME_FIXED:
-        section, key = dotted.split(".")
-        before, after = getattr(getattr(saved, section), key), getattr(getattr(wanted, section), key)
-        _check(before.lower() == after.lower(),
-               f"--resume {resume} with {dotted}={after}: the run trained with {dotted}={before} and its checkpoint "
-               f"holds that state, which {after} cannot continue from. Resume without changing {dotted}, or start "
-               f"a new run from its weights: --set train.init_from={resume}.")
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of `hdbl train`, read by the trainer and by `hdbl launch train` (to count the ranks the
-    config needs) alike: the config and run directory, and two switches."""
-    parser.add_argument("config", nargs="?", help="YAML config (e.g. configs/demo.yaml); omit with --resume")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set train.epochs=20 (repeatable)")
-    parser.add_argument("--run-dir", help="run directory (default: run.dir, else runs/<date>-<time>)")
-    parser.add_argument("--resume", metavar="RUN_DIR|auto",
-                        help="continue the run in RUN_DIR from its last checkpoint; 'auto': continue --run-dir if it "
-                             "holds a checkpoint, else start it (what a requeued batch job runs)")
-    parser.add_argument("--verbose", action="store_true", help="workers print one line per commit")
-    parser.add_argument("--plan-only", action="store_true",
-                        help="set up (profile: auto included), write plan.json and print the plan, then stop")
 
 
 def config_from_dict(tree: dict) -> Config:

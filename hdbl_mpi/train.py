@@ -14,9 +14,10 @@ from mpi4py import MPI
 
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import RunResult, Stopped
+from hdbl_mpi.run.facts import run_facts
 from hdbl_mpi.run.records import Summary
 from hdbl_mpi.schema import has_server
-from hdbl_mpi.startup import RunSetup, SharedConfig, run_facts, set_up
+from hdbl_mpi.startup import RunSetup, SharedConfig, set_up
 
 
 def train(shared: SharedConfig, resume: bool, verbose: bool, plan_only: bool = False) -> int:

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 from hdbl_mpi.comm.ulfm import REPORT_ENV
-from hdbl_mpi.config import add_train_arguments, load_run_config
 from hdbl_mpi.launch.commands import (
     LAUNCHERS,
     Launch,
@@ -28,6 +27,7 @@ from hdbl_mpi.launch.commands import (
 )
 from hdbl_mpi.launch.hosts import Hosts, hosts_from_slurm, parse_hostfile, parse_hosts_arg
 from hdbl_mpi.launch.relay import supervise
+from hdbl_mpi.run_config import add_train_arguments, load_run_config
 from hdbl_mpi.schema import Config, has_server, required_ranks
 
 

@@ -98,7 +98,7 @@ def test_every_shipped_config_loads_and_the_paper_recipes_say_what_the_papers_ra
 def test_a_resume_refuses_a_change_its_checkpoint_cannot_continue_from(tmp_path):
     """The checkpoint holds SGD's momentum buffers (and the mode's own counters): AdamW, or another mode, would
     fail at the first step with a KeyError; the config says so before anything starts."""
-    from hdbl_mpi.config import load_run_config
+    from hdbl_mpi.run_config import load_run_config
 
     (tmp_path / "config.yaml").write_text(dump_config(load_config(None, ["dual.batch_large=64"])))
     assert load_run_config(None, ["train.epochs=9"], str(tmp_path)).train.epochs == 9

@@ -378,28 +378,28 @@ def test_relative_fit_follows_small_batches_on_a_superlinear_curve():
 def test_a_stored_profile_is_read_at_the_configured_precision():
     """The plan comes from the entry measured at train.precision: the same model, resolution and device
     profiled in fp32 and in bf16 give two different lines, and training in bf16 takes the bf16 one."""
-    from hdbl_mpi.config import load_run_config
+    from hdbl_mpi.profiling.auto import stored_entries
     from hdbl_mpi.rules.schedule import from_config
-    from hdbl_mpi.startup import _stored_entries
+    from hdbl_mpi.run_config import load_run_config
 
     profile = Profile({str(i): e for i, e in enumerate([entry(precision="fp32", a=1e-3), entry(precision="bf16",
                                                                                                  a=4e-4)])})
     for precision, a in (("fp32", 1e-3), ("bf16", 4e-4)):
         config = load_run_config(None, ["model.name=resnet18", "data.resolution=32", f"train.precision={precision}",
                                         "dual.profile_device=cpu:test x2", "dual.batch_large=64"], None)
-        (found,) = _stored_entries(config, from_config(config, 32), profile)
+        (found,) = stored_entries(config, from_config(config, 32).resolutions, profile)
         assert found is not None and found.precision == precision and found.a == a
     config = load_run_config(None, ["model.name=resnet18", "data.resolution=32", "train.precision=amp",
                                     "dual.profile_device=cpu:test x2", "dual.batch_large=64"], None)
     with pytest.raises(HdblError, match="no entry for resnet18 at 32 px, amp"):
-        _stored_entries(config, from_config(config, 32), profile)
+        stored_entries(config, from_config(config, 32).resolutions, profile)
 
 
 @pytest.mark.parametrize("name, cls", [("adamw", "AdamW"), ("lars", "LARS")])
 def test_the_profiler_times_the_configured_optimizer(name, cls):
     """dual.profile: auto hands the profiler the run's own optimizer, so tau(B) includes its update's cost."""
-    from hdbl_mpi.config import load_run_config
     from hdbl_mpi.optim.optimizers import optimizer_for
+    from hdbl_mpi.run_config import load_run_config
 
     train = load_run_config(None, [f"train.optimizer={name}", "dual.batch_large=64"], None).train
     step = make_training_step(small_model(), 10, 1, 16, CPU, optimizer=lambda model: optimizer_for(model, train))

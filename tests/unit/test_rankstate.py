@@ -19,7 +19,7 @@ from hdbl_mpi.ps.epochs import WorkerStates
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.rankstate import RankState, capture, load_rank_states, prune_rank_states, restore, save_rank_states
 from hdbl_mpi.run.signals import EXIT_STOPPED_AT_ONCE
-from hdbl_mpi.startup import read_config
+from hdbl_mpi.run_config import read_config
 
 
 def _trained(seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
@@ -146,15 +146,15 @@ def test_a_second_stop_signal_exits_at_once_with_its_code():
 
 def test_resume_auto_starts_an_empty_directory_and_continues_one_with_a_checkpoint(tmp_path):
     run = tmp_path / "run"
-    tree, chosen, checkpoint, _ = read_config(None, ["train.epochs=3", "dual.batch_large=64"], "auto", str(run))
-    assert chosen == str(run) and checkpoint is None and tree["train"]["epochs"] == 3
+    got = read_config(None, ["train.epochs=3", "dual.batch_large=64"], "auto", str(run))
+    assert got.run_dir == str(run) and got.checkpoint is None and got.tree["train"]["epochs"] == 3
     with pytest.raises(ConfigError, match="--resume auto needs the run directory"):
         read_config(None, ["dual.batch_large=64"], "auto", None)
     run.mkdir()
     (run / rundir.CONFIG).write_text("train:\n  epochs: 7\ndual:\n  batch_large: 32\n")
     (run / rundir.CHECKPOINT).write_bytes(b"x")
-    tree, chosen, checkpoint, _ = read_config(None, [], "auto", str(run))
-    assert checkpoint == run / rundir.CHECKPOINT and tree["train"]["epochs"] == 7  # the run's own config
+    got = read_config(None, [], "auto", str(run))
+    assert got.checkpoint == str(run / rundir.CHECKPOINT) and got.tree["train"]["epochs"] == 7  # the run's own
     (run / rundir.SUMMARY).write_text("{}")
     with pytest.raises(AlreadyFinished, match="already finished") as err:
         read_config(None, [], "auto", str(run))
@@ -172,8 +172,7 @@ def test_a_run_that_lost_every_worker_is_not_finished_and_resume_auto_continues_
     reason = "every worker was lost at commit 5 of 28; the run was checkpointed there: resume it with --resume run."
     (run / rundir.SUMMARY).write_text(json.dumps({rundir.INCOMPLETE: reason}))
     assert not rundir.finished(run)
-    _, _, checkpoint, _ = read_config(None, [], "auto", str(run))
-    assert checkpoint == run / rundir.CHECKPOINT
+    assert read_config(None, [], "auto", str(run)).checkpoint == str(run / rundir.CHECKPOINT)
     (run / rundir.SUMMARY).write_text(json.dumps({"final_top1": 0.5}))
     assert rundir.finished(run)
     (run / rundir.SUMMARY).write_text("{\"final_top1\": 0.")  # being written: not finished

@@ -1,0 +1,95 @@
+"""The profile a run plans from at start-up (`dual.profile`): measured by every worker at once (`auto`) and
+averaged, or the stored entries of a profile file; and the start-up line saying how much the workers disagreed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from hdbl_mpi.comm.agree import agree
+from hdbl_mpi.errors import PlanError
+from hdbl_mpi.profiling.store import Profile, average_ranks, lookup
+from hdbl_mpi.rules.plan import make_plan
+
+if TYPE_CHECKING:
+    import torch
+    from mpi4py import MPI
+
+    from hdbl_mpi.comm.world import World
+    from hdbl_mpi.data.sources import DataInfo
+    from hdbl_mpi.profiling.entry import ProfileEntry
+    from hdbl_mpi.schema import Config
+
+
+def measured_profile(comm: MPI.Intracomm, config: Config, world: World, device: torch.device, data: DataInfo,
+                     gpu_sharing: int, resolutions: list[int]) -> list[ProfileEntry] | None:
+    """`profile: auto`: the step-time model per resolution, measured now by every worker at once (so the timings
+    include the contention of the real run on shared hosts) and averaged; None without `profile: auto`."""
+    if config.dual.profile != "auto":
+        return None
+    mine, failure = None, None
+    if world.is_worker:
+        try:
+            mine = _auto_profile(config, world, device, data, gpu_sharing, resolutions)
+        except Exception as err:
+            failure = err
+    return average_ranks([e for e in agree(comm, failure, mine) if e is not None])
+
+
+def profile_spread(config: Config, dataset_size: int, entries: list[ProfileEntry]) -> str:
+    """What `profile: auto` measured, and how much the workers disagreed: the plan's B_S from the average, and
+    the B_S each worker's own a and b would have given (a wide range means a noisy plan)."""
+    d = config.dual
+    parts = []
+    for e in entries:
+        text = f"{e.resolution} px: a={1e3 * e.a:.3f} ms/sample, b={1e3 * e.b:.2f} ms/step"
+        if d.small:
+            own = []
+            for rank in e.per_rank:
+                try:
+                    own.append(make_plan(dataset_size, d.workers, d.small, _scalar(d.batch_large) or e.b_max,
+                                         rank.a, rank.b, d.extra_time, d.factor).batch_small)
+                except PlanError:
+                    own.append(None)
+            found = [b for b in own if b is not None]
+            text += f"; B_S from each worker's own profile: {', '.join(str(b) for b in own)}" if found else ""
+        parts.append(text)
+    return f"profile: auto ({entries[0].ranks} workers, averaged): " + "; ".join(parts)
+
+
+def stored_entries(config: Config, resolutions: list[int], stored: Profile | None) -> list[ProfileEntry | None]:
+    """The stored profile's entry per resolution (this torch version's where it has several), or no entries."""
+    import torch
+
+    if stored is None:
+        return [None] * len(resolutions)
+    return [lookup(stored, config.model.name, r, config.train.precision, config.dual.profile_device, torch.__version__)
+            for r in resolutions]
+
+
+def _auto_profile(config: Config, world: World, device: torch.device, data: DataInfo, gpu_sharing: int,
+                  resolutions: list[int]) -> list[ProfileEntry]:
+    """`profile: auto`: this worker's device at every resolution of the run (the model's stem is chosen for
+    the top resolution, as in training)."""
+    from hdbl_mpi.models import build_model
+    from hdbl_mpi.profiling.measure import profile_device
+    from hdbl_mpi.profiling.memory import parse_bytes
+    from hdbl_mpi.profiling.trained import training_settings
+
+    d, m, t = config.dual, config.model, config.train
+    budget = parse_bytes(d.memory_budget) if d.memory_budget else None
+    if device.type == "cpu" and budget is None:
+        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // world.local_size
+    settings = training_settings(t, steps=d.profile_steps, warmup=1, memory_budget=budget,
+                                 device_share=gpu_sharing,
+                                 max_batch=min(d.profile_max_batch, _scalar(d.batch_large) or 1 << 30))
+    top = resolutions[-1]
+    return profile_device(
+        lambda _: build_model(m.name, data.num_classes, data.channels, top, m.stem, m.dropout, m.width, m.options),
+        m.name, data.num_classes, data.channels, resolutions, device, settings)
+
+
+def _scalar(value: Any) -> Any:
+    """dual.batch_large as one number where it is one (a per-resolution list caps nothing here)."""
+    return None if isinstance(value, list) else value
