@@ -96,6 +96,7 @@ def _under_mpi() -> bool:
 
 def _profile(args: argparse.Namespace) -> int:
     """`hdbl profile` (hdbl_mpi/profiling/command.py): every rank under mpirun, averaged."""
+    from hdbl_mpi.config import load_config
     from hdbl_mpi.profiling.command import ProfileRequest, run_profile
 
     comm = None
@@ -105,9 +106,10 @@ def _profile(args: argparse.Namespace) -> int:
         comm = MPI.COMM_WORLD
     try:
         request = ProfileRequest(
-            device=args.device, resolutions=_numbers(args.resolutions, int, "--resolutions"), config=args.config,
-            overrides=args.set, model=args.model, precision=args.precision, classes=args.classes,
-            channels=args.channels, stem=args.stem, batches=_numbers(args.batches, int, "--batches"),
+            device=args.device, resolutions=_numbers(args.resolutions, int, "--resolutions"),
+            config=load_config(args.config, args.set) if args.config else None, model=args.model,
+            precision=args.precision, classes=args.classes, channels=args.channels, stem=args.stem,
+            batches=_numbers(args.batches, int, "--batches"),
             steps=args.steps, warmup=args.warmup, memory_budget=args.memory_budget, margin=args.margin,
             max_batch=args.max_batch, threads=args.threads, output=args.output, plot=args.plot)
     except HdblError as err:  # the same on every rank

@@ -260,7 +260,7 @@ def _build(config: Config, local: _Local, schedule: Schedule, dataset_size: int,
                         m.options)
     notes = model_notes(model)
     if initial_weights and config.train.init_from:
-        from hdbl_mpi.models.init import load_initial_weights
+        from hdbl_mpi.run.init_weights import load_initial_weights
 
         notes.append(load_initial_weights(model, config.train.init_from, config.train.init_skip).line())
     model = model.to(local.device)

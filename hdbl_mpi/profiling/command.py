@@ -7,7 +7,7 @@ The command line is parsed in hdbl_mpi/cli.py into a :class:`ProfileRequest`; ev
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from hdbl_mpi.errors import HdblError
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import torch
 
     from hdbl_mpi.profiling.entry import ProfileEntry
+    from hdbl_mpi.schema import Config
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,7 @@ class ProfileRequest:
 
     device: str = "auto"
     resolutions: list[int] | None = None  # with config: default its schedule's
-    config: str | None = None  # profile the step this config trains, on its own data
-    overrides: list[str] = field(default_factory=list)
+    config: Config | None = None  # profile the step this config (loaded, with its overrides) trains, on its data
     model: str | None = None  # without config (resnet18 when unset)
     precision: str | None = None
     classes: int | None = None
@@ -120,7 +120,6 @@ def _profile_here(request: ProfileRequest, comm: Any | None) -> tuple[list[Profi
 def _profile_config(request: ProfileRequest, device: torch.device, fields: dict[str, Any]) -> list[ProfileEntry]:
     """`hdbl profile --config`: the model, classes, channels, precision and training options are the config's;
     flags that would say otherwise are refused rather than silently ignored."""
-    from hdbl_mpi.config import load_config
     from hdbl_mpi.profiling.trained import profile_config
 
     given = [flag for flag, value in (("--precision", request.precision), ("--model", request.model),
@@ -129,4 +128,5 @@ def _profile_config(request: ProfileRequest, device: torch.device, fields: dict[
     if given:
         raise HdblError(f"hdbl profile --config takes the model and training options from the config; drop "
                         f"{', '.join(given)} (change them with --set, e.g. --set train.precision=bf16).")
-    return profile_config(load_config(request.config, request.overrides), device, request.resolutions, **fields)
+    assert request.config is not None
+    return profile_config(request.config, device, request.resolutions, **fields)

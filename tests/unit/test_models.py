@@ -151,7 +151,7 @@ def test_integer_buffers_stay_out_of_the_flat_vector_and_the_model_round_trips()
 # --- train.init_from ------------------------------------------------------------------------------------------------
 
 def test_init_from_a_state_dict_loads_every_tensor_and_skips_the_head(tmp_path):
-    from hdbl_mpi.models.init import load_initial_weights
+    from hdbl_mpi.run.init_weights import load_initial_weights
 
     source = build_model("resnet_small", 10, 1, 16, width=4)
     torch.save(source.state_dict(), tmp_path / "weights.pt")
@@ -172,8 +172,8 @@ def test_init_from_a_state_dict_loads_every_tensor_and_skips_the_head(tmp_path):
 
 def test_init_from_an_hdbl_checkpoint_by_its_recorded_layout(tmp_path):
     from hdbl_mpi.comm.wire import FlatState
-    from hdbl_mpi.models.init import load_initial_weights
     from hdbl_mpi.run import rundir
+    from hdbl_mpi.run.init_weights import load_initial_weights
 
     source = build_model("resnet_small", 10, 1, 16, width=4)
     flat = FlatState(source)
@@ -188,8 +188,8 @@ def test_init_from_an_hdbl_checkpoint_by_its_recorded_layout(tmp_path):
 def test_init_from_a_rank_file_says_it_holds_no_weights(tmp_path):
     """checkpoint-ranks/<C>/rank-N.pt is in the checkpoint format too, but holds one rank's optimizer and RNG
     state: a KeyError 'vector' before, a message naming the file to use now."""
-    from hdbl_mpi.models.init import load_initial_weights
     from hdbl_mpi.run import rundir
+    from hdbl_mpi.run.init_weights import load_initial_weights
     from hdbl_mpi.run.rankstate import RankState
 
     path = tmp_path / "checkpoint-ranks" / "8" / "rank-1.pt"
