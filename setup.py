@@ -10,6 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["hdbl_mpi", "hdbl_mpi.*"]),
+    # The SLURM batch script (launchers/slurm/hdbl.sbatch links to it): `hdbl sweep --slurm` reads and runs it.
+    package_data={"hdbl_mpi.launch": ["slurm/hdbl.sbatch"]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

@@ -11,11 +11,13 @@ import pytest
 import yaml
 
 from hdbl_mpi.errors import HdblError
+from hdbl_mpi.launch.slurm_array import slurm_array
 from hdbl_mpi.report.runs import load_run
 from hdbl_mpi.report.seeds import group_runs, seed_rows
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.records import EpochRow
-from hdbl_mpi.sweep import PRESETS, expand, parse_grid, refusal, slurm_array
+from hdbl_mpi.sweep.grid import PRESETS, expand, parse_grid
+from hdbl_mpi.sweep.runs import refusal
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / "configs" / "demo.yaml")
@@ -55,11 +57,14 @@ def test_a_combination_the_config_refuses_is_skipped_with_the_reason():
 
 
 def test_the_slurm_array_runs_one_line_of_the_manifest_per_task(tmp_path):
-    specs = expand([("", parse_grid(["dual.small=0,2", "train.epochs=2,3"]))], seeds=1)
-    script = slurm_array(DEMO, specs, tmp_path, 5, "/venv/bin/python")
+    script = slurm_array(DEMO, 4, tmp_path / "runs.txt", tmp_path / "logs", 5, "/venv/bin/python")
     assert "#SBATCH --array=1-4" in script and "#SBATCH --ntasks=5" in script
     assert "#SBATCH --gpus-per-node=4" in script and "#SBATCH --time=12:00:00" in script  # launchers/slurm's
-    assert "--launcher srun train" in script and f"{tmp_path}/runs.txt" in script
+    assert "#SBATCH --signal=B:USR1@300" in script and "#SBATCH --requeue" in script  # stop, checkpoint, go on
+    assert f"{tmp_path}/runs.txt" in script and "HDBL_PYTHON=/venv/bin/python" in script
+    template = ROOT / "hdbl_mpi" / "launch" / "slurm" / "hdbl.sbatch"
+    assert f"exec bash {template} {DEMO}" in script  # the one batch script passes the signal on and requeues
+    assert (ROOT / "launchers" / "slurm" / "hdbl.sbatch").resolve() == template  # the user's copy is that file
     path = tmp_path / "sweep.sbatch"
     path.write_text(script)
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
@@ -97,7 +102,7 @@ def test_runs_that_differ_only_in_the_seed_are_one_configuration(tmp_path):
 
 
 def test_the_shipped_sweeps_run_only_combinations_their_config_takes():
-    from hdbl_mpi.sweep import load_grids
+    from hdbl_mpi.sweep.grid import load_grids
 
     config = str(ROOT / "configs" / "compare-fashion-mnist.yaml")
     specs = expand(load_grids(str(ROOT / "configs" / "sweeps" / "compare-fashion-mnist.yaml")), seeds=1)
