@@ -37,7 +37,10 @@ from pathlib import Path
 
 from hdbl_mpi.comm.ulfm import reported_exit, reported_up
 
-START_ATTEMPTS = 3
+# Each start dies inside MPI_Init with probability about 1/8 (docs/reliability.md; 1 of 9 starts here on
+# 2026-12-04): three starts left a job about 1 chance in 500 of failing this way (seen once in a CI run), five
+# leave about 1 in 30,000, for a few seconds per extra start.
+START_ATTEMPTS = 5
 ORPHAN_GRACE_S = 30.0  # mpirun alive this long without a rank (or a remote daemon's launcher): it hangs
 WATCH_PERIOD_S = 2.0
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)

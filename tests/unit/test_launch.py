@@ -305,16 +305,16 @@ def test_the_ulfm_relay_ends_with_rank_0s_code_not_mpiruns_zero(script, code, un
 
 def test_a_ulfm_job_that_died_inside_mpi_init_is_started_again(tmp_path):
     """mpirun ended with 0 before rank 0 said every rank was up (Open MPI's detector thread crashed the ranks
-    inside MPI_Init): started again, said on stderr, at most three times in all."""
+    inside MPI_Init): started again, said on stderr, at most START_ATTEMPTS (5) times in all."""
     count = tmp_path / "starts"
     second_time_lucky = (f"echo x >> {count}; [ $(wc -l < {count}) -ge 2 ] || exit 0; "
                          f"{UP}; echo '{EXIT_LINE} 0'")
     proc = relayed(second_time_lucky)
     assert proc.returncode == 0 and count.read_text().count("x") == 2, proc.stderr
-    assert proc.stderr.decode().count("starting it again, attempt 2 of 3") == 1
+    assert proc.stderr.decode().count("starting it again, attempt 2 of 5") == 1
     count.unlink()
-    proc = relayed(f"echo x >> {count}; exit 0")  # never comes up: three starts, then the failure
-    assert proc.returncode == 1 and count.read_text().count("x") == 3
+    proc = relayed(f"echo x >> {count}; exit 0")  # never comes up: five starts, then the failure
+    assert proc.returncode == 1 and count.read_text().count("x") == 5
     assert "never reported its exit code" in proc.stderr.decode()
 
 
