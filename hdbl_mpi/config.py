@@ -24,7 +24,7 @@ from hdbl_mpi.datasets import DECODERS
 from hdbl_mpi.errors import ConfigError
 from hdbl_mpi.precision import PRECISIONS
 from hdbl_mpi.rules.policy import KVSTORE_MODES
-from hdbl_mpi.schema import Config, DualConfig, LocalConfig, ModelConfig, TrainConfig
+from hdbl_mpi.schema import Config, DualConfig, LocalConfig, ModelConfig, TrainConfig, has_server, required_ranks
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -158,12 +158,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 def config_from_dict(tree: dict) -> Config:
     """Build and validate a Config from a (possibly partial) nested mapping, e.g. one broadcast by rank 0."""
-    config = _build(Config, tree, "")
+    config = _build(Config, _legacy(tree), "")
     if config.ps.mode == "local":  # one process: one worker, no MPI launcher needed
         config.dual.workers = 1
     config.ps.mode = KVSTORE_MODES.get(config.ps.mode, config.ps.mode)
     validate(config)
     return config
+
+
+def _legacy(tree: dict) -> dict:
+    """Keys of earlier versions still read (a run directory's config.yaml keeps every key): debug.slow_rank and
+    debug.slow_seconds, a sleep before every push, are debug.slow.delay_s now."""
+    debug = tree.get("debug")
+    if not isinstance(debug, dict) or not {"slow_rank", "slow_seconds"} & set(debug):
+        return tree
+    debug = dict(debug)
+    rank, seconds = debug.pop("slow_rank", -1), debug.pop("slow_seconds", 0.0)
+    if isinstance(rank, int) and rank >= 0 and seconds:
+        slow = dict(debug.get("slow") or {})
+        slow["delay_s"] = {**(slow.get("delay_s") or {}), rank: seconds}
+        debug["slow"] = slow
+    return {**tree, "debug": debug}
 
 
 def _check(ok: bool, message: str) -> None:
@@ -327,6 +342,31 @@ def _validate_rest(c: Config) -> None:
     _check(c.data.threads >= 0, f"data.threads is {c.data.threads}; use 0 or more decoding threads.")
     _check(c.data.resolution is None or c.data.resolution >= 8,
            f"data.resolution is {c.data.resolution}; use at least 8 px, or leave it unset for the native size.")
+    _validate_slow(c)
+
+
+def _validate_slow(c: Config) -> None:
+    """debug.slow: ranks that exist and train, factors that slow down, a changing pattern that can happen, and a
+    step-time model for the paced mode."""
+    s, world = c.debug.slow, required_ranks(c)
+    first = 1 if has_server(c) else 0  # with a server, rank 0 merges and trains nothing
+    for key, table, least in (("ranks", s.ranks, 1.0), ("delay_s", s.delay_s, 0.0)):
+        for rank, value in table.items():
+            _check(isinstance(rank, int) and first <= rank < world,
+                   f"debug.slow.{key} names rank {rank!r}; the training ranks of this config are {first}..{world - 1}"
+                   + (" (rank 0 is the server)." if first else "."))
+            _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= least,
+                   f"debug.slow.{key}[{rank}] is {value!r}; it must be a number >= {least:g}"
+                   + (" (a factor: 2 makes each step take twice its time)." if key == "ranks" else " (seconds)."))
+    ch = s.changing
+    _check(ch.factor >= 1.0, f"debug.slow.changing.factor is {ch.factor}; it must be >= 1 (1: no slowdown).")
+    _check(0.0 <= ch.p <= 1.0, f"debug.slow.changing.p is {ch.p}; it must be a probability in [0, 1].")
+    _check(ch.period_s >= 0 and (ch.p == 0 or ch.period_s > 0),
+           f"debug.slow.changing.period_s is {ch.period_s}; give the seconds between draws (> 0) with p > 0.")
+    _check(s.pace >= 0, f"debug.slow.pace is {s.pace}; use 0 (off) or the margin over tau(B), e.g. 1.3.")
+    _check(s.pace == 0 or c.dual.profile is not None or (c.dual.time_a is not None and c.dual.time_b is not None),
+           "debug.slow.pace pads each step to the step-time model tau(B) = a*B + b: set dual.profile (a file, or "
+           "auto) or dual.time_a and dual.time_b.")
 
 
 

@@ -33,7 +33,8 @@ class StepStats:
     samples: int
     loss_sum: float
     correct: int
-    seconds: float
+    seconds: float  # the steps' wall time, emulated slowness included
+    slowed_s: float = 0.0  # of which slept to emulate a slow rank (debug.slow, hdbl_mpi/run/slow.py)
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -55,6 +56,12 @@ def out_of_memory(err: BaseException, batch_size: int, resolution: int, device: 
         f"{resolution}` (or set dual.profile: auto, which takes B_L from that measurement), or lower "
         "dual.batch_large, the resolution or the model size."
     )
+
+
+class StepPacer(Protocol):
+    """Emulated slowness after each step (hdbl_mpi.run.slow.Slowdown): sleeps, and says how long."""
+
+    def pad(self, batch: int, resolution: int, compute_s: float) -> float: ...
 
 
 class GradientExchange(Protocol):
@@ -80,6 +87,7 @@ def train_steps(
     check_finite: bool = True,
     precision: Precision | None = None,
     warm_up: CompileWarmup | None = None,
+    pacer: StepPacer | None = None,
 ) -> StepStats:
     """Run `steps` optimizer steps of `batch_size` samples from `source` (see hdbl_mpi.data.sources); loss and
     accuracy are accumulated on the device and read once at the end (no per-step host sync on a GPU).
@@ -90,7 +98,9 @@ def train_steps(
     `check_finite` is off (a parameter-server worker pushes it, flagged, and the server rejects the push).
     `precision` (hdbl_mpi.precision; None: fp32) runs the forward pass under autocast and the step through its
     gradient scaler. `warm_up` (train.compile) compiles this batch size and resolution's graph before the clock
-    starts."""
+    starts. `pacer` (debug.slow) is told each step's own time (its draw included, the wait for the gradient
+    exchange to finish not: with DDP and Horovod that wait is inside backward and counts) and sleeps to emulate a
+    slow rank."""
     mixed = precision or Precision("fp32", device)
     model.train()
     if warm_up is not None:
@@ -99,27 +109,35 @@ def train_steps(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     done = samples = 0
+    mark, slowed = start, 0.0
     for inputs, labels in source.batches(steps, batch_size, resolution):
         if lr_of_step is not None:
             set_lr(optimizer, lr_of_step(done))
         logits, loss = _forward_backward(model, optimizer, inputs, labels, mixed, exchange, batch_size, resolution,
                                          device)
+        waited = time.perf_counter()
         if exchange is not None:
             exchange.finish()
+        waited = time.perf_counter() - waited  # the wait for the other ranks is no part of this rank's own time
         mixed.step(optimizer)
         loss_sum += loss.detach() * labels.numel()
         correct += (logits.detach().argmax(1) == labels).sum()
         done += 1
         samples += labels.numel()
+        if pacer is not None:
+            if device.type == "cuda":  # the step's own time, not its launch
+                torch.cuda.synchronize(device)
+            slowed += pacer.pad(batch_size, resolution, time.perf_counter() - mark - waited)
         if after_step is not None:
             after_step(done, loss.detach(), labels.numel())
+        mark = time.perf_counter()  # the next step's time starts here (LocalSGD's averaging is not a step's)
     loss_value, correct_value = float(loss_sum), int(correct)
     if check_finite and not torch.isfinite(torch.tensor(loss_value)):
         raise FloatingPointError(
             f"training loss became {loss_value} at batch size {batch_size}, lr {optimizer.param_groups[0]['lr']}; "
             "lower train.lr."
         )
-    return StepStats(done, samples, loss_value, correct_value, time.perf_counter() - start)
+    return StepStats(done, samples, loss_value, correct_value, time.perf_counter() - start, slowed)
 
 
 def _forward_backward(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, labels: torch.Tensor,

@@ -143,14 +143,33 @@ class RunConfig:
 
 
 @dataclass
+class SlowChanging:
+    """Stragglers that come and go: every period_s, each worker slowed by factor with probability p."""
+
+    factor: float = 1.0
+    p: float = 0.0
+    period_s: float = 0.0  # 0: off
+    seed: int = 0
+
+
+@dataclass
+class SlowConfig:
+    """Emulated slow ranks, the same in every mode (run/slow.py; emulation, and summary.json says so)."""
+
+    ranks: dict = field(default_factory=dict)  # {RANK: FACTOR}: each of that rank's steps takes FACTOR x its time
+    changing: SlowChanging = field(default_factory=SlowChanging)
+    pace: float = 0.0  # > 0: every step padded to pace x tau(B) x the rank's factor (tau from the plan's a, b)
+    delay_s: dict = field(default_factory=dict)  # {RANK: SECONDS}: a sleep before each push or epoch's sync
+
+
+@dataclass
 class DebugConfig:
     """Fault and delay injection, for tests and for seeing what the tool does when a rank misbehaves."""
 
     raise_on_rank: int = -1  # this rank raises RuntimeError ...
     raise_at_commit: int = 0  # ... when it is about to make this local commit (rank 0: after this many merges)
     crash: str = "raise"  # how: raise (an exception), exit (code 3, no MPI_Finalize), kill (SIGKILL itself)
-    slow_rank: int = -1  # this worker rank sleeps ...
-    slow_seconds: float = 0.0  # ... this long before every push
+    slow: SlowConfig = field(default_factory=SlowConfig)
     nan_rank: int = -1  # this worker rank pushes NaN weights and loss ...
     nan_at_commit: int = 1  # ... from this local commit on ...
     nan_commits: int = 1  # ... for this many commits (a diverging worker)

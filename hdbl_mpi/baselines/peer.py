@@ -52,6 +52,7 @@ from hdbl_mpi.run.rankstate import GRAD_SCALER, RankState, capture, restore
 from hdbl_mpi.run.records import CommitRecord, EpochRow, from_mapping
 from hdbl_mpi.run.scalars import Scalars
 from hdbl_mpi.run.signals import STOP
+from hdbl_mpi.run.slow import make_slowdown
 from hdbl_mpi.schema import Config
 from hdbl_mpi.startup import RunSetup
 
@@ -141,6 +142,8 @@ class PeerTrainer:
         self.is_root = setup.world.rank == 0
         self.optimizer = optimizer_for(self.model, self.config.train)
         self.precision = Precision(self.config.train.precision, setup.device)
+        self.slowdown = make_slowdown(self.config.debug.slow, setup.world.rank, setup.world.rank, setup.t_start,
+                                      setup.plans)  # debug.slow: this rank's emulated slowness (run/slow.py)
         self.exchange: Mpi4pyAllreduce | None = None
         self.horovod: HorovodAllreduce | None = None
         self.ddp: TorchDDP | None = None
@@ -197,9 +200,14 @@ class PeerTrainer:
         wait_before = self.exchange.wait_s if self.exchange is not None else 0.0
         syncs_before = self.state.syncs
         after_step, averaging_s = self._round_hook(epoch, steps, lr_of_step)
+        slow = self.slowdown
         stats = train_steps(self.train_model, self.optimizer, self.setup.train_source, steps, batch, stage.resolution,
                             self.setup.device, exchange=self.exchange, lr_of_step=lr_of_step, after_step=after_step,
-                            precision=self.precision, warm_up=self.setup.warm_up)
+                            precision=self.precision, warm_up=self.setup.warm_up,
+                            pacer=slow if slow.active else None)
+        delayed = slow.delay()  # a stalled rank: a fixed delay before the epoch's synchronisation
+        stats.seconds += delayed
+        stats.slowed_s += delayed
         inside, outside = averaging_s[0], 0.0  # LocalSGD's averaging happens between steps, inside stats.seconds
         if self.config.ps.mode == "allreduce":
             self.state.syncs += steps
@@ -216,7 +224,7 @@ class PeerTrainer:
             batch=batch, steps=stats.steps, samples=stats.samples, lr=lr_of_step(0),
             train_loss=stats.loss_sum / stats.samples, train_acc=stats.correct / stats.samples,
             compute_s=stats.seconds - inside, exchange_s=inside + outside, wait_s=0.0,
-            commit_s=stats.seconds + outside, time=time.time(), dropout=stage.dropout))
+            commit_s=stats.seconds + outside, time=time.time(), dropout=stage.dropout, slowed_s=stats.slowed_s))
         row = EpochRow(epoch=epoch + 1, stage=schedule.index_at(epoch), resolution=stage.resolution,
                        lr=lr_of_step(0), train_loss=float(totals[0] / totals[2]),
                        train_acc=float(totals[1] / totals[2]), commits=self.state.syncs - syncs_before)

@@ -20,6 +20,7 @@ from hdbl_mpi.rules.plan import Plan
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import RunResult, Stopped
 from hdbl_mpi.run.records import from_mapping
+from hdbl_mpi.run.slow import make_slowdown
 from hdbl_mpi.schema import Config
 from hdbl_mpi.startup import RunSetup
 
@@ -47,8 +48,9 @@ def run_parameter_server(setup: RunSetup, verbose: bool) -> RunResult | Stopped 
         return None
     if world.is_worker:
         assert setup.train_source is not None
+        slowdown = make_slowdown(config.debug.slow, world.rank, world.rank - 1, setup.t_start, setup.plans)
         Worker(world, config, setup.model, setup.flat, setup.train_source, setup.device, timeout_s, verbose,
-               layout, setup.rank_state, setup.warm_up).run()
+               layout, setup.rank_state, setup.warm_up, slowdown).run()
         return None
     return _serve(setup, timeout_s)
 

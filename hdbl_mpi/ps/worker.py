@@ -48,6 +48,7 @@ from hdbl_mpi.run.faults import maybe_crash
 from hdbl_mpi.run.rankstate import GRAD_SCALER, RankState, capture, restore
 from hdbl_mpi.run.records import CommitRecord
 from hdbl_mpi.run.signals import STOP
+from hdbl_mpi.run.slow import Slowdown
 from hdbl_mpi.schema import Config
 from hdbl_mpi.throughput import CompileWarmup
 
@@ -76,8 +77,10 @@ class Worker:
 
     def __init__(self, world: World, config: Config, model: nn.Module, flat: FlatState, source: BatchSource,
                  device: torch.device, timeout_s: float, verbose: bool, layout: Layout | None = None,
-                 resumed: RankState | None = None, warm_up: CompileWarmup | None = None) -> None:
+                 resumed: RankState | None = None, warm_up: CompileWarmup | None = None,
+                 slowdown: Slowdown | None = None) -> None:
         self.world, self.comm, self.config = world, world.comm, config
+        self.slowdown = slowdown  # debug.slow: this worker's emulated slowness (run/slow.py)
         self.model, self.flat, self.source, self.device = model, flat, source, device
         self.timeout_s, self.verbose, self.layout, self.warm_up = timeout_s, verbose, layout, warm_up
         self.optimizer = optimizer_for(model, config.train)
@@ -148,14 +151,18 @@ class Worker:
     def _train(self, task: Assignment, local: int) -> StepStats:
         set_lr(self.optimizer, task.lr)
         set_dropout(self.model, task.dropout)
+        slow = self.slowdown
         stats = train_steps(self.model, self.optimizer, self.source, task.steps, task.batch, task.resolution,
-                            self.device, check_finite=False, precision=self.precision, warm_up=self.warm_up)
+                            self.device, check_finite=False, precision=self.precision, warm_up=self.warm_up,
+                            pacer=slow if slow is not None and slow.active else None)
         d = self.config.debug
         if self.world.rank == d.nan_rank and d.nan_at_commit <= local < d.nan_at_commit + d.nan_commits:
             self.flat.vector[0] = self.flat.vector[-1] = float("nan")  # injected divergence (first and last shard)
             stats.loss_sum = float("nan")
-        if self.world.rank == d.slow_rank and d.slow_seconds > 0:
-            time.sleep(d.slow_seconds)
+        if slow is not None:  # a stalled worker: a fixed delay before the push
+            delayed = slow.delay()
+            stats.seconds += delayed
+            stats.slowed_s += delayed
         return stats
 
     def _push_header(self, task: Assignment, stats: StepStats, local: int) -> np.ndarray:
@@ -175,7 +182,7 @@ class Worker:
             train_loss=stats.loss_sum / stats.samples, train_acc=stats.correct / stats.samples,
             compute_s=stats.seconds, exchange_s=max(roundtrip - held, 0.0), wait_s=held,
             commit_s=stats.seconds + roundtrip, time=time.time(), dropout=task.dropout,
-            rejected=bool(reply["rejected"]), bytes=2 * self.flat.nbytes + header_bytes)
+            rejected=bool(reply["rejected"]), bytes=2 * self.flat.nbytes + header_bytes, slowed_s=stats.slowed_s)
         self.comm.send(record, dest=0, tag=TAG_RECORD)
         if self.verbose:
             print(f"[rank {record.worker} {record.group}] commit {local} (global {record.global_commit}) stage "

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hdbl_mpi.run.records import RunFacts
+from hdbl_mpi.run import rundir
+from hdbl_mpi.run.records import CommitRecord, RunFacts
+from hdbl_mpi.run.slow import slow_record
 
 if TYPE_CHECKING:
     from hdbl_mpi.startup import RunSetup
@@ -48,4 +51,9 @@ def run_facts(setup: RunSetup) -> RunFacts:
         devices={str(rank): {"device": info.device, "threads": info.threads, "local_rank_from": info.local_rank_from,
                              "gpu_sharing": info.gpu_sharing} for rank, info in enumerate(ranks)},
         host=socket.gethostname(), versions=versions,
-        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), cuda_aware_mpi=cuda_aware_mpi().to_dict())
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), cuda_aware_mpi=cuda_aware_mpi().to_dict(),
+        slow=slow_record(setup.config.debug.slow, _commits(setup.run_dir / rundir.COMMITS)))
+
+
+def _commits(path: Path) -> list[CommitRecord]:
+    return rundir.read_commits(path) if path.is_file() else []

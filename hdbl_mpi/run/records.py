@@ -48,6 +48,7 @@ class CommitRecord:
     dropout: float | None = None
     rejected: bool = False  # the server dropped this push (non-finite)
     bytes: int | None = None  # moved by this commit (push, reply and headers); None in data-parallel modes
+    slowed_s: float = 0.0  # of compute_s, slept to emulate a slow rank (debug.slow; hdbl_mpi/run/slow.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +101,7 @@ class RunFacts:
     versions: dict[str, str]
     finished: str
     cuda_aware_mpi: dict = field(default_factory=dict)  # does MPI take device buffers, asked how (comm/cuda_aware.py)
+    slow: dict | None = None  # debug.slow: the emulated slowness and each worker's seconds slept (run/slow.py)
 
 
 @dataclass

@@ -64,7 +64,7 @@ def test_a_crash_ends_the_job_promptly_naming_the_rank_and_resume_finishes(tmp_p
 def test_a_stalled_worker_fails_bsp_and_ssp_after_the_timeout(tmp_path, mode):
     start = time.monotonic()
     run = run_train(3, tmp_path / mode, [*TWO, f"ps.mode={mode}", "ps.staleness=1", "ps.timeout_s=5",
-                                         "debug.slow_rank=2", "debug.slow_seconds=600"], timeout=90)
+                                         "debug.slow.delay_s={2: 600}"], timeout=90)
     assert run.returncode != 0
     assert "no message from any worker for 5 s" in run.output and "still training: ranks [2]" in run.output
     assert time.monotonic() - start < 30
@@ -100,7 +100,7 @@ def test_asp_goes_on_without_a_stalled_worker(tmp_path):
     closes the last epoch one commit short, writes the summary, and ends the job with code 3 because rank 2
     never returns."""
     start = time.monotonic()
-    run = run_train(3, tmp_path / "asp", [*TWO, "ps.timeout_s=10", "debug.slow_rank=2", "debug.slow_seconds=600"],
+    run = run_train(3, tmp_path / "asp", [*TWO, "ps.timeout_s=10", "debug.slow.delay_s={2: 600}"],
                     timeout=90)
     assert run.returncode == 3, run.output
     assert "rank 2 has not committed for 5 s (half of ps.timeout_s): going on without it" in run.output

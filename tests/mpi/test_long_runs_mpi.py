@@ -21,7 +21,7 @@ from hdbl_mpi.run.signals import EXIT_STOPPED, EXIT_STOPPED_AT_ONCE
 from tests.conftest import FAST, run_train
 
 BSP = ["ps.mode=bsp", "dual.workers=2", "train.epochs=4", "dual.commits_per_epoch=4", "run.checkpoint_every=1"]
-SLOW = ["debug.slow_rank=1", "debug.slow_seconds=0.25"]  # time to signal mid-run; changes no arithmetic
+SLOW = ["debug.slow.delay_s={1: 0.25}"]  # time to signal mid-run; changes no arithmetic
 
 
 def start(np_: int, run_dir: Path, overrides: list[str], *, resume: str | None = None) -> subprocess.Popen:
@@ -174,7 +174,7 @@ def test_asp_workers_resume_with_their_own_saved_momentum(tmp_path):
 def test_a_signal_to_one_worker_stops_the_run_and_a_second_one_stops_at_once(tmp_path):
     run = tmp_path / "run"
     # Rank 2 sleeps 3 s per commit, so the commits in flight after the first signal take seconds.
-    slow = BSP + ["train.epochs=40", "dual.commits_per_epoch=1", "debug.slow_rank=2", "debug.slow_seconds=3"]
+    slow = BSP + ["train.epochs=40", "dual.commits_per_epoch=1", "debug.slow.delay_s={2: 3}"]
     proc = start(3, run, slow)
     wait_for(lambda: (run / rundir.CHECKPOINT).is_file(), proc, "the first checkpoint")
     before = (run / rundir.CHECKPOINT).read_bytes()
@@ -192,7 +192,7 @@ def test_a_signal_to_one_worker_stops_the_run_and_a_second_one_stops_at_once(tmp
 def test_time_based_checkpoints_come_between_epochs(tmp_path):
     run = run_train(3, tmp_path / "run", ["ps.mode=bsp", "dual.workers=2", "train.epochs=2", "dual.commits_per_epoch=8",
                                           "run.checkpoint_every=0", "run.checkpoint_minutes=0.005",
-                                          "debug.slow_rank=1", "debug.slow_seconds=0.15"], timeout=180)
+                                          "debug.slow.delay_s={1: 0.15}"], timeout=180)
     assert run.returncode == 0, run.output
     at = [int(c) for c in re.findall(r"checkpoint at commit (\d+) \(run.checkpoint_minutes=0.005\)", run.output)]
     assert at and any(c % 16 for c in at), run.output  # inside epochs (16 commits each), every ~0.3 s ...

@@ -109,7 +109,7 @@ def test_a_job_near_its_time_limit_checkpoints_requeues_resumes_and_finishes(slu
     run, out = tmp_path / "run", tmp_path / "job.out"
     args = ["configs/demo.yaml", *SYNTHETIC, "--set", "ps.mode=bsp", "--set", "train.epochs=24",
             "--set", "dual.commits_per_epoch=4",
-            "--set", "dual.workers=4", "--set", "debug.slow_rank=1", "--set", "debug.slow_seconds=1",
+            "--set", "dual.workers=4", "--set", "debug.slow.delay_s={1: 1}",
             "--set", "run.checkpoint_every=0"]
     started = time.monotonic()
     job = sbatch(slurm, out, ["--time=2", "--signal=B:USR1@45"], args, {"HDBL_RUN_DIR": str(run)})

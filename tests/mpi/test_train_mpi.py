@@ -63,7 +63,7 @@ def test_asp_dual_batch_run_outputs(tmp_path):
 
 def test_bsp_rounds_keep_commit_counts_equal(tmp_path):
     run = run_train(4, tmp_path / "run", ["dual.workers=3", "train.epochs=3", "ps.mode=bsp", *DUAL,
-                                          "debug.slow_rank=3", "debug.slow_seconds=0.5"])
+                                          "debug.slow.delay_s={3: 0.5}"])
     assert run.returncode == 0, run.output
     summary = run.summary()
     assert summary["commits_by_worker"] == {"1": 3, "2": 3, "3": 3}
@@ -75,7 +75,7 @@ def test_bsp_rounds_keep_commit_counts_equal(tmp_path):
 
 def test_ssp_spread_never_exceeds_bound(tmp_path):
     run = run_train(4, tmp_path / "run", ["dual.workers=3", "train.epochs=4", "ps.mode=ssp", "ps.staleness=1",
-                                          "debug.slow_rank=3", "debug.slow_seconds=0.6"])
+                                          "debug.slow.delay_s={3: 0.6}"])
     assert run.returncode == 0, run.output
     spreads = [max(c.values()) - min(c.values()) for c in _replay_counts(run.commits(), [1, 2, 3])]
     assert max(spreads) <= 1
@@ -84,8 +84,7 @@ def test_ssp_spread_never_exceeds_bound(tmp_path):
 
 
 def test_asp_slow_worker_does_not_slow_the_others(tmp_path):
-    run = run_train(4, tmp_path / "run", ["dual.workers=3", "train.epochs=4", "debug.slow_rank=3",
-                                          "debug.slow_seconds=1.5"])
+    run = run_train(4, tmp_path / "run", ["dual.workers=3", "train.epochs=4", "debug.slow.delay_s={3: 1.5}"])
     assert run.returncode == 0, run.output
     summary, commits = run.summary(), run.commits()
     by_worker = Counter(r["worker"] for r in commits)
