@@ -6,7 +6,9 @@ OUT/gpu_check.json.
 2. `hdbl profile` of the model at 32 px in fp32 and amp: a, b, R2 and B_max per precision, and the amp/fp32
    step-time ratio at the fp32 B_max (both fitted lines evaluated there).
 3. A hybrid run: 1 server + N workers sharing the GPU (ps.device auto, so the server evaluates there too),
-   E epochs on a generated JPEG folder decoded by DALI `mixed`, amp, planned from the amp profile. Its
+   E epochs on a generated JPEG folder decoded by DALI `mixed` (`--decoder torchvision` where DALI is not
+   installed; `--data synthetic`: images held in memory, nothing decoded, so the figure is the exchange's and the
+   GPU's sharing alone), amp, planned from the amp profile. Its
    images/s (epochs x training images / training time) is divided by a bare torch loop of the same model,
    batch (B_L) and precision on the same GPU (goal >= 0.95), and its commits give the commit round trip
    (push + merged reply, waiting for the server excluded) and its share of a commit.
@@ -65,10 +67,16 @@ def profile(args: argparse.Namespace, precision: str) -> dict:
 
 
 def write_config(args: argparse.Namespace, mode: str) -> Path:
-    """The run's config (JSON, which is YAML): the generated folder decoded by DALI, the check's precision."""
+    """The run's config (JSON, which is YAML): the generated folder decoded as asked (DALI unless --decoder
+    torchvision), the check's precision."""
+    if args.data == "synthetic":  # in memory, nothing decoded: the exchange and the device's sharing alone
+        data: dict = {"name": "synthetic", "synthetic": {"train_size": args.images, "test_size": args.images // 10,
+                                                         "channels": 3, "size": RESOLUTION, "classes": CLASSES}}
+    else:
+        data = {"name": "folder", "dir": str(args.out / "jpegs"), "decoder": args.decoder, "resolution": RESOLUTION,
+                "threads": 2}
     config: dict = {
-        "data": {"name": "folder", "dir": str(args.out / "jpegs"), "decoder": "dali", "resolution": RESOLUTION,
-                 "threads": 2},
+        "data": data,
         "model": {"name": args.model}, "eval": {"every": args.epochs},
         "train": {"epochs": args.epochs, "lr": 0.1, "precision": args.amp, "device": args.device},
     }
@@ -159,7 +167,8 @@ def table(args: argparse.Namespace, results: dict) -> str:
             for p, e in results["profile"].items()]
     rows += [
         f"| {args.amp}/fp32 step time at B = {b} | {ratio:.2f} |",
-        f"| hybrid images/s ({args.workers} workers, {', '.join(hybrid['decoding'])}) | {hybrid['images_per_s']:.0f} |",
+        f"| hybrid images/s ({args.workers} workers, {args.images} images, {', '.join(hybrid['decoding'])}) | "
+        f"{hybrid['images_per_s']:.0f} |",
         f"| bare torch loop images/s (B_L = {hybrid['batch_large']}, {args.amp}) | {results['bare']:.0f} |",
         f"| hybrid ÷ bare loop (goal ≥ 0.95) | {hybrid['images_per_s'] / results['bare']:.2f} |",
         f"| commit round trip (median) / share of a commit | {hybrid['roundtrip_ms']:.1f} ms / "
@@ -171,6 +180,8 @@ def table(args: argparse.Namespace, results: dict) -> str:
     if "dali" in decode:
         rows.append(f"| DALI {'cpu' if args.cpu else 'mixed'} decode images/s | {decode['dali']:.0f} "
                     f"({decode['dali'] / decode['torchvision']:.1f}x; goal ≥ 3x) |")
+    else:
+        rows.append("| DALI decode images/s | not measured: NVIDIA DALI is not installed here |")
     head = (f"{results['device']}, torch {torch.__version__}, {results['date']}, model {args.model}, "
             f"{RESOLUTION} px" + (" — CPU check of the script: these are NOT GPU figures" if args.cpu else ""))
     return "\n".join([head, "", "| check | figure |", "|---|---|", *rows])
@@ -185,6 +196,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--images", type=int, default=20000, help="training JPEGs for the runs (40x40 px)")
     parser.add_argument("--decode-images", type=int, default=2000, help="JPEGs (200x200) for the decode check")
+    parser.add_argument("--data", default="jpegs", choices=("jpegs", "synthetic"),
+                        help="the runs' data: generated JPEGs (decoded), or synthetic images held in memory (no "
+                             "decoding: what the exchange and the GPU's sharing cost alone)")
+    parser.add_argument("--decoder", default="dali", choices=("dali", "torchvision"),
+                        help="the runs' JPEG decoder; torchvision where DALI is not installed (the table says which)")
     parser.add_argument("--max-batch", type=int, default=512, help="cap on B_max, hence on B_L")
     parser.add_argument("--batch", type=int, default=512, help="allreduce batch per rank")
     parser.add_argument("--profile-steps", type=int, default=10)
@@ -192,6 +208,12 @@ def parse() -> argparse.Namespace:
     args = parser.parse_args()
     args.cpu = args.device == "cpu"
     args.amp = "bf16" if args.cpu else "amp"
+    if args.decoder == "dali" and args.data == "jpegs":
+        from hdbl_mpi.data.dali import dali_available
+
+        if not dali_available():
+            sys.exit("gpu_check: NVIDIA DALI is not installed here (pip install .[dali]); install it, or check the "
+                     "rest with --decoder torchvision (the table then has no DALI figure).")
     if not args.cpu and not torch.cuda.is_available():
         sys.exit("gpu_check: torch sees no CUDA device here; this check needs one GPU (--device cpu checks the "
                  "script itself on the CPU).")
@@ -207,9 +229,10 @@ def main() -> int:
     doctor = hdbl(args, "doctor")
     results["doctor_exit"] = doctor.returncode
     results["profile"] = {p: profile(args, p) for p in ("fp32", args.amp)}
-    say(f"{args.images} JPEGs for the runs")
-    make_folder(args.out / "jpegs", args.images, 40, CLASSES)
-    make_folder(args.out / "jpegs", max(args.images // 10, CLASSES * 2), 40, CLASSES, split="val")
+    if args.data == "jpegs":
+        say(f"{args.images} JPEGs for the runs")
+        make_folder(args.out / "jpegs", args.images, 40, CLASSES)
+        make_folder(args.out / "jpegs", max(args.images // 10, CLASSES * 2), 40, CLASSES, split="val")
     results["hybrid"] = train(args, "hybrid", args.workers + 1)
     results["bare"] = bare_loop(args, results["hybrid"]["batch_large"])
     results["allreduce"] = train(args, "allreduce", args.workers)
