@@ -59,11 +59,13 @@ def _plan(args: argparse.Namespace) -> int:
     import json
 
     from hdbl_mpi.rules.plan import format_plan, plan_resolutions, plan_summary
+    from hdbl_mpi.rules.worker_plan import StepLine
 
     resolutions = _numbers(args.resolutions, int, "--resolutions") or []  # a required flag
     batch_large = _numbers(args.batch_large, int, "--batch-large")
     time_a = _numbers(args.time_a, float, "--time-a")
     time_b = _numbers(args.time_b, float, "--time-b")
+    entries = []
     if args.profile:
         from hdbl_mpi.profiling.store import load_profile, lookup
 
@@ -80,11 +82,35 @@ def _plan(args: argparse.Namespace) -> int:
     time_b = time_b or [None] * len(resolutions)
     plans = plan_resolutions(args.dataset_size, args.workers, args.small, args.extra_time, resolutions,
                              batch_large, time_a, time_b, args.factor)
-    if args.json:
-        print(json.dumps(plan_summary(plans, resolutions), indent=2))
-    else:
-        print(format_plan(plans, resolutions))
+    summary = plan_summary(plans, resolutions)
+    text = format_plan(plans, resolutions)
+    if args.per_worker or args.slower:
+        from hdbl_mpi.rules.worker_plan import format_worker_plan, plans_per_worker
+
+        own = {r: {w: StepLine(line.a, line.b) for w, line in enumerate(e.per_rank, start=1)}
+               for r, e in zip(resolutions, entries, strict=False) if len(e.per_rank) == args.workers}
+        per = plans_per_worker(dict(zip(resolutions, plans, strict=True)), own, _slower(args.slower))
+        summary["per_worker"] = [per[r].to_dict() for r in resolutions]
+        text += "\nShares per worker and epoch (" + ("each worker's own line from the profile" if own else
+                                                     "the plan's line for every worker") + \
+            (f", ranks {args.slower} slower" if args.slower else "") + "):\n" + \
+            "\n".join(format_worker_plan(per[r], r) for r in resolutions)
+    print(json.dumps(summary, indent=2) if args.json else text)
     return 0
+
+
+def _slower(text: str | None) -> dict[int, float]:
+    """--slower 4=2,3=1.5: rank -> factor."""
+    out = {}
+    for item in filter(None, (text or "").split(",")):
+        rank, _, factor = item.partition("=")
+        try:
+            out[int(rank)] = float(factor)
+        except ValueError:
+            raise HdblError(f"--slower takes RANK=FACTOR[,RANK=FACTOR...] (e.g. 4=2); got {item!r}.") from None
+        if out[int(rank)] <= 0:
+            raise HdblError(f"--slower {item}: the factor must be > 0.")
+    return out
 
 
 def _under_mpi() -> bool:
@@ -224,6 +250,11 @@ def _add_plan(sub) -> None:
     plan.add_argument("--model", default="resnet18", help="model to look up in the profile (default resnet18)")
     plan.add_argument("--precision", default="fp32", choices=PRECISIONS, help="precision to look up")
     plan.add_argument("--device", help="device name to look up when the profile holds several")
+    plan.add_argument("--per-worker", action="store_true",
+                      help="each worker's share (dual.per_worker): from the profile's per-rank lines when it has "
+                           "one per worker, else the plan's line for all")
+    plan.add_argument("--slower", metavar="RANK=F,...", help="with the per-worker table: these workers' steps "
+                      "take F times as long (what if worker 4 were twice as slow: 4=2)")
     plan.add_argument("--json", action="store_true", help="print one JSON object (a stable interface)")
     plan.set_defaults(func=_plan)
 

@@ -255,11 +255,12 @@ def _validate_dual(d: DualConfig) -> None:
     _check(d.replan_threshold > 1.0, f"dual.replan_threshold is {d.replan_threshold}; it must be > 1 (e.g. 1.05).")
     _check(d.commits_per_epoch >= 1, f"dual.commits_per_epoch is {d.commits_per_epoch}; it must be >= 1.")
     _one_of(d.factor, FACTOR_RULES, "dual.factor")
-    if d.small > 0:
+    if d.small > 0 or d.per_worker:
         _check((d.time_a is not None and d.time_b is not None) or d.profile is not None,
-               "dual.small > 0 needs the step-time model: set dual.profile (a file from `hdbl profile`, or auto to "
-               "measure at start-up), or dual.time_a and dual.time_b (seconds per sample and per step on the "
-               "workers' device), or set dual.small=0.")
+               f"dual.{'small > 0' if d.small else 'per_worker'} needs the step-time model: set dual.profile (a "
+               "file from `hdbl profile`, or auto to measure at start-up), or dual.time_a and dual.time_b "
+               "(seconds per sample and per step on the workers' device), or set dual.small=0 and "
+               "dual.per_worker=false.")
 
 
 def _validate_ps(c: Config) -> None:
@@ -277,6 +278,9 @@ def _validate_ps(c: Config) -> None:
         _check(c.dual.small == 0,
                f"dual.small is {c.dual.small} but ps.mode={ps.mode} has no server to merge two batch sizes; "
                "set dual.small=0 (every worker trains with B_L), or use ps.mode=asp/bsp/ssp.")
+        _check(not c.dual.per_worker,
+               f"dual.per_worker needs a server to hand out the shares; ps.mode={ps.mode} has none. Set "
+               "dual.per_worker=false, or use ps.mode=asp/bsp/ssp.")
         _check(c.dual.commits_per_epoch == 1,
                f"dual.commits_per_epoch is {c.dual.commits_per_epoch} but ps.mode={ps.mode} has no commits (it "
                "synchronises every step, or every local.h steps); set it to 1, or use ps.mode=asp/bsp/ssp.")

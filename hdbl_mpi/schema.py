@@ -93,8 +93,9 @@ class DualConfig:
     profile_steps: int = 20  # auto: timed steps per batch size (as hdbl profile; fewer make B_S noisy)
     profile_max_batch: int = 1024  # auto: largest batch size tried
     memory_budget: str | None = None  # auto on a CPU: memory a worker may use (e.g. 4GiB); None: RAM / ranks per host
-    replan: bool = False  # refit a, b from the commits and re-balance B_S when the groups drift apart
-    replan_threshold: float = 1.05  # ... when slowest / fastest group compute time exceeds this
+    per_worker: bool = False  # a share (and, small group, a batch) per worker from its own line (rules/worker_plan.py)
+    replan: bool = False  # re-balance from the commits: refit a, b and B_S (groups); per_worker: each one's speed
+    replan_threshold: float = 1.05  # ... when slowest / fastest group (per_worker: worker) compute time exceeds this
     commits_per_epoch: int = 1  # k: each worker commits k times per epoch (d/k samples each); 1 as in the papers
 
 

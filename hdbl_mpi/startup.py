@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from hdbl_mpi.comm.agree import agree
 from hdbl_mpi.config import config_from_dict, dump_config
 from hdbl_mpi.errors import HdblError, SetupError
-from hdbl_mpi.profiling.auto import measured_profile, profile_spread, stored_entries
+from hdbl_mpi.profiling.auto import measured_profile, profile_spread, stored_entries, worker_lines
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run_config import ChosenRun, read_config
 from hdbl_mpi.schema import Config, has_server
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from hdbl_mpi.profiling.store import Profile
     from hdbl_mpi.rules.plan import Plan
     from hdbl_mpi.rules.schedule import Schedule
+    from hdbl_mpi.rules.worker_plan import StepLine
     from hdbl_mpi.run.prepare import Prepared
     from hdbl_mpi.run.rankstate import RankState
     from hdbl_mpi.throughput import CompileWarmup
@@ -111,6 +112,7 @@ class RunSetup:
     model_notes: list[str]  # rank 0: how dropout reaches the model, where its initial weights came from
     rank_state: RankState | None = None  # resuming: this rank's own state from the checkpoint (run/rankstate.py)
     warm_up: CompileWarmup | None = None  # train.compile: compiles each new input shape before it is timed
+    worker_lines: dict[int, dict[int, StepLine]] | None = None  # dual.per_worker: resolution -> rank -> own line
 
     @property
     def top(self) -> int:
@@ -201,7 +203,8 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
     try:
         entries: list[ProfileEntry | None] = list(measured) if measured else stored_entries(
             config, schedule.resolutions, shared.profile)
-        built = _build(config, local, schedule, dataset_size, entries, comm.rank == 0 and not shared.checkpoint)
+        built = _build(config, local, schedule, dataset_size, entries, comm.rank == 0 and not shared.checkpoint,
+                       measured)
         if comm.rank == 0:
             prepared = _prepare(shared, schedule, built, measured, comm.size)
     except Exception as err:
@@ -218,7 +221,7 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
     return RunSetup(config, local.world, local.device, local.data, local.train_source, local.test_source, ranks,
                     dataset_size, schedule, built.plans, built.model, built.flat, built.layout, Path(shared.run_dir),
                     prepared.restored, shared.t_start, built.notes, RankState.from_bytes(mine) if mine else None,
-                    built.warm_up)
+                    built.warm_up, built.worker_lines)
 
 
 def _prepare(shared: SharedConfig, schedule: Schedule, built: _Built, measured: list[ProfileEntry] | None,
@@ -243,10 +246,11 @@ class _Built:
     layout: Layout | None
     notes: list[str]  # how dropout reaches the model, where its initial weights came from
     warm_up: CompileWarmup | None  # train.compile on a training rank
+    worker_lines: dict[int, dict[int, StepLine]] | None  # dual.per_worker with per-worker profiles
 
 
 def _build(config: Config, local: _Local, schedule: Schedule, dataset_size: int, entries: list[ProfileEntry | None],
-           initial_weights: bool) -> _Built:
+           initial_weights: bool, measured: list[ProfileEntry] | None) -> _Built:
     """The plan at every resolution and the model (on this rank's device, as one flat vector), with
     train.init_from's weights when `initial_weights` (rank 0 of a new run: the others receive them)."""
     from hdbl_mpi.models import build_model, model_notes
@@ -255,6 +259,7 @@ def _build(config: Config, local: _Local, schedule: Schedule, dataset_size: int,
     resolutions = schedule.resolutions
     plans = {r: plan_for_config(config, dataset_size, entries[i], i, len(resolutions))
              for i, r in enumerate(resolutions)}
+    lines = worker_lines(config, measured, plans)
     m, data = config.model, local.data
     model = build_model(m.name, data.num_classes, data.channels, resolutions[-1], m.stem, m.dropout, m.width,
                         m.options)
@@ -271,7 +276,7 @@ def _build(config: Config, local: _Local, schedule: Schedule, dataset_size: int,
 
         # refuses a model too small to shard
         layout = Layout.make(flat.numel, config.dual.workers, config.ps.servers, flat.params_numel)
-    return _Built(plans, model, flat, layout, notes, warm_up)
+    return _Built(plans, model, flat, layout, notes, warm_up, lines)
 
 
 def _trained_form(config: Config, model: nn.Module, local: _Local) -> tuple[FlatState, CompileWarmup | None]:

@@ -50,6 +50,12 @@ def print_plan(setup: RunSetup) -> None:
 
     resolutions = sorted(setup.plans)
     print(format_plan([setup.plans[r] for r in resolutions], resolutions))
+    if setup.config.dual.per_worker:
+        from hdbl_mpi.rules.worker_plan import format_worker_plan, plans_per_worker
+
+        per = plans_per_worker(setup.plans, setup.worker_lines)
+        print("Shares per worker and epoch (dual.per_worker):\n"
+              + "\n".join(format_worker_plan(per[r], r) for r in resolutions))
     print(f"hdbl train: plan only: {setup.run_dir / rundir.PLAN}"
           + (f", measured profile {setup.run_dir / rundir.PROFILE}" if (setup.run_dir / rundir.PROFILE).is_file()
              else ""), flush=True)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from hdbl_mpi.comm.agree import agree
 from hdbl_mpi.errors import PlanError
 from hdbl_mpi.profiling.store import Profile, average_ranks, lookup
-from hdbl_mpi.rules.plan import make_plan
+from hdbl_mpi.rules.plan import Plan, make_plan
+from hdbl_mpi.rules.worker_plan import StepLine, plans_per_worker
 
 if TYPE_CHECKING:
     import torch
@@ -56,6 +57,24 @@ def profile_spread(config: Config, dataset_size: int, entries: list[ProfileEntry
             text += f"; B_S from each worker's own profile: {', '.join(str(b) for b in own)}" if found else ""
         parts.append(text)
     return f"profile: auto ({entries[0].ranks} workers, averaged): " + "; ".join(parts)
+
+
+def worker_lines(config: Config, measured: list[ProfileEntry] | None,
+                 plans: dict[int, Plan]) -> dict[int, dict[int, StepLine]] | None:
+    """dual.per_worker: each worker's own line per resolution where `profile: auto` measured one per worker (the
+    entries' per-rank lines, workers 1..n in rank order) and dual.time_a/time_b do not override the profile; None
+    otherwise (every worker then starts from the plan's line). Every resolution's per-worker plan is made here
+    once, so an impossible one stops the start-up (PlanError names the worker)."""
+    d = config.dual
+    if not d.per_worker:
+        return None
+    lines: dict[int, dict[int, StepLine]] = {}
+    for i, r in enumerate(plans):
+        own = measured[i].per_rank if measured and d.time_a is None and d.time_b is None else ()
+        if len(own) == d.workers:
+            lines[r] = {w: StepLine(line.a, line.b) for w, line in enumerate(own, start=1)}
+    plans_per_worker(plans, lines)
+    return lines or None
 
 
 def stored_entries(config: Config, resolutions: list[int], stored: Profile | None) -> list[ProfileEntry | None]:

@@ -8,6 +8,7 @@ reach the worker the same way, and nothing can disagree with the server.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,11 +18,12 @@ from hdbl_mpi.comm.wire import REPLY, TAG_START
 from hdbl_mpi.comm.world import SMALL, role_of
 from hdbl_mpi.errors import PlanError
 from hdbl_mpi.optim.schedules import scheduled_lr
-from hdbl_mpi.ps.balance import Balance
+from hdbl_mpi.ps.balance import Balance, SpeedBalance
 from hdbl_mpi.ps.state import ServerState
 from hdbl_mpi.rules.merge import push_update
 from hdbl_mpi.rules.plan import Plan, lr_scale, make_plan, round_half_up
 from hdbl_mpi.rules.schedule import Schedule
+from hdbl_mpi.rules.worker_plan import StepLine, WorkerPlan, for_survivors, rescaled, same_line_plan, worker_plan
 from hdbl_mpi.schema import Config
 
 
@@ -52,10 +54,10 @@ class Assignment:
 
 class Assignments:
     """The plans per resolution, the survivors' plans after a lost worker, the current B_S per resolution
-    (in the checkpointed state) and each worker's merge weight."""
+    (in the checkpointed state), each worker's merge weight and, with dual.per_worker, each worker's share."""
 
     def __init__(self, config: Config, schedule: Schedule, plans: dict[int, Plan], state: ServerState,
-                 workers: list[int]) -> None:
+                 workers: list[int], lines: dict[int, dict[int, StepLine]] | None = None) -> None:
         self.train, self.rule, self.n = config.train, config.ps.merge, config.dual.workers
         self.k = config.dual.commits_per_epoch
         self.per_epoch = self.n * self.k  # commits of one epoch
@@ -64,19 +66,24 @@ class Assignments:
         self.live: dict[int, Plan] = {}  # the survivors' plans after a lost worker
         for r, p in plans.items():
             state.batch_small.setdefault(str(r), p.batch_small)
+        # dual.per_worker: every worker's share per resolution (the survivors' after a loss), from its line
+        self.shares = worker_plans(plans, state, workers, self.group, lines) if config.dual.per_worker else None
         self.outer_lr = config.ps.outer_lr or 1.0 / self.n  # 0: 1/n, the average of the workers' changes
         self.updates = {w: push_update(self.rule, self.factor(w), self.outer_lr) for w in workers}
         # A window of 4 commits' worth of data per group, whatever k: with short commits (large k) each one's time
         # is noisier, and a window of 4 commits would re-plan on noise.
         self.window = 4 * self.k
-        threshold = config.dual.replan_threshold
+        threshold, replan = config.dual.replan_threshold, config.dual.replan
         self.balances = {r: Balance(p, threshold, self.window) for r, p in plans.items()} \
-            if config.dual.replan and self.base.small else None
+            if replan and self.base.small and self.shares is None else None
+        self.speeds = SpeedBalance(threshold, self.window) if replan and self.shares is not None else None
 
     def group(self, rank: int) -> str:
         return role_of(rank, self.base.small)
 
     def factor(self, rank: int) -> float:
+        if self.shares is not None:
+            return self.shares[max(self.shares)].of(rank).factor
         top = self.live[max(self.live)] if self.live else self.base
         return top.factor_small if self.group(rank) == SMALL else 1.0
 
@@ -99,25 +106,62 @@ class Assignments:
         index = self.stage()
         stage = self.schedule.stages[index]
         r, group = stage.resolution, self.group(rank)
-        plan = self.live.get(r, self.plans[r])
-        batch = int(self.state.batch_small[str(r)]) if group == SMALL else self.plans[r].batch_large
+        if self.shares is not None:
+            share = self.shares[r].of(rank)
+            batch, samples = share.batch, share.samples
+        else:
+            batch = int(self.state.batch_small[str(r)]) if group == SMALL else self.plans[r].batch_large
+            samples = self.live.get(r, self.plans[r]).share(group)[0]
         lr = self.lr() * lr_scale(self.train.lr_scaling, batch, self.plans[r].batch_large)
-        return Assignment(index, r, batch, round_half_up(plan.share(group)[0] / self.k), lr, stage.dropout)
+        return Assignment(index, r, batch, round_half_up(samples / self.k), lr, stage.dropout)
 
-    def observe(self, group: str, info: dict[str, float], at_commit: int) -> dict | None:
-        """Feed a commit's timing to the balance monitor (dual.replan); a re-plan record when B_S changes.
-        Small-batch workers get the new B_S with their next assignment (a commit in progress keeps its batch)."""
+    def observe(self, rank: int, info: dict[str, float], at_commit: int) -> dict | None:
+        """Feed a commit's timing to the balance monitor (dual.replan); a re-plan record when B_S (per worker:
+        the shares) change. Workers get their new share with their next assignment (a commit in progress keeps
+        its own)."""
+        if self.speeds is not None:
+            return self._observe_speed(rank, info, at_commit)
         if self.balances is None:
             return None
         r = int(info["resolution"])
-        change = self.balances[r].observe(group, int(info["batch"]), info["compute_s"], int(info["steps"]),
-                                          int(self.state.batch_small[str(r)]))
+        change = self.balances[r].observe(self.group(rank), int(info["batch"]), info["compute_s"],
+                                          int(info["steps"]), int(self.state.batch_small[str(r)]))
         if change is None:
             return None
         change.update(at_commit=at_commit, resolution=r)
         self.state.replans.append(change)
         self.state.batch_small[str(r)] = change["batch_small"]
         return change
+
+    def _observe_speed(self, rank: int, info: dict[str, float], at_commit: int) -> dict | None:
+        """dual.per_worker: each worker's speed against its line; on an imbalance, every resolution's shares are
+        planned again with the lines scaled by the measured speeds."""
+        assert self.speeds is not None and self.shares is not None
+        r = int(info["resolution"])
+        plan = self.shares[r]
+        predicted = plan.of(rank).line.per_sample(int(info["batch"])) * info["steps"] * info["batch"]
+        change = self.speeds.observe(rank, info["compute_s"], predicted, [s.rank for s in plan.shares])
+        if change is None:
+            return None
+        scales = {int(w): f for w, f in change["scales"].items()}
+        try:
+            new = {q: rescaled(p, self.live.get(q, self.plans[q]), scales) for q, p in self.shares.items()}
+        except PlanError as err:
+            change.update(at_commit=at_commit, resolution=r, kept=f"no plan for the measured speeds ({err})")
+            self.state.replans.append(change)
+            return None
+        self._take(new)
+        change.update(at_commit=at_commit, resolution=r, samples={str(s.rank): s.samples for s in new[r].shares},
+                      batches={str(s.rank): s.batch for s in new[r].shares})
+        self.state.replans.append(change)
+        return change
+
+    def _take(self, shares: dict[int, WorkerPlan]) -> None:
+        """Hand out these shares from now on: lines into the checkpointed state, merge weights renewed."""
+        self.shares = shares
+        self.state.worker_lines = _lines_state(shares)
+        for s in shares[max(shares)].shares:
+            self.updates[s.rank] = push_update(self.rule, s.factor, self.outer_lr)
 
     def survivors(self, alive: list[int], reason: str) -> dict | str:
         """Re-plan d_L, d_S, B_S and f for the surviving workers of each group; the re-plan record, or why the old
@@ -129,14 +173,18 @@ class Assignments:
             live = {r: make_plan(round_half_up(p.dataset_size * len(alive) / self.n), len(alive), small,
                                  p.batch_large, p.time_a, p.time_b, p.extra_time, p.factor_rule)
                     for r, p in self.plans.items()}
+            shares = {r: for_survivors(live[r], p, alive) for r, p in self.shares.items()} if self.shares else None
         except PlanError as err:
             return f"keeping the old data shares: no plan for the {len(alive)} survivors ({err})"
         self.live = live
+        if shares is not None:
+            self._take(shares)
         for r, p in live.items():
             if p.batch_small is not None:
                 self.state.batch_small[str(r)] = p.batch_small
         for w in alive:
             self.updates[w] = push_update(self.rule, self.factor(w), self.outer_lr)
+        self.speeds = SpeedBalance(self.speeds.threshold, self.window) if self.speeds is not None else None
         if self.balances is not None:
             self.balances = {r: Balance(p, self.balances[r].threshold, self.window) for r, p in live.items()} \
                 if small else None
@@ -144,5 +192,27 @@ class Assignments:
         change = {"after_commit": self.state.merged, "reason": reason, "workers": len(alive), "small": small,
                   "d_large": top.d_large, "d_small": top.d_small, "batch_small": top.batch_small,
                   "factor_small": top.factor_small}
+        if self.shares is not None:
+            change["samples"] = {str(s.rank): s.samples for s in self.shares[max(self.shares)].shares}
         self.state.replans.append(change)
         return change
+
+
+def worker_plans(plans: dict[int, Plan], state: ServerState, workers: list[int], group: Callable[[int], str],
+                 lines: dict[int, dict[int, StepLine]] | None) -> dict[int, WorkerPlan]:
+    """dual.per_worker: every worker's share per resolution, from the checkpoint's lines on a resume (re-plans
+    included), else from each worker's own profiled line, else from the plan's line for all (the group plan's
+    numbers exactly). The lines go into the checkpointed state."""
+    out = {}
+    groups = {w: group(w) for w in workers}
+    for r, plan in plans.items():
+        saved = state.worker_lines.get(str(r))
+        resumed = {int(w): StepLine(*ab) for w, ab in (saved or {}).items()}
+        mine = resumed if set(resumed) == set(workers) else (lines or {}).get(r)
+        out[r] = worker_plan(plan, mine, groups) if mine else same_line_plan(plan, workers, groups)
+    state.worker_lines = _lines_state(out)
+    return out
+
+
+def _lines_state(shares: dict[int, WorkerPlan]) -> dict:
+    return {str(r): {str(s.rank): [s.line.a, s.line.b] for s in p.shares} for r, p in shares.items()}

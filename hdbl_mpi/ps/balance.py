@@ -58,6 +58,60 @@ class Balance:
                 "previous_batch_small": batch_small, "batch_small": new.batch_small}
 
 
+class SpeedBalance:
+    """dual.per_worker with dual.replan: watches how fast each worker runs against its line and, when the slowest
+    and the fastest drift apart, says how much slower or faster than its line each one now runs.
+
+    A worker trains one batch size, so its commits cannot refit its line's shape; they do measure its speed:
+    rho = measured / predicted compute time of a commit (predicted from the line and the samples it trained).
+    Under the current plan every commit is planned to take the same time, so worker i's would take rho_i times
+    that: the imbalance is max rho / min rho, and scaling each line by its rho and planning again
+    (rules/worker_plan.py: rescaled) gives a worker that slowed down (or recovered) a share it finishes in the
+    others' time. A commit trained on an older share is judged against the line it is predicted with now, so
+    commits in flight during a re-plan do not count as an imbalance. Each worker's first commit carries one-time
+    costs (allocator, autotuning, caches) and is left out.
+    """
+
+    def __init__(self, threshold: float, window: int = 4) -> None:
+        self.threshold, self.window = threshold, window
+        self.samples: dict[int, list[tuple[float, float]]] = {}
+        self.seen: set[int] = set()
+
+    def observe(self, rank: int, measured_s: float, predicted_s: float, ranks: list[int]) -> dict | None:
+        """A commit's measured and predicted compute seconds; the re-plan's figures once `ranks` (the workers now
+        planned) have each given 2 commits (after their first) and their speeds differ by more than the
+        threshold."""
+        if rank not in self.seen:
+            self.seen.add(rank)
+            return None
+        points = self.samples.setdefault(rank, [])
+        points.append((measured_s, predicted_s))
+        del points[: -self.window]
+        if any(len(self.samples.get(w, ())) < 2 for w in ranks):
+            return None
+        scales = {w: float(np.median([m / p for m, p in self.samples[w]])) for w in ranks}
+        imbalance = max(scales.values()) / min(scales.values())
+        if imbalance <= self.threshold:
+            return None
+        times = {w: float(np.median([m for m, _ in self.samples[w]])) for w in ranks}
+        self.samples.clear()
+        return {"kind": "speeds", "imbalance": imbalance, "compute_s": {str(w): t for w, t in times.items()},
+                "scales": {str(w): f for w, f in scales.items()}}
+
+
+def describe_replan(change: dict, threshold: float) -> str:
+    """The server's log line for a re-plan record of either kind."""
+    if change.get("kind") == "speeds":
+        shares = ", ".join(f"rank {w}: d={d} B={change['batches'][w]}" for w, d in change["samples"].items())
+        return (f"replan at commit {change['at_commit']}: the workers ran at x "
+                + ", ".join(f"{f:.3f}" for f in change["scales"].values()) + f" their lines' time (imbalance "
+                f"{change['imbalance']:.3f} > {threshold}); shares per epoch {shares}")
+    return (f"replan at commit {change['at_commit']}: compute time small {change['compute_small_s']:.3f} s vs large "
+            f"{change['compute_large_s']:.3f} s (imbalance {change['imbalance']:.3f} > {threshold}); refit "
+            f"a={change['a']:.4g} b={change['b']:.4g}; B_S at {change['resolution']} px "
+            f"{change['previous_batch_small']} -> {change['batch_small']}")
+
+
 def group_times(records: list[CommitRecord], resolution: int | None = None) -> dict[str, dict[str, float]]:
     """Mean per-commit times of each group (at one resolution, or all) over `records`."""
     out: dict[str, dict[str, float]] = {}

@@ -17,6 +17,7 @@ from hdbl_mpi.ps.shards import serve_shard
 from hdbl_mpi.ps.state import ServerState
 from hdbl_mpi.ps.worker import Worker
 from hdbl_mpi.rules.plan import Plan
+from hdbl_mpi.rules.worker_plan import format_worker_plan
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import RunResult, Stopped
 from hdbl_mpi.run.records import from_mapping
@@ -59,7 +60,7 @@ def _serve(setup: RunSetup, timeout_s: float) -> RunResult | Stopped:
     config, n = setup.config, setup.config.dual.workers
     state = from_mapping(ServerState, setup.restored) if setup.restored else ServerState()
     workers = list(range(1, n + 1))
-    assign = Assignments(config, setup.schedule, setup.plans, state, workers)
+    assign = Assignments(config, setup.schedule, setup.plans, state, workers, setup.worker_lines)
     assign.send_first(setup.world.comm, workers)  # the workers start while the server builds itself
     assert setup.test_source is not None
     evaluator = Evaluator(setup.model, setup.test_source, config.eval.batch_size, setup.device)
@@ -71,6 +72,10 @@ def _serve(setup: RunSetup, timeout_s: float) -> RunResult | Stopped:
     if setup.restored and "outer_velocity" in setup.restored:
         server.own.velocity = setup.restored["outer_velocity"].clone()
     server.line(_start_line(setup))
+    if assign.shares is not None:
+        top = setup.top
+        server.line("hdbl train: shares per worker and epoch (dual.per_worker), " +
+                    format_worker_plan(assign.shares[top], top))
     lost = None
     try:
         server.serve()

@@ -37,7 +37,7 @@ from hdbl_mpi.comm.wire import (
 from hdbl_mpi.comm.world import World
 from hdbl_mpi.optim.schedules import scheduled_lr
 from hdbl_mpi.ps.assign import Assignments
-from hdbl_mpi.ps.balance import balance_report, group_times
+from hdbl_mpi.ps.balance import balance_report, describe_replan, group_times
 from hdbl_mpi.ps.epochs import ServerEpochs
 from hdbl_mpi.ps.evaluator import FINAL, Evaluator
 from hdbl_mpi.ps.failures import Failures, is_process_failure
@@ -245,12 +245,9 @@ class Server:
             st.epoch_correct += info["correct"]
             st.epoch_samples += info["samples"]
         self.progress.commit(st.merged, int(info["samples"]))
-        change = self.assign.observe(group, info, st.merged)
+        change = self.assign.observe(src, info, st.merged)
         if change is not None:
-            self.line(f"replan at commit {st.merged}: compute time small {change['compute_small_s']:.3f} s vs large "
-                      f"{change['compute_large_s']:.3f} s (imbalance {change['imbalance']:.3f} > "
-                      f"{self.config.dual.replan_threshold}); refit a={change['a']:.4g} b={change['b']:.4g}; "
-                      f"B_S at {change['resolution']} px {change['previous_batch_small']} -> {change['batch_small']}")
+            self.line(describe_replan(change, self.config.dual.replan_threshold))
 
     def _on_record(self, src: int) -> None:
         record: CommitRecord = self.comm.recv(source=src, tag=TAG_RECORD)
@@ -331,6 +328,8 @@ class Server:
             "balance": [balance_report(plans[r], self.records, r, self.assign.k) for r in sorted(plans)],
             "commits_per_epoch": self.assign.k,
             "replans": list(st.replans),
+            "worker_plan": {str(r): p.to_dict() for r, p in self.assign.shares.items()}
+            if self.assign.shares is not None else None,
             "nonfinite_rejected": dict(st.nonfinite_rejected),
             "stalled_workers": sorted(self.roster.stalled),
             "missing_commits": st.missing_commits,

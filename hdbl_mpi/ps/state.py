@@ -20,6 +20,7 @@ class ServerState(BookState):
     epoch_samples: float = 0.0
     batch_small: dict = field(default_factory=dict)  # current B_S per resolution (str), after re-plans
     replans: list = field(default_factory=list)
+    worker_lines: dict = field(default_factory=dict)  # dual.per_worker: str(resolution) -> {str(rank): [a, b]}
     nonfinite_rejected: dict = field(default_factory=dict)  # str(rank) -> pushes rejected for NaN/Inf
     missing_commits: int = 0  # commits a stalled worker never delivered at the end of an ASP run
     lost_workers: list = field(default_factory=list)  # ULFM: {rank, at_commit, error_class} of each rank that died

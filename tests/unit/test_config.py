@@ -67,6 +67,15 @@ def test_small_workers_need_the_time_model():
         load_config(None, ["dual.batch_large=256", "dual.small=2"])
 
 
+def test_a_plan_per_worker_needs_the_time_model_and_a_server():
+    with pytest.raises(ConfigError, match="dual.per_worker needs the step-time model"):
+        load_config(None, ["dual.batch_large=256", "dual.per_worker=true"])
+    with pytest.raises(ConfigError, match="dual.per_worker needs a server to hand out the shares; ps.mode=allreduce"):
+        load_config(None, ["dual.batch_large=256", "dual.per_worker=true", "dual.time_a=1e-4", "dual.time_b=1e-3",
+                           "ps.mode=allreduce"])
+    assert load_config(None, ["dual.profile=auto", "dual.per_worker=true"]).dual.per_worker is True
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")

@@ -141,3 +141,37 @@ def test_plan_is_cheap_no_torch_no_mpi():
             "assert 'torch' not in sys.modules and 'mpi4py' not in sys.modules, sorted(sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_per_worker_table_from_a_profile_with_each_workers_line(capsys, tmp_path):
+    entry = {"device": "GPU X", "torch": "2.14.1", "model": "resnet18", "resolution": 32, "precision": "fp32",
+             "a": 1.5e-4, "b": 0.003, "r2": 0.99, "b_max": 64,
+             "per_rank": [{"device": "GPU X", "a": a, "b": b, "b_max": 64}
+                          for a, b in ((1e-4, 2e-3), (1e-4, 2e-3), (1e-4, 2e-3), (3e-4, 6e-3))]}
+    path = tmp_path / "profile.json"
+    save_profile(path, [ProfileEntry.from_dict(entry)])
+    args = ["--dataset-size", "60000", "--workers", "4", "--small", "2", "--resolutions", "32", "--profile",
+            str(path), "--per-worker"]
+    code, out, _ = run_plan(capsys, *args, "--json")
+    assert code == 0
+    (per,) = json.loads(out)["per_worker"]
+    shares = {w["rank"]: w for w in per["workers"]}
+    assert shares[4]["a"] == 3e-4 and shares[4]["samples"] == pytest.approx(shares[3]["samples"] / 3, abs=1)
+    times = [w["commit_time"] for w in per["workers"]]
+    assert max(times) / min(times) < 1.03
+    code, out, _ = run_plan(capsys, *args)
+    assert code == 0 and "each worker's own line from the profile" in out and "rank 4 large a=0.3 ms/sample" in out
+
+
+def test_what_if_a_worker_were_slower(capsys):
+    args = ["--dataset-size", "60000", "--workers", "4", "--small", "2", "--resolutions", "28", "--batch-large",
+            "64", "--time-a", "1.6e-4", "--time-b", "3e-3"]
+    code, out, _ = run_plan(capsys, *args, "--per-worker", "--json")
+    (same,) = json.loads(out)["per_worker"]
+    group = json.loads(out)
+    assert [w["samples"] for w in same["workers"]] == [group["d_small"][0]] * 2 + [group["d_large"][0]] * 2
+    code, out, _ = run_plan(capsys, *args, "--slower", "4=2", "--json")
+    (slow,) = json.loads(out)["per_worker"]
+    assert slow["workers"][3]["samples"] == slow["workers"][2]["samples"] // 2
+    code, _, err = run_plan(capsys, *args, "--slower", "4:2")
+    assert code == 2 and "--slower takes RANK=FACTOR" in err
