@@ -293,6 +293,14 @@ def _validate_ps(c: Config) -> None:
            "from the same W, which is already the delta step with outer_lr 1.")
     _check(ps.outer_lr >= 0, f"ps.outer_lr is {ps.outer_lr}; use 0 (1/dual.workers) or a positive step size.")
     _check(0 <= ps.outer_momentum < 1, f"ps.outer_momentum is {ps.outer_momentum}; it must be in [0, 1).")
+    _check(not ps.outer_delayed or (ps.merge == "delta" and ps.outer_momentum > 0),
+           f"ps.outer_delayed delays the delta rule's momentum; it needs ps.merge=delta and ps.outer_momentum > 0 "
+           f"(got merge {ps.merge}, momentum {ps.outer_momentum}).")
+    _check(ps.staleness_decay >= 0, f"ps.staleness_decay is {ps.staleness_decay}; use 0 (off) or a positive power "
+           "(0.5 as in FedAsync).")
+    _check(ps.staleness_decay == 0 or ps.mode in ("asp", "ssp"),
+           f"ps.staleness_decay needs ps.mode=asp or ssp (got {ps.mode}): a BSP round merges pushes that all "
+           "started from the same weights (staleness 0).")
     _one_of(ps.fault_tolerance, FAULT_TOLERANCE, "ps.fault_tolerance")
     _check(ps.fault_tolerance != "ulfm" or ps.mode == "asp",
            f"ps.fault_tolerance=ulfm needs ps.mode=asp (got {ps.mode}): BSP rounds and SSP bounds cannot go on "

@@ -111,6 +111,8 @@ class PSConfig:
     merge: str = "journal"  # journal | conference (the papers' rules) | delta (an outer step on each worker's change)
     outer_lr: float = 0.0  # merge delta: W += outer_lr * f * (W_k - W_pulled) (0: 1/dual.workers); BN stats as journal
     outer_momentum: float = 0.0  # merge delta: Nesterov momentum of the outer step (0: none)
+    outer_delayed: bool = False  # merge delta: the momentum step once per round of n pushes (delayed Nesterov)
+    staleness_decay: float = 0.0  # asp/ssp: a push s merges old weighs (1 + s)^-decay (0: off; FedAsync: 0.5)
     timeout_s: float = 0.0  # longest wait for any message; 0: 600 s + 20 planned commit times
     device: str = "cpu"  # the server's evaluation device (cpu | auto | cuda | cuda:N); it merges on the host
     servers: int = 1  # k server ranks, each owning a contiguous shard of the weights (ranks 0 and n+1..n+k-1)

@@ -45,7 +45,8 @@ def run_parameter_server(setup: RunSetup, verbose: bool) -> RunResult | Stopped 
     timeout_s = timeout_for(config.ps.timeout_s, setup.plans)
     if world.role == SHARD:
         _, start, end = next(part for part in layout.parts if part[0] == world.rank)
-        serve_shard(world.comm, setup.flat.host, start, end, timeout_s, layout.split(start), config.ps.outer_momentum)
+        serve_shard(world.comm, setup.flat.host, start, end, timeout_s, layout.split(start), config.ps.outer_momentum,
+                    config.ps.outer_delayed)
         return None
     if world.is_worker:
         assert setup.train_source is not None
@@ -117,7 +118,9 @@ def _start_line(setup: RunSetup) -> str:
 
 def _merge_text(config: Config) -> str:
     ps = config.ps
+    decay = f", staleness decay {ps.staleness_decay:g}" if ps.staleness_decay else ""
     if ps.merge != "delta":
-        return ps.merge
+        return ps.merge + decay
     lr = ps.outer_lr or 1.0 / config.dual.workers
-    return f"delta (outer lr {lr:g}" + (f", momentum {ps.outer_momentum:g})" if ps.outer_momentum else ")")
+    momentum = f", momentum {ps.outer_momentum:g}" + (" once per round" if ps.outer_delayed else "")
+    return f"delta (outer lr {lr:g}" + (momentum if ps.outer_momentum else "") + ")" + decay

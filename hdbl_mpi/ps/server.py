@@ -42,6 +42,7 @@ from hdbl_mpi.ps.epochs import ServerEpochs
 from hdbl_mpi.ps.evaluator import FINAL, Evaluator
 from hdbl_mpi.ps.failures import Failures, is_process_failure
 from hdbl_mpi.ps.shards import OP_REPLY, ShardFanout, ShardMath
+from hdbl_mpi.ps.staleness import PushClock
 from hdbl_mpi.ps.state import Roster, ServerState
 from hdbl_mpi.rules.plan import Plan
 from hdbl_mpi.rules.policy import make_policy
@@ -70,7 +71,8 @@ class Server:
         self.W = weights  # the global model, float32 on the CPU; with sharded servers only shard 0 stays current
         self.layout = layout or Layout(((0, 0, weights.numel()),))
         start, end = self.layout.own
-        self.own = ShardMath(weights[start:end], self.layout.split(start), config.ps.outer_momentum)
+        self.own = ShardMath(weights[start:end], self.layout.split(start), config.ps.outer_momentum,
+                             config.ps.outer_delayed)
         self.own_np = weights.numpy()[start:end]
         self.fanout = ShardFanout(self.comm, self.layout, weights.numpy())
         self.roster = Roster(list(range(1, self.n + 1)))
@@ -78,6 +80,7 @@ class Server:
             state.commits_by_worker.setdefault(str(w), 0)
         self.policy = make_policy(config.ps.mode, config.ps.staleness)
         self.assign = assign or Assignments(config, schedule, plans, state, self.roster.workers)
+        self.clock = PushClock(config, self.roster.workers)
         self.failures = Failures(self, config.ps.max_nonfinite, config.ps.fault_tolerance == "ulfm")
         if self.failures.ulfm:  # failures come back as exceptions (mpi4py raises on error codes) instead of aborting
             self.comm.Set_errhandler(MPI.ERRORS_RETURN)
@@ -190,17 +193,21 @@ class Server:
         info = PUSH.unpack(header)
         bad = self.failures.check_push(src, info)
         update = self.policy.on_push(bad, self.assign.factor(src), self.assign.updates[src])
+        training = set(self.roster.active()) - self.roster.lost - self.roster.stalled
+        update, momentum, staleness = self.clock.push(src, update, len(training))
         self.fanout.tell(update.op, src, update.value, update.value2)  # shard servers take their slices meanwhile
         self.comm.Recv(self.own.recv_np, source=src, tag=TAG_PUSH_WEIGHTS)
         arrived = time.perf_counter()
         self.own.apply(update)
         self.failures.came_back(src)
         self._count(src, info, bad)
+        self.clock.by_commit[self.state.merged] = staleness
         self.roster.hold(src, self.state.merged, arrived)
-        end = self.policy.round_end(len(self.roster.pending), len(self.roster.active()))
+        end = self.policy.round_end(len(self.roster.pending), len(self.roster.active())) or momentum
         if end is not None:
             self.fanout.tell(end.op, value=end.value)
             self.own.apply(end)
+            self.clock.round_end(end)
         self.epochs.close()
         if info["signal"]:
             self.interrupt(f"rank {src} was signalled")
@@ -251,6 +258,7 @@ class Server:
 
     def _on_record(self, src: int) -> None:
         record: CommitRecord = self.comm.recv(source=src, tag=TAG_RECORD)
+        record.staleness = self.clock.by_commit.pop(record.global_commit, None)
         self.records_seen[src] += 1
         self.records.append(record)
         self.commit_log.write(record)
@@ -283,6 +291,7 @@ class Server:
             state_at=self.epochs.states.ask(w))
         self.comm.Send(header, dest=w, tag=TAG_REPLY_HEADER)
         self.awaiting[global_id] = w
+        self.clock.reply(w)
         self.fanout.tell(OP_REPLY, w)
         self.comm.Send(self.own_np, dest=w, tag=TAG_REPLY_WEIGHTS)
         if stop:
@@ -336,8 +345,9 @@ class Server:
             "lost_workers": list(st.lost_workers),
             "batch_small_final": st.batch_small,
             "merge": self.config.ps.merge,
-            "outer": {"lr": self.assign.outer_lr, "momentum": self.config.ps.outer_momentum}
-            if self.config.ps.merge == "delta" else None,
+            "outer": {"lr": self.assign.outer_lr, "momentum": self.config.ps.outer_momentum,
+                      "delayed": self.config.ps.outer_delayed} if self.config.ps.merge == "delta" else None,
+            "staleness": self.clock.summary(),
             "servers": len(self.layout.parts),
             "shards": [{"rank": r, "start": s, "end": e} for r, s, e in self.layout.parts],
             "shard_servers": self.shard_servers,  # each shard server's pushes, replies, gathers and busy seconds

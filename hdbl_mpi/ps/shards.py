@@ -27,7 +27,16 @@ from mpi4py import MPI
 
 from hdbl_mpi.comm.layout import Layout
 from hdbl_mpi.comm.wire import TAG_PUSH_WEIGHTS, TAG_REPLY_WEIGHTS, HeaderLayout, wait_bounded
-from hdbl_mpi.rules.policy import OP_ACCUMULATE, OP_ACCUMULATE_OWN, OP_AVERAGE, OP_DELTA, OP_DROP, OP_MERGE, Update
+from hdbl_mpi.rules.policy import (
+    OP_ACCUMULATE,
+    OP_ACCUMULATE_OWN,
+    OP_AVERAGE,
+    OP_DELTA,
+    OP_DROP,
+    OP_MERGE,
+    OP_MOMENTUM,
+    Update,
+)
 
 TAG_SHARD_OP = 41
 TAG_SHARD_GATHER = 42
@@ -50,14 +59,17 @@ class ShardMath:
 
     The delta rule steps the parameters (the first `split` values of this slice: parameters come before the
     floating-point buffers in the flat vector) by the pushed change, with Nesterov momentum `momentum`, and
-    interpolates the buffers (BatchNorm statistics)."""
+    interpolates the buffers (BatchNorm statistics). With `delayed`, each step goes in without momentum and
+    is added to the round's sum; the momentum step on that sum comes with OP_MOMENTUM, once per round."""
 
-    def __init__(self, W: torch.Tensor, split: int | None = None, momentum: float = 0.0) -> None:
+    def __init__(self, W: torch.Tensor, split: int | None = None, momentum: float = 0.0,
+                 delayed: bool = False) -> None:
         self.W = W
         self.recv = torch.empty_like(W)
         self.recv_np = self.recv.numpy()
         self.split = W.numel() if split is None else max(0, min(split, W.numel()))
-        self.momentum = momentum
+        self.momentum, self.delayed = momentum, delayed
+        self._round: torch.Tensor | None = None  # delayed: the round's summed steps
         self._sum: torch.Tensor | None = None
         self._scaled: torch.Tensor | None = None
         self._velocity: torch.Tensor | None = None
@@ -81,6 +93,8 @@ class ShardMath:
             self.average(update.value)
         elif update.op == OP_DELTA:
             self.step(update.value, update.value2)
+        elif update.op == OP_MOMENTUM:
+            self.momentum_step()
         elif update.op != OP_DROP:
             raise ValueError(f"operation {update.op} does not change the vector")
 
@@ -92,7 +106,12 @@ class ShardMath:
         buffers move towards the pushed ones by `buffer_weight`."""
         s = self.split
         params, delta = self.W[:s], self.recv[:s]
-        if self.momentum:
+        if self.momentum and self.delayed:
+            if self._round is None:
+                self._round = torch.zeros_like(params)
+            self._round.add_(delta, alpha=lr)
+            params.add_(delta, alpha=lr)
+        elif self.momentum:
             if self._velocity is None:
                 self._velocity = torch.zeros_like(params)
             self._velocity.mul_(self.momentum).add_(delta, alpha=lr)
@@ -100,6 +119,18 @@ class ShardMath:
         else:
             params.add_(delta, alpha=lr)
         self.W[s:].lerp_(self.recv[s:], buffer_weight)
+
+    def momentum_step(self) -> None:
+        """Delayed outer momentum at a round's end: v = m*v + (the round's summed steps); W += m*v (the steps
+        themselves went in with each push, so the round adds up to one Nesterov step on its sum)."""
+        if self._round is None:
+            return
+        params = self.W[: self.split]
+        if self._velocity is None:
+            self._velocity = torch.zeros_like(params)
+        self._velocity.mul_(self.momentum).add_(self._round)
+        params.add_(self._velocity, alpha=self.momentum)
+        self._round.zero_()
 
     def _round_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The BSP round's sum and a scratch vector, allocated at the first BSP push (ASP never needs them)."""
@@ -150,14 +181,14 @@ class ShardFanout:
 
 
 def serve_shard(comm: MPI.Intracomm, vector: np.ndarray, start: int, end: int, timeout_s: float,
-                split: int | None = None, momentum: float = 0.0) -> dict:
+                split: int | None = None, momentum: float = 0.0, delayed: bool = False) -> dict:
     """A shard server's loop: apply rank 0's operations to this slice until told to finish.
 
     `vector` holds the initial global weights (everyone received them at start-up); the slice [start, end) is
     this server's from then on; its first `split` values are parameters (the delta rule steps them, with
     Nesterov `momentum`). Waits for rank 0 are bounded by `timeout_s`, so a lost rank 0 ends this rank with an error
     instead of a hang. Returns counters for the run summary."""
-    math_ = ShardMath(torch.from_numpy(vector[start:end]), split, momentum)
+    math_ = ShardMath(torch.from_numpy(vector[start:end]), split, momentum, delayed)
     W_np = vector[start:end]
     op_in = SHARD_OP.empty()
     counts = {"pushes": 0, "replies": 0, "gathers": 0, "busy_s": 0.0}
@@ -172,7 +203,7 @@ def serve_shard(comm: MPI.Intracomm, vector: np.ndarray, start: int, end: int, t
             comm.Recv(math_.recv_np, source=rank, tag=TAG_PUSH_WEIGHTS)
             counts["pushes"] += 1  # merged, accumulated or dropped (rejected)
             math_.apply(update)
-        elif op == OP_AVERAGE:
+        elif op in (OP_AVERAGE, OP_MOMENTUM):
             math_.apply(update)
         elif op == OP_REPLY:
             comm.Send(W_np, dest=rank, tag=TAG_REPLY_WEIGHTS)

@@ -9,6 +9,15 @@ The papers' rules interpolate W <- W + w*(W_k - W) towards the pushed weights W_
 Expressed as one weight, the server's hot path is a single fused pass over the vector (``torch.lerp_``: read W,
 read W_k, write W) whichever is chosen.
 
+Two options beside the rules (defaults off; not from the papers):
+
+- staleness decay (``ps.staleness_decay: a``): a push made on weights that s merges ago were current weighs
+  (1 + s)^-a times as much (FedAsync's polynomial staleness function, Xie et al. 2019, who use a = 0.5);
+- delayed outer momentum (``ps.outer_delayed`` with the delta rule's ``ps.outer_momentum``): each push's step
+  is applied at once without momentum, and the momentum step once per round of n pushes on the round's summed
+  steps (the delayed Nesterov of asynchronous local SGD, Liu et al. 2024, arXiv 2401.09135), so momentum acts
+  on a round's worth of workers' progress rather than amplifying each single, possibly stale, push.
+
 - delta (not from the papers; an option beside them): the worker pushes its change since it last pulled,
   Delta_k = W_k - W_pulled, and the server takes an outer step W <- W + outer_lr * f * Delta_k (with optional
   Nesterov momentum, ``ps.outer_momentum``), as asynchronous local-SGD methods treat a worker's change as a
@@ -55,3 +64,17 @@ def bsp_weights(factors: list[float]) -> list[float]:
     if total <= 0:
         raise ValueError("BSP merge needs at least one push with a positive factor")
     return [f / total for f in factors]
+
+
+def staleness_scale(staleness: int, decay: float) -> float:
+    """The weight multiplier of a push `staleness` merges old: (1 + s)^-decay (1 with decay 0)."""
+    if staleness < 0:
+        raise ValueError(f"staleness is {staleness}; it counts merges and cannot be negative")
+    return 1.0 if decay == 0 else (1.0 + staleness) ** -decay
+
+
+def scaled(update: Update, multiplier: float) -> Update:
+    """The same push weighed `multiplier` times: the interpolation weight (or outer step and buffer weight)."""
+    if multiplier == 1.0 or update.op not in (OP_MERGE, OP_DELTA):
+        return update
+    return Update(update.op, update.value * multiplier, update.value2 * multiplier)

@@ -23,6 +23,7 @@ OP_ACCUMULATE = 2  # BSP: add value * W_k to the round's sum
 OP_ACCUMULATE_OWN = 3  # BSP, rejected push: add value * W (the worker "changed nothing")
 OP_AVERAGE = 4  # BSP round end: W <- sum / value
 OP_DELTA = 5  # W_params += value * Delta_k (outer step, with momentum), W_buffers <- lerp(W_buffers, B_k, value2)
+OP_MOMENTUM = 9  # delayed outer momentum, once per round of pushes: v <- m*v + (the round's steps); W += m*v
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def test_the_delta_rule_trains_on_every_server_shard(tmp_path):
                                             "ps.merge=delta", "ps.servers=2"])
     assert run.returncode == 0, run.output
     s = run.summary()
-    assert s["merge"] == "delta" and s["outer"] == {"lr": 0.5, "momentum": 0.0}
+    assert s["merge"] == "delta" and s["outer"] == {"lr": 0.5, "momentum": 0.0, "delayed": False}
     assert s["final_top1"] > 0.5  # 4 classes: chance is 0.25
     assert s["shard_servers"]["3"]["pushes"] == s["commits_total"] == 16
     assert "merge delta (outer lr 0.5)" in run.output

@@ -76,6 +76,15 @@ def test_a_plan_per_worker_needs_the_time_model_and_a_server():
     assert load_config(None, ["dual.profile=auto", "dual.per_worker=true"]).dual.per_worker is True
 
 
+def test_the_staleness_options_say_what_they_need():
+    with pytest.raises(ConfigError, match="ps.outer_delayed delays the delta rule's momentum"):
+        load_config(None, ["dual.batch_large=256", "ps.merge=delta", "ps.outer_delayed=true"])
+    with pytest.raises(ConfigError, match="ps.staleness_decay is -1"):
+        load_config(None, ["dual.batch_large=256", "ps.staleness_decay=-1"])
+    with pytest.raises(ConfigError, match="ps.staleness_decay needs ps.mode=asp or ssp"):
+        load_config(None, ["dual.batch_large=256", "ps.staleness_decay=0.5", "ps.mode=bsp"])
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
