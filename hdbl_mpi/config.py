@@ -296,6 +296,12 @@ def _validate_ps(c: Config) -> None:
     _check(not ps.outer_delayed or (ps.merge == "delta" and ps.outer_momentum > 0),
            f"ps.outer_delayed delays the delta rule's momentum; it needs ps.merge=delta and ps.outer_momentum > 0 "
            f"(got merge {ps.merge}, momentum {ps.outer_momentum}).")
+    _check(not ps.speed_weighted or ps.mode == "allreduce",
+           f"ps.speed_weighted splits a synchronous step's samples by speed; it needs ps.mode=allreduce (got "
+           f"{ps.mode}). The parameter server's counterpart is dual.per_worker.")
+    _check(ps.rebalance_steps >= 0, f"ps.rebalance_steps is {ps.rebalance_steps}; use 0 (each epoch) or a step "
+           "count.")
+    _check(ps.speed_batch_max >= 0, f"ps.speed_batch_max is {ps.speed_batch_max}; use 0 (2 x B_L) or a batch size.")
     _check(ps.staleness_decay >= 0, f"ps.staleness_decay is {ps.staleness_decay}; use 0 (off) or a positive power "
            "(0.5 as in FedAsync).")
     _check(ps.staleness_decay == 0 or ps.mode in ("asp", "ssp"),

@@ -35,6 +35,12 @@ class StepStats:
     correct: int
     seconds: float  # the steps' wall time, emulated slowness included
     slowed_s: float = 0.0  # of which slept to emulate a slow rank (debug.slow, hdbl_mpi/run/slow.py)
+    waited_s: float = 0.0  # of which waited for the other ranks' gradients (the exchange's own account)
+
+    @property
+    def own_s(self) -> float:
+        """This rank's own time for the steps: its speed, whatever the other ranks did."""
+        return self.seconds - self.waited_s
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -69,7 +75,10 @@ class GradientExchange(Protocol):
 
     def zero_grad(self) -> None: ...
 
-    def finish(self) -> None: ...
+    def finish(self) -> float:
+        """Complete the step's reduction; the seconds this step waited for the other ranks (here, or inside
+        backward where the library waits there)."""
+        ...
 
 
 def train_steps(
@@ -88,6 +97,7 @@ def train_steps(
     precision: Precision | None = None,
     warm_up: CompileWarmup | None = None,
     pacer: StepPacer | None = None,
+    loss_scale: float = 1.0,
 ) -> StepStats:
     """Run `steps` optimizer steps of `batch_size` samples from `source` (see hdbl_mpi.data.sources); loss and
     accuracy are accumulated on the device and read once at the end (no per-step host sync on a GPU).
@@ -98,9 +108,10 @@ def train_steps(
     `check_finite` is off (a parameter-server worker pushes it, flagged, and the server rejects the push).
     `precision` (hdbl_mpi.precision; None: fp32) runs the forward pass under autocast and the step through its
     gradient scaler. `warm_up` (train.compile) compiles this batch size and resolution's graph before the clock
-    starts. `pacer` (debug.slow) is told each step's own time (its draw included, the wait for the gradient
-    exchange to finish not: with DDP and Horovod that wait is inside backward and counts) and sleeps to emulate a
-    slow rank."""
+    starts. `pacer` (debug.slow) is told each step's own time (its draw included, the wait for the other ranks'
+    gradients not, as the exchange accounts it) and sleeps to emulate a slow rank. `loss_scale` multiplies the
+    loss that is differentiated (not the one reported): a speed-weighted allreduce weighs each rank's mean
+    gradient by its share of the step's samples that way."""
     mixed = precision or Precision("fp32", device)
     model.train()
     if warm_up is not None:
@@ -109,17 +120,15 @@ def train_steps(
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     done = samples = 0
-    mark, slowed = start, 0.0
+    mark, slowed, waited_total = start, 0.0, 0.0
     for inputs, labels in source.batches(steps, batch_size, resolution):
         if lr_of_step is not None:
             set_lr(optimizer, lr_of_step(done))
         logits, loss = _forward_backward(model, optimizer, inputs, labels, mixed, exchange, batch_size, resolution,
-                                         device)
-        waited = time.perf_counter()
-        if exchange is not None:
-            exchange.finish()
-        waited = time.perf_counter() - waited  # the wait for the other ranks is no part of this rank's own time
-        mixed.step(optimizer)
+                                         device, loss_scale)
+        waited = exchange.finish() if exchange is not None else 0.0  # no part of this rank's own time
+        waited_total += waited
+        mixed.step(optimizer, synchronized=exchange is not None)
         loss_sum += loss.detach() * labels.numel()
         correct += (logits.detach().argmax(1) == labels).sum()
         done += 1
@@ -137,12 +146,12 @@ def train_steps(
             f"training loss became {loss_value} at batch size {batch_size}, lr {optimizer.param_groups[0]['lr']}; "
             "lower train.lr."
         )
-    return StepStats(done, samples, loss_value, correct_value, time.perf_counter() - start, slowed)
+    return StepStats(done, samples, loss_value, correct_value, time.perf_counter() - start, slowed, waited_total)
 
 
 def _forward_backward(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, labels: torch.Tensor,
                       mixed: Precision, exchange: GradientExchange | None, batch_size: int, resolution: int,
-                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                      device: torch.device, loss_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, loss) of one batch, gradients computed; running out of memory becomes a ResourceError that says
     which batch size and resolution did not fit."""
     try:
@@ -153,7 +162,7 @@ def _forward_backward(model: nn.Module, optimizer: torch.optim.Optimizer, inputs
             optimizer.zero_grad()  # set_to_none by default; Horovod's wrapper takes no arguments
         else:
             exchange.zero_grad()
-        mixed.backward(loss)
+        mixed.backward(loss if loss_scale == 1.0 else loss * loss_scale)
     except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
         if not is_out_of_memory(err):
             raise

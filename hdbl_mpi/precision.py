@@ -59,13 +59,17 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
+    def step(self, optimizer: torch.optim.Optimizer, synchronized: bool = False) -> None:
+        """The optimizer step (through the scaler with amp). `synchronized`: the exchange has already completed
+        the reduction (with Horovod, called optimizer.synchronize()), so Horovod must not reduce again."""
+        horovod: Any = optimizer if hasattr(optimizer, "skip_synchronize") else None
         if self.scaler is None:
-            optimizer.step()
+            with horovod.skip_synchronize() if horovod is not None and synchronized else contextlib.nullcontext():
+                optimizer.step()
             return
-        if hasattr(optimizer, "skip_synchronize"):  # Horovod: reduce the scaled gradients, then unscale
-            horovod: Any = optimizer
-            horovod.synchronize()
+        if horovod is not None:  # Horovod: reduce the scaled gradients, then unscale
+            if not synchronized:
+                horovod.synchronize()
             self.scaler.unscale_(optimizer)
             with horovod.skip_synchronize():
                 self.scaler.step(optimizer)

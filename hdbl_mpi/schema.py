@@ -113,6 +113,9 @@ class PSConfig:
     outer_momentum: float = 0.0  # merge delta: Nesterov momentum of the outer step (0: none)
     outer_delayed: bool = False  # merge delta: the momentum step once per round of n pushes (delayed Nesterov)
     staleness_decay: float = 0.0  # asp/ssp: a push s merges old weighs (1 + s)^-decay (0: off; FedAsync: 0.5)
+    speed_weighted: bool = False  # allreduce: per-rank batches by measured speed, sample-weighted gradient mean
+    rebalance_steps: int = 0  # speed_weighted: re-measure and re-split every this many steps (0: each epoch)
+    speed_batch_max: int = 0  # speed_weighted: the largest batch a rank may get (0: 2 x B_L; memory)
     timeout_s: float = 0.0  # longest wait for any message; 0: 600 s + 20 planned commit times
     device: str = "cpu"  # the server's evaluation device (cpu | auto | cuda | cuda:N); it merges on the host
     servers: int = 1  # k server ranks, each owning a contiguous shard of the weights (ranks 0 and n+1..n+k-1)

@@ -121,11 +121,13 @@ class Mpi4pyAllreduce:
             event.synchronize()
             self._reduce(bucket)
 
-    def finish(self) -> None:
-        """Wait for every bucket; leave the mean gradient in each parameter's .grad."""
+    def finish(self) -> float:
+        """Wait for every bucket; leave the mean gradient in each parameter's .grad. Returns the seconds waited."""
         start = time.perf_counter()
         self._finish()
-        self.wait_s += time.perf_counter() - start
+        waited = time.perf_counter() - start
+        self.wait_s += waited
+        return waited
 
     def _finish(self) -> None:
         for p, view in self.views:
@@ -200,9 +202,29 @@ class HorovodAllreduce:
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         return hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(), op=hvd.Average)
 
+    def exchange(self, optimizer: Any) -> HorovodExchange:
+        """The step's side of the wrapped optimizer: completes its reductions and says how long that waited."""
+        return HorovodExchange(optimizer)
+
     def controllers(self) -> dict:
         return {"mpi": bool(self.hvd.mpi_built()), "gloo": bool(self.hvd.gloo_built()),
                 "nccl": bool(self.hvd.nccl_built())}
+
+
+class HorovodExchange:
+    """Horovod's DistributedOptimizer reduces asynchronously from its backward hooks and waits in synchronize():
+    calling it here (the step then runs under skip_synchronize) times the wait for the other ranks."""
+
+    def __init__(self, optimizer: Any) -> None:
+        self.optimizer = optimizer
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+
+    def finish(self) -> float:
+        start = time.perf_counter()
+        self.optimizer.synchronize()
+        return time.perf_counter() - start
 
 
 def horovod_build() -> HorovodBuild | None:
@@ -256,14 +278,50 @@ class TorchDDP:
         self.address = f"{addr}:{port}"
 
     def wrap(self, model: nn.Module) -> nn.Module:
+        """DDP around `model`, with a communication hook that notes when each bucket's gradients are ready (then
+        reduces it as DDP's own allreduce hook does), so `exchange()` can tell this rank's backward from its wait
+        for the others."""
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index if self.device.index is not None else 0] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=self.bucket_mb, broadcast_buffers=False)
+        wrapped = DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=self.bucket_mb,
+                                          broadcast_buffers=False)
+
+        def noted(state: Any, bucket: Any) -> Any:
+            self.last_ready = time.perf_counter()
+            return allreduce_hook(state, bucket)
+
+        # DDP checks the hook's annotations against the real classes (postponed ones are strings here)
+        noted.__annotations__ = {"state": object, "bucket": self.dist.GradBucket,
+                                "return": torch.futures.Future[torch.Tensor]}
+        self.last_ready = 0.0
+        wrapped.register_comm_hook(None, noted)
+        return wrapped
+
+    def exchange(self, optimizer: torch.optim.Optimizer) -> DDPExchange:
+        return DDPExchange(self, optimizer)
 
     def close(self) -> None:
         if self.dist.is_initialized():
             self.dist.destroy_process_group()
+
+
+class DDPExchange:
+    """DDP reduces inside backward and waits there for the last bucket: the time from that bucket's gradients
+    being ready (its hook) to backward's end is this step's wait for the other ranks. Host clocks: on a GPU the
+    hook runs when the bucket's kernels are queued, so there the figure leaves out part of the wait."""
+
+    def __init__(self, ddp: TorchDDP, optimizer: torch.optim.Optimizer) -> None:
+        self.ddp, self.optimizer = ddp, optimizer
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+        self.ddp.last_ready = 0.0
+
+    def finish(self) -> float:
+        ready = self.ddp.last_ready
+        return max(0.0, time.perf_counter() - ready) if ready else 0.0
 
 
 def rendezvous(comm: MPI.Intracomm) -> tuple[str, int]:

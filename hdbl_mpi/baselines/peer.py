@@ -33,9 +33,10 @@ from hdbl_mpi.baselines.allreduce import (
     average_vector,
     horovod_build,
 )
+from hdbl_mpi.baselines.speeds import SpeedWeights
 from hdbl_mpi.comm.agree import agree
 from hdbl_mpi.comm.cuda_aware import cuda_aware_mpi
-from hdbl_mpi.engine import evaluate, train_steps
+from hdbl_mpi.engine import GradientExchange, StepStats, evaluate, train_steps
 from hdbl_mpi.errors import HdblError, SetupError
 from hdbl_mpi.models import set_dropout
 from hdbl_mpi.optim.optimizers import optimizer_for
@@ -70,6 +71,7 @@ class PeerState(BookState):
     local_steps: dict = field(default_factory=dict)  # the H strategy's state
     h_history: list = field(default_factory=list)  # (epoch, H) each time H changed
     optimizer: dict = field(default_factory=dict)  # rank 0's optimizer state (equal on all ranks in allreduce)
+    speed_batches: list = field(default_factory=list)  # ps.speed_weighted: every rank's batch now
 
 
 def backend_facts(setup: RunSetup) -> BackendFacts:
@@ -123,6 +125,11 @@ class LocalRounds:
         self.h = h
 
 
+def _added(a: StepStats, b: StepStats) -> StepStats:
+    return StepStats(a.steps + b.steps, a.samples + b.samples, a.loss_sum + b.loss_sum, a.correct + b.correct,
+                     a.seconds + b.seconds, a.slowed_s + b.slowed_s, a.waited_s + b.waited_s)
+
+
 @dataclass
 class _Round:
     """A LocalSGD round in progress: its steps, summed loss (on the device) and samples."""
@@ -148,16 +155,21 @@ class PeerTrainer:
         self.horovod: HorovodAllreduce | None = None
         self.ddp: TorchDDP | None = None
         self.train_model = self.model  # what the steps run: the model, or DDP's wrapper of it
+        self.step_exchange: GradientExchange | None = None  # what completes each step's reduction, and times it
         if backend == "mpi4py":
             self.exchange = Mpi4pyAllreduce(self.model, self.comm, self.config.ps.bucket_mb,
                                             cuda_aware=cuda_aware_mpi())
+            self.step_exchange = self.exchange
         elif backend == "horovod":
             self.horovod = HorovodAllreduce(self.comm)
             self.optimizer = self.horovod.wrap(self.model, self.optimizer)
+            self.step_exchange = self.horovod.exchange(self.optimizer)
         elif backend == "ddp":
             self.ddp = TorchDDP(self.comm, setup.device, self.config.ps.bucket_mb, self.config.ps.timeout_s or 600.0,
                                 choice.process_group)
             self.train_model = self.ddp.wrap(self.model)
+            self.step_exchange = self.ddp.exchange(self.optimizer)
+        self.speeds = self._speed_weights() if self.config.ps.speed_weighted else None
         epochs = setup.schedule.epochs
         self.rounds = LocalRounds(self.config, epochs, state, self.flat.to_host(), self.comm) \
             if self.config.ps.mode == "localsgd" else None
@@ -173,6 +185,15 @@ class PeerTrainer:
         self.host = socket.gethostname()
         self.t_start = time.perf_counter()
         self.t_checkpoint = time.monotonic()
+
+    def _speed_weights(self) -> SpeedWeights:
+        """ps.speed_weighted: the first split from the start-up profile's per-rank lines (else even; a resumed
+        run's from its checkpoint), then by measured speed."""
+        lines = (self.setup.worker_lines or {}).get(self.setup.top)
+        n, plan = self.comm.size, self.setup.plans[self.setup.top]
+        ordered = [lines[r] for r in range(n)] if lines and set(lines) == set(range(n)) else None
+        return SpeedWeights(self.comm, plan.batch_large, self.config.ps.speed_batch_max, ordered,
+                            self.state.speed_batches or None)
 
     def _resume(self, mine: RankState | None) -> None:
         """After the optimizer is built (and wrapped: Horovod's wrapper starts with an empty state): this rank's
@@ -197,21 +218,16 @@ class PeerTrainer:
         def lr_of_step(i: int) -> float:
             return scheduled_lr(self.config.train, schedule, epoch + i / steps)
 
-        wait_before = self.exchange.wait_s if self.exchange is not None else 0.0
         syncs_before = self.state.syncs
         after_step, averaging_s = self._round_hook(epoch, steps, lr_of_step)
-        slow = self.slowdown
-        stats = train_steps(self.train_model, self.optimizer, self.setup.train_source, steps, batch, stage.resolution,
-                            self.setup.device, exchange=self.exchange, lr_of_step=lr_of_step, after_step=after_step,
-                            precision=self.precision, warm_up=self.setup.warm_up,
-                            pacer=slow if slow.active else None)
-        delayed = slow.delay()  # a stalled rank: a fixed delay before the epoch's synchronisation
+        stats, batch = self._steps(epoch, steps, batch, stage.resolution, lr_of_step, after_step)
+        delayed = self.slowdown.delay()  # a stalled rank: a fixed delay before the epoch's synchronisation
         stats.seconds += delayed
         stats.slowed_s += delayed
         inside, outside = averaging_s[0], 0.0  # LocalSGD's averaging happens between steps, inside stats.seconds
         if self.config.ps.mode == "allreduce":
             self.state.syncs += steps
-            inside = (self.exchange.wait_s if self.exchange is not None else 0.0) - wait_before  # gradient buckets
+            inside = stats.waited_s  # the steps' waits for the other ranks' gradients
             start = time.perf_counter()
             average_vector(self.comm, self.flat.to_host())  # the BatchNorm statistics (weights are equal already)
             self.flat.from_host()
@@ -229,6 +245,33 @@ class PeerTrainer:
                        lr=lr_of_step(0), train_loss=float(totals[0] / totals[2]),
                        train_acc=float(totals[1] / totals[2]), commits=self.state.syncs - syncs_before)
         return row, float(totals[2]), stats.seconds
+
+    def _steps(self, epoch: int, steps: int, batch: int, resolution: int, lr_of_step: Any,
+               after_step: Any) -> tuple[StepStats, int]:
+        """The epoch's steps and this rank's batch; with ps.speed_weighted in parts of ps.rebalance_steps (the
+        whole epoch when 0), each at this rank's share of the step and followed by a new split by speed."""
+        slow = self.slowdown
+        common = dict(exchange=self.step_exchange, after_step=after_step, precision=self.precision,
+                      warm_up=self.setup.warm_up, pacer=slow if slow.active else None)
+        if self.speeds is None:
+            return train_steps(self.train_model, self.optimizer, self.setup.train_source, steps, batch, resolution,
+                               self.setup.device, lr_of_step=lr_of_step, **common), batch
+        every = self.config.ps.rebalance_steps or steps
+        total, done = None, 0
+        while done < steps:
+            part, mine = min(every, steps - done), self.speeds.mine
+
+            def lr_here(i: int, offset: int = done) -> float:
+                return lr_of_step(offset + i)
+
+            stats = train_steps(self.train_model, self.optimizer, self.setup.train_source, part, mine, resolution,
+                                self.setup.device, lr_of_step=lr_here, loss_scale=self.speeds.loss_scale, **common)
+            done += part
+            self.speeds.rebalance(stats.own_s, stats.samples, epoch + done / steps)
+            total = stats if total is None else _added(total, stats)
+        assert total is not None
+        self.state.speed_batches = list(self.speeds.batches)
+        return total, mine
 
     def _round_hook(self, epoch: int, steps: int, lr_of_step: Any) -> tuple[Any, list[float]]:
         """LocalSGD: a hook run after every step that ends a round every H steps (and at the epoch's end), and the
@@ -349,6 +392,7 @@ class PeerTrainer:
                 "strategy": c.local.strategy, "h_changes": st.h_history, "slowmo": c.local.slowmo,
                 "slowmo_beta": c.local.slowmo_beta, "slowmo_alpha": c.local.slowmo_alpha},
             "optimizer": c.train.optimizer,
+            "speed_weighted": None if self.speeds is None else self.speeds.summary(),
         }
 
     def close(self) -> None:

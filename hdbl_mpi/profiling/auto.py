@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from hdbl_mpi.comm.agree import agree
 from hdbl_mpi.errors import PlanError
 from hdbl_mpi.profiling.store import Profile, average_ranks, lookup
+from hdbl_mpi.rules.backends import PEER_MODES
 from hdbl_mpi.rules.plan import Plan, make_plan
 from hdbl_mpi.rules.worker_plan import StepLine, plans_per_worker
 
@@ -61,19 +62,22 @@ def profile_spread(config: Config, dataset_size: int, entries: list[ProfileEntry
 
 def worker_lines(config: Config, measured: list[ProfileEntry] | None,
                  plans: dict[int, Plan]) -> dict[int, dict[int, StepLine]] | None:
-    """dual.per_worker: each worker's own line per resolution where `profile: auto` measured one per worker (the
-    entries' per-rank lines, workers 1..n in rank order) and dual.time_a/time_b do not override the profile; None
-    otherwise (every worker then starts from the plan's line). Every resolution's per-worker plan is made here
-    once, so an impossible one stops the start-up (PlanError names the worker)."""
+    """Each worker's own line per resolution, by rank, where `profile: auto` measured one per worker (the entries'
+    per-rank lines, in rank order: ranks 1..n beside a server, 0..n-1 in the data-parallel modes) and
+    dual.time_a/time_b do not override the profile, for dual.per_worker and ps.speed_weighted; None otherwise
+    (every worker then starts from the plan's line, or an even split). With dual.per_worker every resolution's
+    plan is made here once, so an impossible one stops the start-up (PlanError names the worker)."""
     d = config.dual
-    if not d.per_worker:
+    if not (d.per_worker or config.ps.speed_weighted):
         return None
+    first = 0 if config.ps.mode in PEER_MODES else 1
     lines: dict[int, dict[int, StepLine]] = {}
     for i, r in enumerate(plans):
         own = measured[i].per_rank if measured and d.time_a is None and d.time_b is None else ()
         if len(own) == d.workers:
-            lines[r] = {w: StepLine(line.a, line.b) for w, line in enumerate(own, start=1)}
-    plans_per_worker(plans, lines)
+            lines[r] = {w: StepLine(line.a, line.b) for w, line in enumerate(own, start=first)}
+    if d.per_worker:
+        plans_per_worker(plans, lines)
     return lines or None
 
 
