@@ -23,7 +23,8 @@ def _train(args: argparse.Namespace) -> int:
     ulfm = False
     try:
         report_up(comm)  # under `hdbl launch` with ULFM: the launcher restarts a job that dies before this
-        shared = shared_config(comm, args.config, args.set, args.resume, args.run_dir)  # before torch loads
+        shared = shared_config(comm, args.config, args.set, args.resume, args.run_dir,  # before torch loads
+                               args.reprofile)
         from hdbl_mpi.train import train
 
         ulfm = shared.config.ps.fault_tolerance == "ulfm"

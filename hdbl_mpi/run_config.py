@@ -92,7 +92,7 @@ def _check_resumable(saved: Config, wanted: Config, resume: str) -> None:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `hdbl train`, read by the trainer and by `hdbl launch train` (to count the ranks the
-    config needs) alike: the config and run directory, and two switches."""
+    config needs) alike: the config and run directory, and the switches."""
     parser.add_argument("config", nargs="?", help="YAML config (e.g. configs/demo.yaml); omit with --resume")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.epochs=20 (repeatable)")
@@ -103,3 +103,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="workers print one line per commit")
     parser.add_argument("--plan-only", action="store_true",
                         help="set up (profile: auto included), write plan.json and print the plan, then stop")
+    parser.add_argument("--reprofile", action="store_true",
+                        help="dual.profile: auto measures every resolution again, even where the profile store "
+                             "has this setting's entries (and replaces them)")

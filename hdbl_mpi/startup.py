@@ -23,6 +23,7 @@ from hdbl_mpi.comm.agree import agree
 from hdbl_mpi.config import config_from_dict, dump_config
 from hdbl_mpi.errors import HdblError, SetupError
 from hdbl_mpi.profiling.auto import measured_profile, profile_spread, stored_entries, worker_lines
+from hdbl_mpi.rules.backends import PEER_MODES
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run_config import ChosenRun, read_config
 from hdbl_mpi.schema import Config, has_server
@@ -53,10 +54,11 @@ class SharedConfig:
     checkpoint: str | None  # the checkpoint to resume from
     profile: Profile | None  # the stored profile the run uses (a file, or a resumed auto run's own)
     t_start: float
+    reprofile: bool = False  # --reprofile: measure the start-up profile even where the store has it
 
 
 def shared_config(comm: MPI.Intracomm, config_path: str | None, overrides: list[str], resume: str | None,
-                  run_dir: str | None) -> SharedConfig:
+                  run_dir: str | None, reprofile: bool = False) -> SharedConfig:
     """Rank 0 reads, every rank receives; any error is raised as the same SetupError on every rank."""
     t_start = time.perf_counter()
     chosen: ChosenRun | HdblError | None = None
@@ -72,7 +74,19 @@ def shared_config(comm: MPI.Intracomm, config_path: str | None, overrides: list[
         raise failure
     assert chosen is not None
     config = config_from_dict(chosen.tree)  # the tree is identical on every rank, and so is any error
-    return SharedConfig(config, chosen.run_dir, chosen.checkpoint, chosen.profile, t_start)
+    return SharedConfig(config, chosen.run_dir, chosen.checkpoint, chosen.profile, t_start, reprofile)
+
+
+@dataclass(frozen=True)
+class Startup:
+    """summary.json's `startup`: the seconds from reading the config to the first step, and the start-up
+    profile's origin (`dual.profile: auto`: reused from the store or measured, and how long that took)."""
+
+    seconds: float
+    profile: dict | None
+
+    def to_dict(self) -> dict:
+        return {"seconds": round(self.seconds, 3), "profile": self.profile}
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,7 @@ class RunSetup:
     rank_state: RankState | None = None  # resuming: this rank's own state from the checkpoint (run/rankstate.py)
     warm_up: CompileWarmup | None = None  # train.compile: compiles each new input shape before it is timed
     worker_lines: dict[int, dict[int, StepLine]] | None = None  # dual.per_worker: resolution -> rank -> own line
+    startup: Startup | None = None  # how long the set-up took, and where the start-up profile came from
 
     @property
     def top(self) -> int:
@@ -196,8 +211,11 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
         schedule = schedule_from_config(config, ranks[0].native_resolution)
     except HdblError as err:  # identical on every rank
         raise SetupError(str(err)) from None
-    measured = measured_profile(comm, config, local.world, local.device, local.data, local.info.gpu_sharing,
-                                schedule.resolutions) if shared.profile is None else None
+    first = 0 if config.ps.mode in PEER_MODES else 1
+    workers = [(i.device, i.threads, i.gpu_sharing) for i in ranks[first:first + config.dual.workers]]
+    auto = measured_profile(comm, config, local.world, local.device, local.data, workers, local.info.gpu_sharing,
+                            schedule.resolutions, shared.reprofile) if shared.profile is None else None
+    measured, source = auto if auto else (None, None)
     failure: BaseException | None = None
     built, prepared = None, Prepared()
     try:
@@ -212,7 +230,8 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
     agree(comm, failure, None)
     assert built is not None
     if comm.rank == 0:
-        for line in ([profile_spread(config, dataset_size, measured)] if measured else []) + built.notes:
+        for line in ([profile_spread(config, dataset_size, measured, source)] if measured and source else []) + \
+                built.notes:
             print(f"hdbl train: {line}", flush=True)
     comm.Bcast(built.flat.to_host(), root=0)  # everyone starts from rank 0's weights (the checkpoint's if resuming)
     built.flat.from_host()
@@ -221,7 +240,8 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
     return RunSetup(config, local.world, local.device, local.data, local.train_source, local.test_source, ranks,
                     dataset_size, schedule, built.plans, built.model, built.flat, built.layout, Path(shared.run_dir),
                     prepared.restored, shared.t_start, built.notes, RankState.from_bytes(mine) if mine else None,
-                    built.warm_up, built.worker_lines)
+                    built.warm_up, built.worker_lines,
+                    Startup(time.perf_counter() - shared.t_start, source.to_dict() if source else None))
 
 
 def _prepare(shared: SharedConfig, schedule: Schedule, built: _Built, measured: list[ProfileEntry] | None,

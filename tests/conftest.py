@@ -46,6 +46,13 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.fixture(autouse=True)
+def _own_profile_store(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts with an empty profile store of its own (profiling/reuse.py), so no test reuses another's
+    start-up profile and none touches the user's ~/.cache."""
+    monkeypatch.setenv("HDBL_PROFILE_STORE", str(tmp_path_factory.mktemp("profile-store")))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """No `mpi` test selected: install the guard here and, through PYTHONPATH, in every Python the tests start."""
     if any(item.get_closest_marker("mpi") for item in session.items):
@@ -96,12 +103,13 @@ class MpiRun:
 
 def run_train(np_: int, run_dir: Path, overrides: list[str], *, timeout: float = 120.0,
               config: str | None = None, resume: bool = False, fast: bool = True,
-              extra: list[str] | None = None, launch: bool = False) -> MpiRun:
-    """`mpirun -np N hdbl train ...` (with `launch`: `hdbl launch --np N train ...`, as a user starts a ULFM job);
-    a hang becomes a test failure after `timeout` seconds, never a stuck CI."""
+              extra: list[str] | None = None, launch: bool = False, flags: list[str] | None = None) -> MpiRun:
+    """`mpirun -np N hdbl train ...` (with `launch`: `hdbl launch --np N train ...`, as a user starts a ULFM job;
+    `flags`: more `hdbl train` switches, e.g. --reprofile); a hang becomes a test failure after `timeout`
+    seconds, never a stuck CI."""
     import time
 
-    args = ["train"]
+    args = ["train", *(flags or [])]
     if resume:
         args += ["--resume", str(run_dir)]
     else:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from hdbl_mpi.comm.agree import agree
 from hdbl_mpi.errors import PlanError
+from hdbl_mpi.profiling.reuse import ProfileSource, remember, setting, store_path, stored
 from hdbl_mpi.profiling.store import Profile, average_ranks, lookup
 from hdbl_mpi.rules.backends import PEER_MODES
 from hdbl_mpi.rules.plan import Plan, make_plan
@@ -25,21 +26,51 @@ if TYPE_CHECKING:
 
 
 def measured_profile(comm: MPI.Intracomm, config: Config, world: World, device: torch.device, data: DataInfo,
-                     gpu_sharing: int, resolutions: list[int]) -> list[ProfileEntry] | None:
-    """`profile: auto`: the step-time model per resolution, measured now by every worker at once (so the timings
-    include the contention of the real run on shared hosts) and averaged; None without `profile: auto`."""
+                     workers: list[tuple[str, int, int]], gpu_sharing: int, resolutions: list[int],
+                     reprofile: bool = False) -> tuple[list[ProfileEntry], ProfileSource] | None:
+    """`profile: auto`: the step-time model per resolution, from the profile store where this setting was
+    measured before (profiling/reuse.py), else measured now by every worker at once (so the timings include the
+    contention of the real run on shared hosts) and averaged, then stored; None without `profile: auto`.
+    `workers`: (host:device, threads, GPU sharing) of every worker in rank order, agreed by all ranks."""
+    import time
+
+    import torch
+
     if config.dual.profile != "auto":
         return None
+    facts = setting(config, workers, torch.__version__)
+    source = ProfileSource(store=str(store_path(facts)))
+    found: dict[int, ProfileEntry] = {}
+    if not reprofile and comm.rank == 0:
+        found, source.note = stored(facts, resolutions)
+    found, source.note = comm.bcast((found, source.note), root=0)
+    missing = [r for r in resolutions if r not in found]
+    start = time.perf_counter()
+    measured = {e.resolution: e for e in _measure(comm, config, world, device, data, gpu_sharing, missing,
+                                                   resolutions)}
+    source.seconds = time.perf_counter() - start if missing else 0.0
+    source.reused, source.measured = sorted(found), missing
+    if measured and comm.rank == 0:
+        source.note = remember(facts, list(measured.values())) or source.note
+    return [found.get(r) or measured[r] for r in resolutions], source
+
+
+def _measure(comm: MPI.Intracomm, config: Config, world: World, device: torch.device, data: DataInfo,
+             gpu_sharing: int, missing: list[int], resolutions: list[int]) -> list[ProfileEntry]:
+    """Every worker profiles the `missing` resolutions at once (the stem chosen for the run's top resolution);
+    the entries averaged over the workers."""
+    if not missing:
+        return []
     mine, failure = None, None
     if world.is_worker:
         try:
-            mine = _auto_profile(config, world, device, data, gpu_sharing, resolutions)
+            mine = _auto_profile(config, world, device, data, gpu_sharing, missing, resolutions[-1])
         except Exception as err:
             failure = err
     return average_ranks([e for e in agree(comm, failure, mine) if e is not None])
 
 
-def profile_spread(config: Config, dataset_size: int, entries: list[ProfileEntry]) -> str:
+def profile_spread(config: Config, dataset_size: int, entries: list[ProfileEntry], source: ProfileSource) -> str:
     """What `profile: auto` measured, and how much the workers disagreed: the plan's B_S from the average, and
     the B_S each worker's own a and b would have given (a wide range means a noisy plan)."""
     d = config.dual
@@ -57,7 +88,12 @@ def profile_spread(config: Config, dataset_size: int, entries: list[ProfileEntry
             found = [b for b in own if b is not None]
             text += f"; B_S from each worker's own profile: {', '.join(str(b) for b in own)}" if found else ""
         parts.append(text)
-    return f"profile: auto ({entries[0].ranks} workers, averaged): " + "; ".join(parts)
+    origin = (f"reused from the profile store for {'/'.join(map(str, source.reused))} px, "
+              if source.reused else "") + (f"measured in {source.seconds:.1f} s for "
+                                           f"{'/'.join(map(str, source.measured))} px, " if source.measured else "")
+    note = f"; {source.note}" if source.note else ""
+    return (f"profile: auto ({entries[0].ranks} workers, averaged; {origin}{source.store}{note}): "
+            + "; ".join(parts))
 
 
 def worker_lines(config: Config, measured: list[ProfileEntry] | None,
@@ -92,9 +128,9 @@ def stored_entries(config: Config, resolutions: list[int], stored: Profile | Non
 
 
 def _auto_profile(config: Config, world: World, device: torch.device, data: DataInfo, gpu_sharing: int,
-                  resolutions: list[int]) -> list[ProfileEntry]:
-    """`profile: auto`: this worker's device at every resolution of the run (the model's stem is chosen for
-    the top resolution, as in training)."""
+                  resolutions: list[int], top: int) -> list[ProfileEntry]:
+    """`profile: auto`: this worker's device at `resolutions` (the model's stem is chosen for the run's top
+    resolution `top`, as in training)."""
     from hdbl_mpi.models import build_model
     from hdbl_mpi.profiling.measure import profile_device
     from hdbl_mpi.profiling.memory import parse_bytes
@@ -107,7 +143,6 @@ def _auto_profile(config: Config, world: World, device: torch.device, data: Data
     settings = training_settings(t, steps=d.profile_steps, warmup=1, memory_budget=budget,
                                  device_share=gpu_sharing,
                                  max_batch=min(d.profile_max_batch, _scalar(d.batch_large) or 1 << 30))
-    top = resolutions[-1]
     return profile_device(
         lambda _: build_model(m.name, data.num_classes, data.channels, top, m.stem, m.dropout, m.width, m.options),
         m.name, data.num_classes, data.channels, resolutions, device, settings)

@@ -52,7 +52,8 @@ def run_facts(setup: RunSetup) -> RunFacts:
                              "gpu_sharing": info.gpu_sharing} for rank, info in enumerate(ranks)},
         host=socket.gethostname(), versions=versions,
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), cuda_aware_mpi=cuda_aware_mpi().to_dict(),
-        slow=slow_record(setup.config.debug.slow, _commits(setup.run_dir / rundir.COMMITS)))
+        slow=slow_record(setup.config.debug.slow, _commits(setup.run_dir / rundir.COMMITS)),
+        startup=setup.startup.to_dict() if setup.startup else None)
 
 
 def _commits(path: Path) -> list[CommitRecord]:

@@ -103,6 +103,7 @@ class RunFacts:
     finished: str
     cuda_aware_mpi: dict = field(default_factory=dict)  # does MPI take device buffers, asked how (comm/cuda_aware.py)
     slow: dict | None = None  # debug.slow: the emulated slowness and each worker's seconds slept (run/slow.py)
+    startup: dict | None = None  # seconds to the first step, and the start-up profile's origin (startup.Startup)
 
 
 @dataclass
