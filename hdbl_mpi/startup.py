@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from hdbl_mpi.data.sources import BatchSource, DataInfo
     from hdbl_mpi.profiling.entry import ProfileEntry
     from hdbl_mpi.profiling.store import Profile
+    from hdbl_mpi.rules.commit_interval import Interval
     from hdbl_mpi.rules.plan import Plan
     from hdbl_mpi.rules.schedule import Schedule
     from hdbl_mpi.rules.worker_plan import StepLine
@@ -84,9 +85,10 @@ class Startup:
 
     seconds: float
     profile: dict | None
+    commit_interval: dict | None = None  # dual.commit_interval: the k chosen and the figures it came from
 
     def to_dict(self) -> dict:
-        return {"seconds": round(self.seconds, 3), "profile": self.profile}
+        return {"seconds": round(self.seconds, 3), "profile": self.profile, "commit_interval": self.commit_interval}
 
 
 @dataclass(frozen=True)
@@ -223,12 +225,17 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
             config, schedule.resolutions, shared.profile)
         built = _build(config, local, schedule, dataset_size, entries, comm.rank == 0 and not shared.checkpoint,
                        measured)
-        if comm.rank == 0:
-            prepared = _prepare(shared, schedule, built, measured, comm.size)
     except Exception as err:
         failure = err
     agree(comm, failure, None)
     assert built is not None
+    config, interval = _commit_interval(comm, config, built, shared.checkpoint is not None)
+    try:
+        if comm.rank == 0:
+            prepared = _prepare(shared, config, schedule, built, measured, comm.size)
+    except Exception as err:
+        failure = err
+    agree(comm, failure, None)
     if comm.rank == 0:
         for line in ([profile_spread(config, dataset_size, measured, source)] if measured and source else []) + \
                 built.notes:
@@ -241,17 +248,39 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
                     dataset_size, schedule, built.plans, built.model, built.flat, built.layout, Path(shared.run_dir),
                     prepared.restored, shared.t_start, built.notes, RankState.from_bytes(mine) if mine else None,
                     built.warm_up, built.worker_lines,
-                    Startup(time.perf_counter() - shared.t_start, source.to_dict() if source else None))
+                    Startup(time.perf_counter() - shared.t_start, source.to_dict() if source else None,
+                            interval.to_dict() if interval else None))
 
 
-def _prepare(shared: SharedConfig, schedule: Schedule, built: _Built, measured: list[ProfileEntry] | None,
-             size: int) -> Prepared:
+def _commit_interval(comm: MPI.Intracomm, config: Config, built: _Built,
+                     resumed: bool) -> tuple[Config, Interval | None]:
+    """dual.commit_interval: k chosen now (auto: from the exchange measured between the server and worker 1) and
+    written into the config, whose resolved form the run directory keeps, so a resumed run goes on with the
+    same k instead of choosing again."""
+    asked = config.dual.commit_interval
+    if asked is None or resumed or not has_server(config):
+        return config, None
+    from dataclasses import replace
+
+    from hdbl_mpi.comm.probe import exchange_seconds
+    from hdbl_mpi.rules.commit_interval import choose
+
+    exchange = exchange_seconds(comm, built.flat.to_host()) if asked.strip().lower() == "auto" else None
+    try:
+        interval = choose(asked, [built.plans[r] for r in sorted(built.plans)], exchange, config.dual.commit_share)
+    except HdblError as err:  # the same figures on every rank, so the same error
+        raise SetupError(str(err)) from None
+    return replace(config, dual=replace(config.dual, commits_per_epoch=interval.k)), interval
+
+
+def _prepare(shared: SharedConfig, config: Config, schedule: Schedule, built: _Built,
+             measured: list[ProfileEntry] | None, size: int) -> Prepared:
     """Rank 0: the run directory (run/prepare.py), with the profile measured at start-up beside the plan."""
     from hdbl_mpi.profiling.store import save_profile
     from hdbl_mpi.run.prepare import prepare_run_dir
 
     run_path = Path(shared.run_dir)
-    prepared = prepare_run_dir(run_path, shared.config, dump_config(shared.config), schedule, built.plans,
+    prepared = prepare_run_dir(run_path, config, dump_config(config), schedule, built.plans,
                                built.flat, shared.checkpoint, size)
     if measured:
         save_profile(run_path / rundir.PROFILE, measured)

@@ -26,6 +26,7 @@ TAG_REPLY_WEIGHTS = 22
 TAG_START = 23  # the server's first assignment to a worker, a REPLY header, at start-up
 TAG_RECORD = 31  # one pickled commit record (a small dict), worker -> server, off the hot path
 TAG_STATE = 32  # (requested, RankState) pickled, worker -> server, before the record: for a checkpoint
+TAG_PROBE = 41  # start-up: the model vector to and fro between the server and worker 1 (comm/probe.py)
 STATE_FINAL = -1  # `requested` of the state a worker sends with its stop reply (its last)
 
 

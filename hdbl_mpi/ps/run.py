@@ -111,9 +111,21 @@ def _start_line(setup: RunSetup) -> str:
             f"{plan.small} small-batch, {plan.large} large-batch workers), mode {config.ps.mode}, "
             f"D={setup.dataset_size}, d_L={plan.d_large} B_L={plan.batch_large}"
             + (f", d_S={plan.d_small} B_S={plan.batch_small} f={plan.factor_small:.4f}" if plan.small else "")
-            + f", {config.dual.commits_per_epoch} commit(s) per worker and epoch, merge {_merge_text(config)}"
+            + f", {config.dual.commits_per_epoch} commit(s) per worker and epoch{_interval_text(setup)}, merge "
+            f"{_merge_text(config)}"
             + f", {schedule.epochs} epochs in {len(schedule.stages)} stage(s) at "
             f"{'/'.join(map(str, schedule.resolutions))} px, run dir {setup.run_dir}")
+
+
+def _interval_text(setup: RunSetup) -> str:
+    chosen = setup.startup.commit_interval if setup.startup else None
+    if not chosen:
+        return ""
+    text = f" (dual.commit_interval {chosen['asked']}"
+    if chosen["exchange_s"] is not None:
+        text += (f": exchange {1e3 * chosen['exchange_s']:.1f} ms, {100 * chosen['share']:.1f} % of a "
+                 f"{chosen['epoch_s'] / chosen['k']:.3g} s commit")
+    return text + ")"
 
 
 def _merge_text(config: Config) -> str:

@@ -336,6 +336,7 @@ class Server:
             "group_commit_times": group_times(self.records),
             "balance": [balance_report(plans[r], self.records, r, self.assign.k) for r in sorted(plans)],
             "commits_per_epoch": self.assign.k,
+            "exchange_share": _share(self.records),
             "replans": list(st.replans),
             "worker_plan": {str(r): p.to_dict() for r, p in self.assign.shares.items()}
             if self.assign.shares is not None else None,
@@ -355,3 +356,9 @@ class Server:
 
     def close(self) -> None:
         self.epochs.book.close()
+
+
+def _share(records: list[CommitRecord]) -> float | None:
+    """The commits' exchange (push and merged reply, the wait for the server left out) over their whole time."""
+    total = sum(r.commit_s for r in records)
+    return sum(r.exchange_s for r in records) / total if total > 0 else None
