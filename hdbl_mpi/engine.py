@@ -6,6 +6,7 @@ their exchanges, so the arithmetic of a step lives in one place.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,8 +105,7 @@ def train_steps(
 
     The data-parallel baselines hook in here rather than copying the loop: `exchange` averages the gradients
     between backward and step, `lr_of_step(i)` sets a per-step LR (warm-up, cosine), and `after_step(i, loss,
-    samples)` runs after each step (LocalSGD's model averaging every H steps). A non-finite loss raises unless
-    `check_finite` is off (a parameter-server worker pushes it, flagged, and the server rejects the push).
+    samples)` runs after each step (LocalSGD's model averaging every H steps). `check_finite`: see _finite.
     `precision` (hdbl_mpi.precision; None: fp32) runs the forward pass under autocast and the step through its
     gradient scaler. `warm_up` (train.compile) compiles this batch size and resolution's graph before the clock
     starts. `pacer` (debug.slow) is told each step's own time (its draw included, the wait for the other ranks'
@@ -140,13 +140,17 @@ def train_steps(
         if after_step is not None:
             after_step(done, loss.detach(), labels.numel())
         mark = time.perf_counter()  # the next step's time starts here (LocalSGD's averaging is not a step's)
-    loss_value, correct_value = float(loss_sum), int(correct)
-    if check_finite and not torch.isfinite(torch.tensor(loss_value)):
-        raise FloatingPointError(
-            f"training loss became {loss_value} at batch size {batch_size}, lr {optimizer.param_groups[0]['lr']}; "
-            "lower train.lr."
-        )
-    return StepStats(done, samples, loss_value, correct_value, time.perf_counter() - start, slowed, waited_total)
+    loss_value = _finite(float(loss_sum), check_finite, batch_size, optimizer)
+    return StepStats(done, samples, loss_value, int(correct), time.perf_counter() - start, slowed, waited_total)
+
+
+def _finite(loss: float, check: bool, batch_size: int, optimizer: torch.optim.Optimizer) -> float:
+    """The steps' summed loss; a non-finite one raises, saying what to lower, unless the caller takes it
+    (a parameter-server worker pushes it flagged and the server rejects the push)."""
+    if check and not math.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss} at batch size {batch_size}, lr "
+                                 f"{optimizer.param_groups[0]['lr']}; lower train.lr.")
+    return loss
 
 
 def _forward_backward(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, labels: torch.Tensor,

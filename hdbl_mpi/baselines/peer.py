@@ -23,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import torch
 from mpi4py import MPI
 
 from hdbl_mpi.baselines.allreduce import (
@@ -33,6 +32,7 @@ from hdbl_mpi.baselines.allreduce import (
     average_vector,
     horovod_build,
 )
+from hdbl_mpi.baselines.localsgd import LocalRounds, round_hook
 from hdbl_mpi.baselines.speeds import SpeedWeights
 from hdbl_mpi.comm.agree import agree
 from hdbl_mpi.comm.cuda_aware import cuda_aware_mpi
@@ -43,9 +43,7 @@ from hdbl_mpi.optim.optimizers import optimizer_for
 from hdbl_mpi.optim.schedules import scheduled_lr
 from hdbl_mpi.precision import Precision
 from hdbl_mpi.rules.backends import BackendChoice, BackendFacts, choose_backend
-from hdbl_mpi.rules.local_steps import make_local_steps
 from hdbl_mpi.rules.plan import round_half_up
-from hdbl_mpi.rules.slowmo import slowmo_update
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import BookPolicy, BookState, EpochBook, RunResult, Stopped
 from hdbl_mpi.run.progress import Progress
@@ -54,7 +52,6 @@ from hdbl_mpi.run.records import CommitRecord, EpochRow, from_mapping
 from hdbl_mpi.run.scalars import Scalars
 from hdbl_mpi.run.signals import STOP
 from hdbl_mpi.run.slow import make_slowdown
-from hdbl_mpi.schema import Config
 from hdbl_mpi.startup import RunSetup
 
 RESUME_POLICY = ("weights, epoch history and the H strategy come from the checkpoint, and each rank's optimizer "
@@ -87,56 +84,9 @@ def backend_facts(setup: RunSetup) -> BackendFacts:
     return BackendFacts(cuda, mine.gpu_sharing, build, cuda and dist.is_available() and dist.is_nccl_available())
 
 
-class LocalRounds:
-    """LocalSGD's rounds: H local steps, then the models are averaged (with SlowMo on top when configured), and
-    the strategy picks the next H."""
-
-    def __init__(self, config: Config, epochs: int, state: PeerState, host: np.ndarray, comm: MPI.Intracomm) -> None:
-        c = config.local
-        self.config, self.epochs, self.state, self.comm = c, epochs, state, comm
-        self.strategy = make_local_steps(c.strategy, c.h, c.h_min, c.h_max, epochs, **c.options)
-        if state.local_steps:
-            self.strategy.load_state_dict(state.local_steps)
-        self.h = state.h_history[-1][1] if state.h_history else self.strategy.next_h(0, state.epoch, None)
-        if not state.h_history:
-            state.h_history.append([state.epoch, self.h])
-        self.round_start = host.copy()  # x_prev of SlowMo: the model every worker started the round from
-        self.slow_buffer = torch.zeros(host.size)
-
-    def average(self, host: np.ndarray, epoch_f: float, round_loss: float, round_samples: int, lr: float) -> None:
-        """End a round: average `host` (the flat model) in place and pick the next H (not after the run's last
-        round, so the recorded H values are the ones that ran)."""
-        st, c = self.state, self.config
-        totals = np.array([round_loss, round_samples], dtype=np.float64)
-        self.comm.Allreduce(MPI.IN_PLACE, totals, op=MPI.SUM)
-        average_vector(self.comm, host)
-        if c.slowmo:
-            x = torch.from_numpy(self.round_start)
-            slowmo_update(x, torch.from_numpy(host), self.slow_buffer, c.slowmo_beta, c.slowmo_alpha, lr)
-            host[:] = self.round_start
-        else:
-            self.round_start[:] = host
-        st.syncs += 1
-        if epoch_f >= self.epochs:
-            return
-        h = self.strategy.next_h(st.syncs, epoch_f, float(totals[0] / max(totals[1], 1.0)))
-        if h != self.h:
-            st.h_history.append([round(epoch_f, 4), h])
-        self.h = h
-
-
 def _added(a: StepStats, b: StepStats) -> StepStats:
     return StepStats(a.steps + b.steps, a.samples + b.samples, a.loss_sum + b.loss_sum, a.correct + b.correct,
                      a.seconds + b.seconds, a.slowed_s + b.slowed_s, a.waited_s + b.waited_s)
-
-
-@dataclass
-class _Round:
-    """A LocalSGD round in progress: its steps, summed loss (on the device) and samples."""
-
-    loss: torch.Tensor
-    steps: int = 0
-    samples: int = 0
 
 
 class PeerTrainer:
@@ -219,7 +169,7 @@ class PeerTrainer:
             return scheduled_lr(self.config.train, schedule, epoch + i / steps)
 
         syncs_before = self.state.syncs
-        after_step, averaging_s = self._round_hook(epoch, steps, lr_of_step)
+        after_step, averaging_s = round_hook(self.rounds, self.flat, self.setup.device, epoch, steps, lr_of_step)
         stats, batch = self._steps(epoch, steps, batch, stage.resolution, lr_of_step, after_step)
         delayed = self.slowdown.delay()  # a stalled rank: a fixed delay before the epoch's synchronisation
         stats.seconds += delayed
@@ -272,30 +222,6 @@ class PeerTrainer:
         assert total is not None
         self.state.speed_batches = list(self.speeds.batches)
         return total, mine
-
-    def _round_hook(self, epoch: int, steps: int, lr_of_step: Any) -> tuple[Any, list[float]]:
-        """LocalSGD: a hook run after every step that ends a round every H steps (and at the epoch's end), and the
-        seconds spent averaging (a one-element list it adds to). None for allreduce."""
-        seconds = [0.0]
-        rounds = self.rounds
-        if rounds is None:
-            return None, seconds
-        device = self.setup.device
-        now = _Round(torch.zeros((), device=device))
-
-        def after_step(done: int, loss: torch.Tensor, samples: int) -> None:
-            now.steps += 1
-            now.loss += loss * samples
-            now.samples += samples
-            if now.steps >= rounds.h or done == steps:
-                start = time.perf_counter()
-                rounds.average(self.flat.to_host(), epoch + done / steps, float(now.loss), now.samples,
-                               lr_of_step(done - 1))
-                self.flat.from_host()
-                seconds[0] += time.perf_counter() - start
-                now.steps, now.loss, now.samples = 0, torch.zeros((), device=device), 0
-
-        return after_step, seconds
 
     def _log_commit(self, record: CommitRecord) -> None:
         gathered = self.comm.gather(record, root=0)

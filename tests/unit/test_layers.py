@@ -20,7 +20,7 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
          "hdbl_mpi.throughput", "hdbl_mpi.engine")),
     (3, ("hdbl_mpi.run.",)),
     (4, ("hdbl_mpi.profiling", "hdbl_mpi.report")),
-    (5, ("hdbl_mpi.config", "hdbl_mpi.run_config", "hdbl_mpi.startup")),
+    (5, ("hdbl_mpi.config", "hdbl_mpi.config_checks", "hdbl_mpi.run_config", "hdbl_mpi.startup")),
     (6, ("hdbl_mpi.ps", "hdbl_mpi.baselines")),
     (7, ("hdbl_mpi.launch", "hdbl_mpi.sweep", "hdbl_mpi.evaluate")),
     (8, ("hdbl_mpi.train", "hdbl_mpi.cli", "hdbl_mpi.__main__")),
