@@ -3,8 +3,6 @@ its weight and, for the delayed outer momentum, the end of each round of pushes 
 
 from __future__ import annotations
 
-import statistics
-
 from hdbl_mpi.rules.merge import scaled, staleness_scale
 from hdbl_mpi.rules.policy import OP_AVERAGE, OP_DELTA, OP_MERGE, OP_MOMENTUM, Update
 from hdbl_mpi.schema import Config
@@ -24,13 +22,14 @@ class PushClock:
         self.pulled = {w: 0 for w in workers}  # the version each worker last pulled
         self.round_pushes = 0
         self.by_commit: dict[int, int] = {}  # global commit -> its staleness, until the commit's record comes
-        self.seen: dict[int, list[int]] = {w: [] for w in workers}
+        self.seen: dict[int, list[int]] = {w: [0, 0, 0] for w in workers}  # pushes, summed staleness, largest
 
     def push(self, src: int, update: Update, training: int) -> tuple[Update, Update | None, int]:
         """(the update to apply, the round's momentum step or None, the push's staleness); `training`: workers
         neither stopped nor lost, the length of a round."""
         staleness = self.version - self.pulled[src]
-        self.seen[src].append(staleness)
+        seen = self.seen[src]
+        seen[0], seen[1], seen[2] = seen[0] + 1, seen[1] + staleness, max(seen[2], staleness)
         update = scaled(update, staleness_scale(staleness, self.decay))
         if update.op in MERGES:
             self.version += 1
@@ -51,7 +50,7 @@ class PushClock:
 
     def summary(self) -> dict:
         """summary.json's `staleness`: mean and largest per worker and overall, and the decay applied."""
-        every = [s for values in self.seen.values() for s in values]
-        return {"decay": self.decay, "mean": statistics.fmean(every) if every else None,
-                "max": max(every, default=None),
-                "by_worker": {str(w): {"mean": statistics.fmean(v), "max": max(v)} for w, v in self.seen.items() if v}}
+        pushes = sum(v[0] for v in self.seen.values())
+        return {"decay": self.decay, "mean": sum(v[1] for v in self.seen.values()) / pushes if pushes else None,
+                "max": max((v[2] for v in self.seen.values() if v[0]), default=None),
+                "by_worker": {str(w): {"mean": v[1] / v[0], "max": v[2]} for w, v in self.seen.items() if v[0]}}
