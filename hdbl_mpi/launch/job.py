@@ -27,6 +27,8 @@ from hdbl_mpi.launch.commands import (
 )
 from hdbl_mpi.launch.hosts import Hosts, hosts_from_slurm, parse_hostfile, parse_hosts_arg
 from hdbl_mpi.launch.relay import supervise
+from hdbl_mpi.launch.restarts import run_with_restarts
+from hdbl_mpi.run.rundir import default_run_dir
 from hdbl_mpi.run_config import add_train_arguments, load_run_config
 from hdbl_mpi.schema import Config, has_server, required_ranks
 
@@ -46,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--python", metavar="PATH", help="the Python every rank runs (default: this one; the same "
                         "path must exist on every host)")
     parser.add_argument("--dry-run", action="store_true", help="print the command and the checks, start nothing")
+    parser.add_argument("--max-restarts", type=int, default=0, metavar="N",
+                        help="train: start a failed job again from its last checkpoint (--resume auto), at most N "
+                        "times (not after a refusal, exit 2, or a stop on a signal, 75/76)")
+    parser.add_argument("--restart-backoff", type=float, default=5.0, metavar="S",
+                        help="seconds before restart k: k x S (default 5)")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...",
                         help="what every rank runs: train CONFIG [--set k=v ...], doctor, profile ..., evaluate ...")
 
@@ -60,11 +67,15 @@ def _hosts(args: argparse.Namespace, environ: dict[str, str]) -> Hosts | None:
     return None
 
 
-def _train_config(args: list[str]) -> Config:
-    """The config `hdbl train ARGS` would run, read the way the trainer reads it (hdbl_mpi.config)."""
+def _train_args(args: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="hdbl train", add_help=False)
     add_train_arguments(parser)
-    train = parser.parse_args(args)
+    return parser.parse_args(args)
+
+
+def _train_config(args: list[str]) -> Config:
+    """The config `hdbl train ARGS` would run, read the way the trainer reads it (hdbl_mpi.config)."""
+    train = _train_args(args)
     resume = train.resume
     if resume == "auto":  # the run directory's own config if there is a run to continue, else CONFIG
         from hdbl_mpi.run.rundir import CHECKPOINT
@@ -107,6 +118,10 @@ def prepare(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
         command = command[1:]
     if not command:
         raise LaunchError("nothing to launch: add the hdbl command, e.g. `hdbl launch -H n1:4,n2:4 train cfg.yaml`.")
+    restarts = getattr(args, "max_restarts", 0)
+    if restarts and (command[0] != "train" or restarts < 0):
+        raise LaunchError(f"--max-restarts {restarts}: restarts are for training jobs (`hdbl launch --max-restarts "
+                          "N train CONFIG ...`), and N counts them (N >= 0).")
     hosts = _hosts(args, environ)
     np, why, config_flags = ranks_for(command, args.np, hosts)
     notes = []
@@ -160,10 +175,46 @@ def launch(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(shlex.join(argv))
         return 0
+    if args.max_restarts:
+        return _with_restarts(args)
     print("+ " + shlex.join(argv), file=sys.stderr, flush=True)
     reports = env.get(REPORT_ENV) == "1"  # ULFM: mpirun's exit code cannot be trusted, rank 0's report is checked
     training = [c for c in args.command if c != "--"][:1] == ["train"]
     if reports or (training and args.launcher == "mpirun" and mpi_flavour(argv[0]) == "openmpi"):
-        return supervise(argv, env, reports=reports, term_as=signal.SIGUSR1)  # see hdbl_mpi.launch.relay
+        return supervise(argv, env, reports=reports, term_as=_term_as(args, argv))  # see hdbl_mpi.launch.relay
     os.execvpe(argv[0], argv, env)
     return 0  # not reached
+
+
+def _term_as(args: argparse.Namespace, argv: list[str]) -> int | None:
+    """What a SIGTERM to `hdbl launch` is passed on as: SIGUSR1 for Open MPI's mpirun (hdbl_mpi.launch.relay)."""
+    return signal.SIGUSR1 if args.launcher == "mpirun" and mpi_flavour(argv[0]) == "openmpi" else None
+
+
+def restart_target(command: list[str]) -> tuple[list[str], str]:
+    """(command, run directory) of a train job with a restart budget: the directory its restarts continue,
+    added to the command where the trainer would have chosen it (runs/<date>-<time>) only once started."""
+    train = _train_args(command[1:])
+    if train.resume and train.resume != "auto":
+        return command, train.resume
+    if train.run_dir:
+        return command, train.run_dir
+    chosen = _train_config(command[1:]).run.dir or str(default_run_dir())
+    return [*command, "--run-dir", chosen], chosen
+
+
+def _with_restarts(args: argparse.Namespace) -> int:
+    """`--max-restarts N`: the job under hdbl launch (never exec'd), started again as launch/restarts.py says."""
+    command, run_dir = restart_target([c for c in args.command if c != "--"])
+    signalled: list[int] = []
+
+    def start(cmd: list[str], extra: dict[str, str]) -> int:
+        attempt = argparse.Namespace(**{**vars(args), "command": cmd,
+                                        "env": [*args.env, *(f"{k}={v}" for k, v in extra.items())]})
+        argv, env, _ = prepare(attempt)
+        print("+ " + shlex.join(argv), file=sys.stderr, flush=True)
+        return supervise(argv, env, reports=env.get(REPORT_ENV) == "1", term_as=_term_as(args, argv),
+                         signalled=signalled)
+
+    return run_with_restarts(start, command, run_dir, args.max_restarts, args.restart_backoff,
+                             lambda: bool(signalled))

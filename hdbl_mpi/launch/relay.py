@@ -135,12 +135,13 @@ def _relay(proc: subprocess.Popen, sink: int) -> Attempt:
 
 
 def supervise(argv: list[str], env: dict[str, str], *, reports: bool, term_as: int | None = None,
-              orphan_grace_s: float = ORPHAN_GRACE_S) -> int:
+              orphan_grace_s: float = ORPHAN_GRACE_S, signalled: list[int] | None = None) -> int:
     """Run the launcher `argv` and return the job's exit code. `reports`: a ULFM job whose ranks have REPORT_ENV
     in `env` (rank 0's report decides; restarts and the hung-mpirun watch apply); `term_as`: the signal a SIGTERM
-    is passed on as (SIGUSR1 for Open MPI's mpirun)."""
+    is passed on as (SIGUSR1 for Open MPI's mpirun); `signalled`: gets every signal passed on (the restart
+    budget restarts nothing after one)."""
     current: list[subprocess.Popen] = []
-    signalled: list[int] = []
+    signalled = [] if signalled is None else signalled
 
     def forward(signum: int, frame: object) -> None:
         signalled.append(signum)

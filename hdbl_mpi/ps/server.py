@@ -242,7 +242,7 @@ class Server:
         """The counters of one merged (or rejected) commit; a rejected one still counts: its data was used up."""
         st = self.state
         st.merged += 1
-        maybe_crash(self.config.debug, 0, st.merged, "merged commit")
+        maybe_crash(self.config.debug, 0, st.merged, "merged commit", resumed=bool(st.restarts))
         self.t_last_merge = time.perf_counter()
         st.commits_by_worker[str(src)] += 1
         group = self.assign.group(src)

@@ -85,6 +85,7 @@ class Worker:
         self.timeout_s, self.verbose, self.layout, self.warm_up = timeout_s, verbose, layout, warm_up
         self.optimizer = optimizer_for(model, config.train)
         self.precision = Precision(config.train.precision, device)  # its scaler (amp) lives across commits
+        self.resumed = resumed is not None
         if resumed is not None:  # a resume: momentum, scaler, RNGs and data stream as the checkpoint left them
             restore(resumed, self.optimizer, source)
             self.precision.load_state_dict(resumed.extra.get(GRAD_SCALER, {}))
@@ -105,7 +106,7 @@ class Worker:
         self._keep(int(start["merged"]))
         while True:
             local += 1
-            maybe_crash(self.config.debug, self.world.rank, local)
+            maybe_crash(self.config.debug, self.world.rank, local, resumed=self.resumed)
             stats = self._train(task, local)
             header_out = self._push_header(task, stats, local)
             roundtrip = self._exchange(header_out, header_in, local)

@@ -9,11 +9,13 @@ import signal
 CRASH_MODES = ("raise", "exit", "kill")
 
 
-def maybe_crash(debug, rank: int, commit: int, where: str = "local commit") -> None:
+def maybe_crash(debug, rank: int, commit: int, where: str = "local commit", resumed: bool = False) -> None:
     """Crash this rank as `debug.crash` says when it is `debug.raise_on_rank` and has reached
     `debug.raise_at_commit`: raise (the job aborts with this rank's message), exit with code 3 without
-    finalising MPI, or SIGKILL itself (as the kernel's OOM killer would)."""
-    if rank != debug.raise_on_rank or commit < debug.raise_at_commit:
+    finalising MPI, or SIGKILL itself (as the kernel's OOM killer would). With `debug.crash_on_resume: false`
+    not in a start that `resumed` from a checkpoint: a transient fault, which a restart (`hdbl launch
+    --max-restarts`) gets past, where a failure that comes back every start exhausts the restart budget."""
+    if rank != debug.raise_on_rank or commit < debug.raise_at_commit or resumed and not debug.crash_on_resume:
         return
     what = f"injected failure (debug.raise_on_rank={rank}) at {where} {commit}"
     if debug.crash == "exit":

@@ -16,6 +16,7 @@ from hdbl_mpi.rules.plan import plan_summary
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import completed_epochs
 from hdbl_mpi.run.rankstate import RankState, load_rank_states
+from hdbl_mpi.run.restarts import RESTART_ENV, restart_record
 from hdbl_mpi.schema import Config, has_server
 
 if TYPE_CHECKING:
@@ -79,4 +80,5 @@ def _restart(state: dict, run_path: Path, schedule: Schedule, config: Config) ->
         record["slurm_restart_count"] = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     if "merged" in state:
         record["at_commit"] = state["merged"]
+    record.update(restart_record(os.environ.get(RESTART_ENV), run_path / rundir.CHECKPOINT))  # hdbl launch's
     return record

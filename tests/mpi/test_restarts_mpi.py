@@ -1,0 +1,40 @@
+"""`hdbl launch --max-restarts N` with real jobs: a worker that fails once (after the first checkpoint) is
+restarted once from that checkpoint and the run finishes with every epoch and commit; a failure that comes back
+every start spends the budget and the launch fails with it."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_train
+
+# 2 workers, k = 1: epoch 1 is merged commits 1-2 and checkpointed. A worker starts its 5th commit only after its
+# 4th push was merged (merged >= 4), so the epoch-1 checkpoint exists when it fails.
+JOB = ["dual.workers=2", "train.epochs=4", "run.checkpoint_every=1", "debug.raise_on_rank=2",
+       "debug.raise_at_commit=5", "debug.crash=exit"]
+BUDGET = ["--max-restarts", "2", "--restart-backoff", "0.5"]
+
+
+def test_a_worker_that_fails_once_is_restarted_from_the_checkpoint_and_the_run_finishes(tmp_path):
+    run = run_train(3, tmp_path / "run", [*JOB, "debug.crash_on_resume=false"], launch=True, extra=BUDGET,
+                    timeout=240)
+    assert run.returncode == 0, run.output[-4000:]
+    assert "injected failure (debug.raise_on_rank=2) at local commit 5: exiting with code 3" in run.output
+    assert "restart 1 of 2 in 0.5 s, from the last checkpoint" in run.output
+    summary = run.summary()
+    assert summary["epochs_completed"] == 4 and summary["commits_total"] == 8
+    (restart,) = summary["restarts"]
+    assert restart["launch_restart"] == 1 and restart["after_exit_code"] != 0 and restart["epoch"] >= 1
+    assert restart["since_checkpoint_s"] >= 0 and restart["down_s"] >= 0.5
+    logged = [json.loads(line) for line in (tmp_path / "run" / "launch.jsonl").read_text().splitlines()]
+    assert [(r["restart"], r["of"]) for r in logged] == [(1, 2)]
+
+
+def test_a_failure_in_every_start_spends_the_budget(tmp_path):
+    run = run_train(3, tmp_path / "run", [*JOB, "debug.raise_at_commit=1"], launch=True,
+                    extra=["--max-restarts", "1", "--restart-backoff", "0.5"], timeout=240)
+    assert run.returncode != 0
+    assert run.output.count("injected failure (debug.raise_on_rank=2)") == 2
+    assert "restart(s) are spent: giving up" in run.output
+    assert not (tmp_path / "run" / "summary.json").exists()
+    assert len((tmp_path / "run" / "launch.jsonl").read_text().splitlines()) == 1
