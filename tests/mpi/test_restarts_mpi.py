@@ -38,3 +38,18 @@ def test_a_failure_in_every_start_spends_the_budget(tmp_path):
     assert "restart(s) are spent: giving up" in run.output
     assert not (tmp_path / "run" / "summary.json").exists()
     assert len((tmp_path / "run" / "launch.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_killed_server_is_restarted_and_loses_at_most_the_work_since_the_checkpoint(tmp_path):
+    """The server SIGKILLed at its 5th merge (epoch 3 of 4): the restart resumes from the last checkpoint on disk
+    (epoch 2's, merge 4, unless its background write had not finished: then epoch 1's) and the run ends
+    complete."""
+    job = [*JOB[:3], "debug.raise_on_rank=0", "debug.raise_at_commit=5", "debug.crash=kill",
+           "debug.crash_on_resume=false"]
+    run = run_train(3, tmp_path / "run", job, launch=True, extra=BUDGET, timeout=240)
+    assert run.returncode == 0, run.output[-4000:]
+    assert "injected failure (debug.raise_on_rank=0) at merged commit 5: killing itself" in run.output
+    summary = run.summary()
+    assert summary["epochs_completed"] == 4 and summary["commits_total"] == 8
+    (restart,) = summary["restarts"]
+    assert restart["launch_restart"] == 1 and (restart["epoch"], restart["at_commit"]) in ((2, 4), (1, 2))
