@@ -107,11 +107,31 @@ def table(target: float | None, figs: list[Figures]) -> str:
     lines = [f"| configuration | seeds | final top-1 (%) | train (s) | wall (s) | start-up (s) | {reach} |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for f in figs:
-        to = (f"{f.to_target_s:.1f}" + (f" ({f.reached} of {f.seeds})" if f.reached < f.seeds else "")
-              if f.to_target_s is not None else "not reached")
+        to = ("–" if target is None else "not reached" if f.to_target_s is None else
+              f"{f.to_target_s:.1f}" + (f" ({f.reached} of {f.seeds})" if f.reached < f.seeds else ""))
         lines.append(f"| {f.config} | {f.seeds} | {100 * f.top1:.2f} ± {100 * f.top1_sd:.2f} | {f.train_s:.1f} | "
                      f"{f.wall_s:.1f} | {f.startup_s:.1f} | {to} |")
     return "\n".join(lines) + "\n"
+
+
+def why(results_csv: Path) -> str:
+    """The parameter-server configurations' side of the story, means over seeds: the staleness of a push
+    (merges since its worker pulled), the shares re-planned from measured speeds, the last measured imbalance of
+    commit times between the groups (slowest / fastest), and the pushes rejected as non-finite."""
+    rows = [r for r in csv.DictReader(results_csv.open()) if r["mode"] not in SYNCHRONOUS]
+    lines = ["| configuration | mean staleness | re-plans | commit imbalance | rejected pushes |",
+             "| --- | --- | --- | --- | --- |"]
+    for config in dict.fromkeys(r["config"] for r in rows):
+        summaries = [json.loads((Path(r["run_dir"]) / "summary.json").read_text()) for r in rows
+                     if r["config"] == config]
+        staleness = statistics.fmean((s.get("staleness") or {}).get("mean", 0.0) for s in summaries)
+        replans = statistics.fmean(sum(1 for c in s.get("replans") or [] if c.get("kind") == "speeds" and
+                                       "kept" not in c) for s in summaries)
+        imbalance = [i for s in summaries if (b := s.get("balance")) and (i := b[-1].get("imbalance_commit"))]
+        rejected = statistics.fmean(sum((s.get("nonfinite_rejected") or {}).values()) for s in summaries)
+        shown = f"{statistics.fmean(imbalance):.2f}" if imbalance else "–"
+        lines.append(f"| {config} | {staleness:.2f} | {replans:.1f} | {shown} | {rejected:.1f} |")
+    return "\n".join(lines) + "\n" if rows else ""
 
 
 def verdict(setting: str, figs: list[Figures]) -> str:
@@ -160,7 +180,8 @@ def main() -> None:
             "--seeds", str(args.seeds), "--out", str(out)] + ["--report-only"] * args.report_only
     code = sweep(sweep_args.parse_args(argv))
     target, figs = figures(out / "results.csv")
-    text = f"## Stragglers, {args.setting}\n\n{table(target, figs)}\n{verdict(args.setting, figs)}"
+    text = (f"## Stragglers, {args.setting}\n\n{table(target, figs)}\n{why(out / 'results.csv')}\n"
+            f"{verdict(args.setting, figs)}")
     (out / "stragglers.md").write_text(text)
     print(text, flush=True)
     sys.exit(code)

@@ -84,3 +84,14 @@ def test_changing_goal_is_judged_against_every_synchronous_configuration():
     assert "`allreduce.backend-mpi4py` (88.00 %, 140.0 s): 1.40x faster (goal ≥ 1.3x), -0.10 pp" in text
     assert "`localsgd` (87.00 %, 120.0 s): 1.20x faster" in text and "**not met**" in text
     assert "No goal of its own" in stragglers.verdict("homogeneous", figs)
+
+
+def test_without_plain_allreduce_there_is_no_target_and_the_why_table_reads_the_summaries(tmp_path):
+    results = _results(tmp_path, [("hybrid", "asp", [(30.0, 0.85)], 40.0)])
+    summary = tmp_path / "runs" / "hybrid.s0" / "summary.json"
+    summary.write_text(json.dumps({"startup": {"seconds": 1.0}, "staleness": {"mean": 2.5}, "nonfinite_rejected":
+                                   {"1": 2}, "replans": [{"kind": "speeds"}, {"kind": "speeds", "kept": "noise"}],
+                                   "balance": [{"imbalance_commit": 1.5}, {"imbalance_commit": 1.04}]}))
+    target, figs = stragglers.figures(results)
+    assert target is None and "| hybrid | 1 | 85.00 ± 0.00 | 30.0 | 40.0 | 1.0 | – |" in stragglers.table(None, figs)
+    assert "| hybrid | 2.50 | 1.0 | 1.04 | 2.0 |" in stragglers.why(results)
