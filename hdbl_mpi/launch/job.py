@@ -168,7 +168,8 @@ def prepare(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
 def launch(args: argparse.Namespace) -> int:
     """Print the command (and the checks behind it), then run it: Open MPI's mpirun as a child that gets a
     SIGTERM as SIGUSR1 (and, for a ULFM job, whose real exit code is rank 0's: hdbl_mpi.launch.relay); other
-    launchers (srun, horovodrun, MPICH) replace this process."""
+    launchers (srun, horovodrun, MPICH) replace this process, except under a restart budget (--max-restarts),
+    where every launcher runs as a child that a failure starts again."""
     argv, env, notes = prepare(args)
     for note in notes:
         print(f"hdbl launch: {note}", file=sys.stderr)
