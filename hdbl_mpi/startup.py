@@ -130,6 +130,7 @@ class RunSetup:
     warm_up: CompileWarmup | None = None  # train.compile: compiles each new input shape before it is timed
     worker_lines: dict[int, dict[int, StepLine]] | None = None  # dual.per_worker: resolution -> rank -> own line
     startup: Startup | None = None  # how long the set-up took, and where the start-up profile came from
+    resumed: bool = False  # this start continues a run from its checkpoint (every rank knows it)
 
     @property
     def top(self) -> int:
@@ -249,7 +250,7 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
                     prepared.restored, shared.t_start, built.notes, RankState.from_bytes(mine) if mine else None,
                     built.warm_up, built.worker_lines,
                     Startup(time.perf_counter() - shared.t_start, source.to_dict() if source else None,
-                            interval.to_dict() if interval else None))
+                            interval.to_dict() if interval else None), shared.checkpoint is not None)
 
 
 def _commit_interval(comm: MPI.Intracomm, config: Config, built: _Built,

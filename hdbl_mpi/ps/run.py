@@ -52,7 +52,7 @@ def run_parameter_server(setup: RunSetup, verbose: bool) -> RunResult | Stopped 
         assert setup.train_source is not None
         slowdown = make_slowdown(config.debug.slow, world.rank, world.rank - 1, setup.t_start, setup.plans)
         Worker(world, config, setup.model, setup.flat, setup.train_source, setup.device, timeout_s, verbose,
-               layout, setup.rank_state, setup.warm_up, slowdown).run()
+               layout, setup.rank_state, setup.warm_up, slowdown, setup.resumed).run()
         return None
     return _serve(setup, timeout_s)
 

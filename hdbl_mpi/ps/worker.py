@@ -78,14 +78,14 @@ class Worker:
     def __init__(self, world: World, config: Config, model: nn.Module, flat: FlatState, source: BatchSource,
                  device: torch.device, timeout_s: float, verbose: bool, layout: Layout | None = None,
                  resumed: RankState | None = None, warm_up: CompileWarmup | None = None,
-                 slowdown: Slowdown | None = None) -> None:
+                 slowdown: Slowdown | None = None, resumed_run: bool = False) -> None:
         self.world, self.comm, self.config = world, world.comm, config
         self.slowdown = slowdown  # debug.slow: this worker's emulated slowness (run/slow.py)
         self.model, self.flat, self.source, self.device = model, flat, source, device
         self.timeout_s, self.verbose, self.layout, self.warm_up = timeout_s, verbose, layout, warm_up
         self.optimizer = optimizer_for(model, config.train)
         self.precision = Precision(config.train.precision, device)  # its scaler (amp) lives across commits
-        self.resumed = resumed is not None
+        self.resumed = resumed_run  # the run resumed from a checkpoint, with or without this worker's own state
         if resumed is not None:  # a resume: momentum, scaler, RNGs and data stream as the checkpoint left them
             restore(resumed, self.optimizer, source)
             self.precision.load_state_dict(resumed.extra.get(GRAD_SCALER, {}))

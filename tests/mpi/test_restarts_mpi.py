@@ -8,10 +8,11 @@ import json
 
 from tests.conftest import run_train
 
-# 2 workers, k = 1: epoch 1 is merged commits 1-2 and checkpointed. A worker starts its 5th commit only after its
-# 4th push was merged (merged >= 4), so the epoch-1 checkpoint exists when it fails.
-JOB = ["dual.workers=2", "train.epochs=4", "run.checkpoint_every=1", "debug.raise_on_rank=2",
-       "debug.raise_at_commit=5", "debug.crash=exit"]
+# 2 workers, k = 1, 8 epochs: 16 commits, about 8 each (ASP: not exactly). Epoch 1 is merged commits 1-2 and
+# checkpointed; a worker starts its 4th commit only after its 3rd push was merged, so by then the epoch-1
+# checkpoint is due (its write is in the background: milliseconds for this model).
+JOB = ["dual.workers=2", "train.epochs=8", "run.checkpoint_every=1", "debug.raise_on_rank=2",
+       "debug.raise_at_commit=4", "debug.crash=exit"]
 BUDGET = ["--max-restarts", "2", "--restart-backoff", "0.5"]
 
 
@@ -19,10 +20,10 @@ def test_a_worker_that_fails_once_is_restarted_from_the_checkpoint_and_the_run_f
     run = run_train(3, tmp_path / "run", [*JOB, "debug.crash_on_resume=false"], launch=True, extra=BUDGET,
                     timeout=240)
     assert run.returncode == 0, run.output[-4000:]
-    assert "injected failure (debug.raise_on_rank=2) at local commit 5: exiting with code 3" in run.output
+    assert "injected failure (debug.raise_on_rank=2) at local commit 4: exiting with code 3" in run.output
     assert "restart 1 of 2 in 0.5 s, from the last checkpoint" in run.output
     summary = run.summary()
-    assert summary["epochs_completed"] == 4 and summary["commits_total"] == 8
+    assert summary["epochs_completed"] == 8 and summary["commits_total"] == 16
     (restart,) = summary["restarts"]
     assert restart["launch_restart"] == 1 and restart["after_exit_code"] != 0 and restart["epoch"] >= 1
     assert restart["since_checkpoint_s"] >= 0 and restart["down_s"] >= 0.5
@@ -44,8 +45,8 @@ def test_a_killed_server_is_restarted_and_loses_at_most_the_work_since_the_check
     """The server SIGKILLed at its 5th merge (epoch 3 of 4): the restart resumes from the last checkpoint on disk
     (epoch 2's, merge 4, unless its background write had not finished: then epoch 1's) and the run ends
     complete."""
-    job = [*JOB[:3], "debug.raise_on_rank=0", "debug.raise_at_commit=5", "debug.crash=kill",
-           "debug.crash_on_resume=false"]
+    job = ["dual.workers=2", "train.epochs=4", "run.checkpoint_every=1", "debug.raise_on_rank=0",
+           "debug.raise_at_commit=5", "debug.crash=kill", "debug.crash_on_resume=false"]
     run = run_train(3, tmp_path / "run", job, launch=True, extra=BUDGET, timeout=240)
     assert run.returncode == 0, run.output[-4000:]
     assert "injected failure (debug.raise_on_rank=0) at merged commit 5: killing itself" in run.output
