@@ -48,6 +48,8 @@ def run_with_restarts(start: Callable[[list[str], dict[str, str]], int], command
     code = start(command, {})
     for k in range(1, max_restarts + 1):
         if code in NOT_RESTARTED or stopped():
+            if code:
+                _say(f"exit code {code}, not restarted: " + NOT_RESTARTED.get(code, "hdbl launch was told to stop"))
             return code
         restart = Restart(k, max_restarts, code, time.time(), backoff_s * k)
         _say(f"the job failed with exit code {code}: restart {k} of {max_restarts} in {restart.backoff_s:g} s, "

@@ -51,11 +51,14 @@ def test_a_failure_is_restarted_with_resume_auto_and_the_restart_in_its_environm
     assert "the job failed with exit code 1: restart 1 of 2 in 5 s" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("code", [0, 2, 75, 76])
-def test_success_a_refusal_and_a_signal_stop_are_not_restarted(tmp_path, code):
+@pytest.mark.parametrize("code, said", [(0, ""), (2, "exit code 2, not restarted: refused (a config"),
+                                        (75, "exit code 75, not restarted: stopped by a signal with a checkpoint"),
+                                        (76, "exit code 76, not restarted: stopped at once")])
+def test_success_a_refusal_and_a_signal_stop_are_not_restarted(tmp_path, capsys, code, said):
     job = FakeJob([code])
     assert _run(job, tmp_path / "run") == code and len(job.starts) == 1
     assert not (tmp_path / "run" / "launch.jsonl").exists()
+    assert said in capsys.readouterr().err
 
 
 def test_the_budget_is_respected_and_the_give_up_said(tmp_path, capsys):
@@ -66,9 +69,10 @@ def test_the_budget_is_respected_and_the_give_up_said(tmp_path, capsys):
     assert "failed with exit code 137 and its 2 restart(s) are spent" in capsys.readouterr().err
 
 
-def test_nothing_is_restarted_after_hdbl_launch_was_told_to_stop(tmp_path):
+def test_nothing_is_restarted_after_hdbl_launch_was_told_to_stop(tmp_path, capsys):
     job = FakeJob([143, 0])
     assert _run(job, tmp_path / "run", stopped=lambda: True) == 143 and len(job.starts) == 1
+    assert "exit code 143, not restarted: hdbl launch was told to stop" in capsys.readouterr().err
 
 
 def test_the_resume_command_continues_the_same_directory():
