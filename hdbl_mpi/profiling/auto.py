@@ -58,13 +58,17 @@ def measured_profile(comm: MPI.Intracomm, config: Config, world: World, device: 
 def _measure(comm: MPI.Intracomm, config: Config, world: World, device: torch.device, data: DataInfo,
              gpu_sharing: int, missing: list[int], resolutions: list[int]) -> list[ProfileEntry]:
     """Every worker profiles the `missing` resolutions at once (the stem chosen for the run's top resolution);
-    the entries averaged over the workers."""
+    the entries averaged over the workers. The profile's models and batches draw from torch's random numbers,
+    which are put back afterwards: a run trains the same whether its profile was measured or reused."""
+    import torch
+
     if not missing:
         return []
     mine, failure = None, None
     if world.is_worker:
         try:
-            mine = _auto_profile(config, world, device, data, gpu_sharing, missing, resolutions[-1])
+            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+                mine = _auto_profile(config, world, device, data, gpu_sharing, missing, resolutions[-1])
         except Exception as err:
             failure = err
     return average_ranks([e for e in agree(comm, failure, mine) if e is not None])

@@ -40,3 +40,18 @@ def test_a_second_run_reuses_the_profile_and_reprofile_measures_again(tmp_path):
     assert other.returncode == 0, other.output[-3000:]
     assert other.summary()["startup"]["profile"]["measured"] == [16]
     assert other.summary()["startup"]["profile"]["store"] != str(store)
+
+
+def test_a_run_trains_the_same_whether_its_profile_was_measured_or_reused(tmp_path):
+    """Allreduce (deterministic here) with dual.profile: auto: the run that measures the profile and the one that
+    takes it from the store start from the same weights and train identically (the profile's random numbers are
+    put back: before, the measuring run's rank 0 built its model from a different random state)."""
+    peer = ["ps.mode=allreduce", "ps.backend=mpi4py", "dual.workers=2", "train.epochs=1", "dual.profile=auto",
+            "dual.profile_steps=3", "dual.profile_max_batch=32", "dual.batch_large=32"]
+    measured = run_train(2, tmp_path / "measured", peer, timeout=240)
+    reused = run_train(2, tmp_path / "reused", peer, timeout=240)
+    assert measured.returncode == 0 and reused.returncode == 0, measured.output[-2000:] + reused.output[-2000:]
+    assert measured.summary()["startup"]["profile"]["measured"] == [16]
+    assert reused.summary()["startup"]["profile"]["reused"] == [16]
+    rows = [(tmp_path / d / "epochs.csv").read_text().splitlines()[1].split(",")[:8] for d in ("measured", "reused")]
+    assert rows[0] == rows[1]  # epoch, ..., train_loss, train_acc, test_loss, test_acc: to the last digit
