@@ -176,6 +176,10 @@ def _validate_servers(c: Config) -> None:
     _check(ps.servers == 1 or ps.fault_tolerance == "abort",
            f"ps.servers={ps.servers} with ps.fault_tolerance=ulfm is not supported: a lost shard server would lose "
            "its part of the weights. Use one server with ulfm, or abort (and --resume) with sharded servers.")
+    _check(ps.spares >= 0, f"ps.spares is {ps.spares}; use 0 (none) or the number of idle worker ranks to start.")
+    _check(ps.spares == 0 or ps.fault_tolerance == "ulfm",
+           f"ps.spares={ps.spares} needs ps.fault_tolerance=ulfm (and ps.mode=asp): only then does the run go on "
+           "when a worker dies, so that a spare can take its place. With abort, use hdbl launch --max-restarts.")
     _check(ps.ft_detector_timeout_s > 0, f"ps.ft_detector_timeout_s is {ps.ft_detector_timeout_s}; it must be > 0.")
     _check(ps.max_nonfinite >= 1,
            f"ps.max_nonfinite is {ps.max_nonfinite}; it must be >= 1 (non-finite pushes in a row before stopping).")
@@ -217,6 +221,18 @@ def _validate_rest(c: Config) -> None:
     _check(c.data.resolution is None or c.data.resolution >= 8,
            f"data.resolution is {c.data.resolution}; use at least 8 px, or leave it unset for the native size.")
     _validate_slow(c)
+    _validate_chaos(c)
+
+
+def _validate_chaos(c: Config) -> None:
+    """debug.chaos: workers killed on purpose, which only a run that goes on without them can survive."""
+    ch = c.debug.chaos
+    _check(ch.kills >= 0, f"debug.chaos.kills is {ch.kills}; use 0 (off) or the number of workers to kill.")
+    _check(ch.kills == 0 or c.ps.fault_tolerance == "ulfm",
+           f"debug.chaos.kills={ch.kills} needs ps.fault_tolerance=ulfm: with abort the first kill ends the job.")
+    _check(0.0 <= ch.start <= ch.end <= 1.0,
+           f"debug.chaos.start and end are {ch.start} and {ch.end}: the fractions of the run's commits the kills "
+           "fall between, with 0 <= start <= end <= 1 (e.g. 0.15 and 0.75).")
 
 
 def _validate_slow(c: Config) -> None:

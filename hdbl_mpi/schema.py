@@ -121,6 +121,7 @@ class PSConfig:
     timeout_s: float = 0.0  # longest wait for any message; 0: 600 s + 20 planned commit times
     device: str = "cpu"  # the server's evaluation device (cpu | auto | cuda | cuda:N); it merges on the host
     servers: int = 1  # k server ranks, each owning a contiguous shard of the weights (ranks 0 and n+1..n+k-1)
+    spares: int = 0  # ulfm: idle worker ranks started with the job (the last ranks); each takes a lost worker's role
 
 
 @dataclass
@@ -171,6 +172,17 @@ class SlowConfig:
 
 
 @dataclass
+class ChaosConfig:
+    """The chaos drill (ps/chaos.py): the server has `kills` workers, chosen at random, SIGKILL themselves at
+    random commits of the run, all drawn from `seed`."""
+
+    kills: int = 0  # workers killed per run (0: off)
+    seed: int = 0
+    start: float = 0.15  # the kills fall between this fraction of the run's commits ...
+    end: float = 0.75  # ... and this one
+
+
+@dataclass
 class DebugConfig:
     """Fault and delay injection, for tests and for seeing what the tool does when a rank misbehaves."""
 
@@ -182,6 +194,7 @@ class DebugConfig:
     nan_rank: int = -1  # this worker rank pushes NaN weights and loss ...
     nan_at_commit: int = 1  # ... from this local commit on ...
     nan_commits: int = 1  # ... for this many commits (a diverging worker)
+    chaos: ChaosConfig = field(default_factory=ChaosConfig)
 
 
 @dataclass
@@ -207,6 +220,6 @@ def has_server(config: Config) -> bool:
 
 
 def required_ranks(config: Config) -> int:
-    """The MPI ranks a config needs: ps.servers servers plus dual.workers workers, or dual.workers peers without
-    a server. Launchers check their slots against this before starting anything."""
-    return config.dual.workers + (config.ps.servers if has_server(config) else 0)
+    """The MPI ranks a config needs: ps.servers servers plus dual.workers workers plus ps.spares spares, or
+    dual.workers peers without a server. Launchers check their slots against this before starting anything."""
+    return config.dual.workers + (config.ps.servers + config.ps.spares if has_server(config) else 0)

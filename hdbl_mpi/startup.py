@@ -156,31 +156,35 @@ def _local(config: Config, resume: bool) -> _Local:
     from mpi4py import MPI
 
     from hdbl_mpi.comm.placement import place
-    from hdbl_mpi.comm.world import make_peer_world, make_world, threads_per_rank
+    from hdbl_mpi.comm.world import SPARE, make_peer_world, make_world, threads_per_rank
     from hdbl_mpi.data.sources import download_once, open_source
 
     comm = MPI.COMM_WORLD
-    world = make_world(config.dual.workers, config.dual.small, comm, config.ps.servers) if has_server(config) \
-        else make_peer_world(config.dual.workers, comm)
-    torch.set_num_threads(threads_per_rank(world.local_size, config.train.threads))
+    d, ps = config.dual, config.ps
+    world = make_world(d.workers, d.small, comm, ps.servers, ps.spares) if has_server(config) \
+        else make_peer_world(d.workers, comm)
+    # An idle spare (ps.spares) takes no core: the cores go to the ranks at work, and a spare that takes over
+    # a lost worker's role gets that worker's share.
+    at_work = sum(world.local_comm.allgather(world.role != SPARE))
+    torch.set_num_threads(threads_per_rank(at_work, config.train.threads))
     torch.manual_seed(config.train.seed)
     placement = place(world, config)
     device = placement.device
     torch.backends.cudnn.benchmark = config.train.cudnn_benchmark  # a CUDA setting; see hdbl_mpi/throughput.py
-    if world.is_worker:  # the ranks that train (amp needs their CUDA device); every rank exits 2 with the message
+    if world.trains:  # the ranks that train (amp needs their CUDA device); every rank exits 2 with the message
         from hdbl_mpi.precision import check_precision
 
         check_precision(config.train.precision, device)
     seed = config.train.seed * 1_000_003 + comm.rank * 7919 + (1 if resume else 0) * 104_729
     download_once(config, world.local_rank == 0, world.local_comm)
-    data, source = open_source(config, train=world.is_worker, device=device, seed=seed)
-    test = source if not world.is_worker else None
+    data, source = open_source(config, train=world.trains, device=device, seed=seed)
+    test = source if not world.trains else None
     if world.is_worker and world.rank == 0:  # data-parallel: rank 0 evaluates
         test = open_source(config, train=False, device=device, seed=seed)[1]
     info = RankInfo(data.train_size, data.native_resolution, f"{socket.gethostname()}:{device}",
                     torch.get_num_threads(), data.decoder, tuple(data.skipped), placement.local_rank_from,
                     placement.sharing)
-    return _Local(world, device, data, source if world.is_worker else None, test, info)
+    return _Local(world, device, data, source if world.trains else None, test, info)
 
 
 def _agree_on_data(comm: MPI.Intracomm, config: Config, resume: bool) -> tuple[_Local, list[RankInfo], int]:
@@ -335,7 +339,7 @@ def _trained_form(config: Config, model: nn.Module, local: _Local) -> tuple[Flat
     from hdbl_mpi.comm.wire import FlatState
     from hdbl_mpi.throughput import CompileWarmup, compile_model, use_channels_last
 
-    trains = local.world.is_worker
+    trains = local.world.trains
     channels_last = trains and config.train.channels_last and use_channels_last(model)
     flat = FlatState(model, channels_last)
     if not (trains and config.train.compile):

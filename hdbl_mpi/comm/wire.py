@@ -24,6 +24,7 @@ TAG_PUSH_WEIGHTS = 12
 TAG_REPLY_HEADER = 21
 TAG_REPLY_WEIGHTS = 22
 TAG_START = 23  # the server's first assignment to a worker, a REPLY header, at start-up
+TAG_TAKEOVER = 24  # the global weights a spare starts from, after its TAG_START header (ps/spare.py)
 TAG_RECORD = 31  # one pickled commit record (a small dict), worker -> server, off the hot path
 TAG_STATE = 32  # (requested, RankState) pickled, worker -> server, before the record: for a checkpoint
 TAG_PROBE = 41  # start-up: the model vector to and fro between the server and worker 1 (comm/probe.py)
@@ -182,9 +183,11 @@ PUSH = HeaderLayout(("local_commit", "samples", "steps", "batch", "resolution", 
                      "finite", "signal"))
 # Server -> worker, before the merged weights (and alone, as TAG_START, at start-up). The worker's next assignment
 # (stage .. share, see hdbl_mpi.ps.assign) and the reply's control fields; `state_at` > 0 asks for the worker's own
-# state as of that commit, for the checkpoint covering it (run/rankstate.py).
+# state as of that commit, for the checkpoint covering it (run/rankstate.py). `replaces`: in a spare's TAG_START,
+# the lost worker whose role it takes (ps/spare.py); `chaos` > 0: the drill's order to die after that fraction of
+# the next commit's compute (debug.chaos, ps/chaos.py).
 REPLY = HeaderLayout(("global_commit", "epoch", "lr", "stop", "merged", "held_s", "batch", "stage", "resolution",
-                      "dropout", "rejected", "share", "state_at"))
+                      "dropout", "rejected", "share", "state_at", "replaces", "chaos"))
 
 
 class Backoff:

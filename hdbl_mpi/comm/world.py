@@ -2,7 +2,8 @@
 
 Rank 0 is the server, ranks 1..n_S are the small-batch workers and ranks n_S+1..n the large-batch workers.
 With sharded servers (ps.servers = k > 1) ranks n+1..n+k-1 are the shard servers, after the workers, so that
-the workers' ranks do not depend on k.
+the workers' ranks do not depend on k. Spares (ps.spares, under ULFM) are the last ranks: they set up like
+workers, then idle until the server hands one a lost worker's role (ps/spare.py).
 
 The groups are roles, not communicators: every exchange is point-to-point between a worker and the server on
 the world communicator, and no collective runs inside a group. In ASP each worker commits on its own clock; a
@@ -20,7 +21,7 @@ from mpi4py import MPI
 
 from hdbl_mpi.errors import WorldSizeError
 
-SERVER, SMALL, LARGE, PEER, SHARD = "server", "small", "large", "peer", "shard"
+SERVER, SMALL, LARGE, PEER, SHARD, SPARE = "server", "small", "large", "peer", "shard", "spare"
 
 
 @dataclass
@@ -41,8 +42,14 @@ class World:
     def is_worker(self) -> bool:
         return self.role in (SMALL, LARGE, PEER)
 
+    @property
+    def trains(self) -> bool:
+        """A worker, or a spare that may become one: both need the training data and the model as trained."""
+        return self.is_worker or self.role == SPARE
+
     def describe(self) -> str:
-        return f"rank {self.rank}/{self.size} ({self.role}{'-batch worker' if self.is_worker else ' server'})"
+        kind = "-batch worker" if self.is_worker else "" if self.role == SPARE else " server"
+        return f"rank {self.rank}/{self.size} ({self.role}{kind})"
 
 
 def role_of(rank: int, small: int) -> str:
@@ -51,23 +58,27 @@ def role_of(rank: int, small: int) -> str:
     return SMALL if rank <= small else LARGE
 
 
-def check_world_size(size: int, workers: int, small: int, servers: int = 1) -> None:
-    """The world must hold exactly the servers and the configured workers; say how to launch it otherwise."""
-    if size != workers + servers:
+def check_world_size(size: int, workers: int, small: int, servers: int = 1, spares: int = 0) -> None:
+    """The world must hold exactly the servers, the configured workers and the spares; say how to launch it
+    otherwise."""
+    if size != workers + servers + spares:
         what = "1 server" if servers == 1 else f"ps.servers={servers} servers"
+        extra = f" + ps.spares={spares} spares" if spares else ""
+        fixed = servers + spares
         raise WorldSizeError(
             f"this job has {size} MPI rank(s) but the config asks for {what} + dual.workers={workers} workers "
-            f"({small} small-batch, {workers - small} large-batch) = {workers + servers} ranks. Launch with "
-            f"`mpirun -np {workers + servers} ...`, or set --set dual.workers={size - servers} "
-            f"(and dual.small <= {max(size - servers, 0)})."
+            f"({small} small-batch, {workers - small} large-batch){extra} = {workers + fixed} ranks. Launch with "
+            f"`mpirun -np {workers + fixed} ...`, or set --set dual.workers={size - fixed} "
+            f"(and dual.small <= {max(size - fixed, 0)})."
         )
 
 
-def make_world(workers: int, small: int, comm: MPI.Intracomm | None = None, servers: int = 1) -> World:
+def make_world(workers: int, small: int, comm: MPI.Intracomm | None = None, servers: int = 1,
+               spares: int = 0) -> World:
     """Split the job into roles; raises WorldSizeError identically on every rank (no collective is entered)."""
     comm = comm or MPI.COMM_WORLD
-    check_world_size(comm.size, workers, small, servers)
-    role = SHARD if comm.rank > workers else role_of(comm.rank, small)
+    check_world_size(comm.size, workers, small, servers, spares)
+    role = SPARE if comm.rank >= workers + servers else SHARD if comm.rank > workers else role_of(comm.rank, small)
     local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
     return World(comm, local, comm.rank, comm.size, role, local.rank, local.size)
 

@@ -93,7 +93,8 @@ def ranks_for(command: list[str], np: int | None, hosts: Hosts | None) -> tuple[
         config = _train_config(command[1:])
         needed = required_ranks(config)
         servers = "1 server" if config.ps.servers == 1 else f"ps.servers={config.ps.servers} servers"
-        why = (f"{servers} + dual.workers={config.dual.workers} workers" if has_server(config) else
+        spares = f" + ps.spares={config.ps.spares} spares" if config.ps.spares else ""
+        why = (f"{servers} + dual.workers={config.dual.workers} workers{spares}" if has_server(config) else
                f"dual.workers={config.dual.workers} {config.ps.mode} workers, no server")
         if np is not None and np != needed:
             workers = np - needed + config.dual.workers

@@ -64,6 +64,7 @@ class Assignments:
         self.schedule, self.plans, self.state = schedule, plans, state
         self.base = plans[max(plans)]  # d_L, d_S, n_S and f are the same at every resolution
         self.live: dict[int, Plan] = {}  # the survivors' plans after a lost worker
+        self.stand_ins: dict[int, int] = {}  # a spare's rank -> the worker whose role it took (ps.spares)
         for r, p in plans.items():
             state.batch_small.setdefault(str(r), p.batch_small)
         # dual.per_worker: every worker's share per resolution (the survivors' after a loss), from its line
@@ -79,7 +80,15 @@ class Assignments:
         self.speeds = SpeedBalance(threshold, self.window) if replan and self.shares is not None else None
 
     def group(self, rank: int) -> str:
-        return role_of(rank, self.base.small)
+        return role_of(self.stand_ins.get(rank, rank), self.base.small)
+
+    def hand_over(self, lost: int, spare: int) -> None:
+        """A spare takes a lost worker's role: its group, its share (dual.per_worker) and its merge weight, so
+        nobody else's plan changes and an epoch is still n commits of the same sizes."""
+        self.stand_ins[spare] = self.stand_ins.get(lost, lost)  # a stand-in's stand-in plays the first role
+        if self.shares is not None:
+            self._take({r: p.handed_over(lost, spare) for r, p in self.shares.items()})
+        self.updates[spare] = self.updates[lost]
 
     def factor(self, rank: int) -> float:
         if self.shares is not None:

@@ -6,7 +6,8 @@ with its reason in the docstring, and docs/reliability.md names the test behind 
 - A push with a non-finite loss or weights is not merged; the worker gets W back and resets its momentum. Too
   many in a row from one worker means training diverged: the run stops with the advice to lower the LR.
 - ASP goes on without a worker that has not committed for ps.timeout_s / 2 once the others are done.
-- With ``ps.fault_tolerance: ulfm`` a worker that dies is dropped and the survivors take over its commits.
+- With ``ps.fault_tolerance: ulfm`` a worker that dies is dropped; an idle spare (ps.spares) takes its role, or,
+  with none left, the survivors take over its commits.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class ServerView(Protocol):
 
     def save_now(self) -> None: ...
 
+    def join(self, rank: int) -> None: ...
+
+    def send_takeover(self, spare: int, lost: int) -> None: ...
+
 
 def is_process_failure(err: MPI.Exception) -> bool:
     """ULFM's error classes: a peer died, or a communicator was revoked because one did."""
@@ -76,8 +81,11 @@ def is_process_failure(err: MPI.Exception) -> bool:
 class Failures:
     """The server's failure handling; it acts on the server's roster, counters and epochs."""
 
-    def __init__(self, server: ServerView, max_nonfinite: int, ulfm: bool) -> None:
+    def __init__(self, server: ServerView, max_nonfinite: int, ulfm: bool, spares: list[int] | None = None) -> None:
         self.server, self.max_nonfinite, self.ulfm = server, max_nonfinite, ulfm
+        self.spares = list(spares or [])  # idle spare ranks (ps.spares), first come first taken
+        self.dismissed: list[int] = []  # spares told at the end that they were not needed
+        self.first_due: set[int] = set()  # replacements whose first commit is still to come
         self.streak = {w: 0 for w in server.roster.workers}  # consecutive rejected pushes per rank
         self.rejected: set[int] = set()  # ranks whose last push was rejected (told so in the reply)
 
@@ -167,18 +175,30 @@ class Failures:
         as a process failure while other workers are still finishing; it is not lost, and nothing re-plans."""
         s = self.server
         roster = s.roster
-        failed = {w for w in dead - roster.lost - {0} if not s.served(w)}
+        for idle in sorted(dead & set(self.spares)):
+            self.spares.remove(idle)
+            s.line(f"idle spare rank {idle} failed ({error}); {len(self.spares)} spare(s) left")
+        failed = {w for w in dead & set(roster.workers) - roster.lost if not s.served(w)}
         if not failed:
             return
+        replaced = 0
         for w in sorted(failed):
             roster.lost.add(w)
             roster.training.discard(w)
             roster.pending.pop(w, None)
             roster.stalled.discard(w)
-            s.state.lost_workers.append({"rank": w, "at_commit": s.state.merged, "error_class": error_class})
+            s.state.lost_workers.append({"rank": w, "at_commit": s.state.merged, "error_class": error_class,
+                                         "time": time.time()})
+            spare = self.replace(w)
+            replaced += spare is not None
             left = len(roster.alive())
             s.line(f"rank {w} failed ({error}): " + (
-                f"going on with {left} worker(s); the survivors take over its commits" if left else "no worker left"))
+                f"spare rank {spare} takes over its role ({len(self.spares)} spare(s) left)" if spare is not None
+                else f"going on with {left} worker(s); the survivors take over its commits" if left
+                else "no worker left"))
+        s.release_due = True  # workers whose replies a failed send interrupted get theirs next
+        if replaced == len(failed):  # as many workers as before, each in the same role: the plan stands
+            return
         if not roster.alive():  # keep what was merged: a checkpoint at this commit, then a summary and stop
             s.save_now()
             raise EveryWorkerLost(f"every worker was lost at commit {s.state.merged} of {s.epochs.total}; the run "
@@ -190,4 +210,54 @@ class Failures:
             s.line(f"re-planned for {change['workers']} survivors ({change['small']} small-batch): "
                    f"d_L={change['d_large']}" + (f" d_S={change['d_small']} B_S={change['batch_small']} "
                                                  f"f={change['factor_small']:.4f}" if change["small"] else ""))
-        s.release_due = True  # workers whose replies a failed send interrupted get theirs next
+
+    def replace(self, lost: int) -> int | None:
+        """An idle spare takes the lost worker's role (ps/spare.py): the same group, plan share and merge weight;
+        it starts from W as it is now. The spare that got it, or None with no spare left (a spare found dead
+        on the way is dropped and the next one tried)."""
+        from mpi4py import MPI
+
+        s = self.server
+        while self.spares:
+            spare = self.spares.pop(0)
+            try:
+                s.send_takeover(spare, lost)
+            except MPI.Exception as err:
+                if not is_process_failure(err):
+                    raise
+                s.comm.Ack_failed()
+                s.line(f"spare rank {spare} failed before it could take over rank {lost}'s role")
+                continue
+            s.join(spare)
+            self.first_due.add(spare)
+            s.state.replacements.append({"rank": lost, "by": spare, "at_commit": s.state.merged,
+                                         "lost_at": s.state.lost_workers[-1]["time"], "first_commit_s": None})
+            return spare
+        return None
+
+    def first_commit(self, rank: int) -> None:
+        """A replacement's first merged commit: the seconds from the loss to it are the time the loss cost."""
+        if rank not in self.first_due:
+            return
+        self.first_due.discard(rank)
+        for r in self.server.state.replacements:
+            if r["by"] == rank and r["first_commit_s"] is None:
+                r["first_commit_s"] = round(time.time() - r["lost_at"], 3)
+                self.server.line(f"spare rank {rank} made its first commit in rank {r['rank']}'s role "
+                                 f"{r['first_commit_s']:.1f} s after the loss")
+
+    def dismiss_spares(self) -> None:
+        """At the end: every idle spare is told it was not needed, and leaves (one that died meanwhile is
+        skipped)."""
+        from mpi4py import MPI
+
+        from hdbl_mpi.comm.wire import REPLY, TAG_START
+
+        for spare in self.spares:
+            try:
+                self.server.comm.Send(REPLY.pack(stop=1.0), dest=spare, tag=TAG_START)
+                self.dismissed.append(spare)
+            except MPI.Exception as err:
+                if not is_process_failure(err):
+                    raise
+        self.spares = []

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import time
 
-from hdbl_mpi.comm.world import SHARD
+from hdbl_mpi.comm.world import SHARD, SPARE, World
 from hdbl_mpi.ps.assign import Assignments
 from hdbl_mpi.ps.evaluator import Evaluator
 from hdbl_mpi.ps.failures import EveryWorkerLost
 from hdbl_mpi.ps.server import Server
 from hdbl_mpi.ps.shards import serve_shard
+from hdbl_mpi.ps.spare import take_role
 from hdbl_mpi.ps.state import ServerState
 from hdbl_mpi.ps.worker import Worker
 from hdbl_mpi.rules.plan import Plan
@@ -49,12 +50,24 @@ def run_parameter_server(setup: RunSetup, verbose: bool) -> RunResult | Stopped 
                     config.ps.outer_delayed)
         return None
     if world.is_worker:
-        assert setup.train_source is not None
-        slowdown = make_slowdown(config.debug.slow, world.rank, world.rank - 1, setup.t_start, setup.plans)
-        Worker(world, config, setup.model, setup.flat, setup.train_source, setup.device, timeout_s, verbose,
-               layout, setup.rank_state, setup.warm_up, slowdown, setup.resumed).run()
+        _worker(setup, world, timeout_s, verbose).run()
+        return None
+    if world.role == SPARE:
+        taken = take_role(setup)
+        if taken is not None:
+            _worker(setup, taken.world, timeout_s, verbose, taken.replaces).run(taken.start_header)
         return None
     return _serve(setup, timeout_s)
+
+
+def _worker(setup: RunSetup, world: World, timeout_s: float, verbose: bool, replaces: int | None = None) -> Worker:
+    """A worker rank's loop, or a spare's once it took a lost worker's role (it starts with fresh momentum)."""
+    config = setup.config
+    assert setup.train_source is not None
+    slowdown = make_slowdown(config.debug.slow, world.rank, world.rank - 1, setup.t_start, setup.plans)
+    return Worker(world, config, setup.model, setup.flat, setup.train_source, setup.device, timeout_s, verbose,
+                  setup.layout, None if replaces else setup.rank_state, setup.warm_up, slowdown, setup.resumed,
+                  replaces)
 
 
 def _serve(setup: RunSetup, timeout_s: float) -> RunResult | Stopped:

@@ -30,7 +30,9 @@ from hdbl_mpi.comm.wire import (
     TAG_RECORD,
     TAG_REPLY_HEADER,
     TAG_REPLY_WEIGHTS,
+    TAG_START,
     TAG_STATE,
+    TAG_TAKEOVER,
     Backoff,
     TimeoutWaiting,
 )
@@ -38,6 +40,7 @@ from hdbl_mpi.comm.world import World
 from hdbl_mpi.optim.schedules import scheduled_lr
 from hdbl_mpi.ps.assign import Assignments
 from hdbl_mpi.ps.balance import balance_report, describe_replan, group_times
+from hdbl_mpi.ps.chaos import Chaos
 from hdbl_mpi.ps.epochs import ServerEpochs
 from hdbl_mpi.ps.evaluator import FINAL, Evaluator
 from hdbl_mpi.ps.failures import Failures, is_process_failure
@@ -81,7 +84,10 @@ class Server:
         self.policy = make_policy(config.ps.mode, config.ps.staleness)
         self.assign = assign or Assignments(config, schedule, plans, state, self.roster.workers)
         self.clock = PushClock(config, self.roster.workers)
-        self.failures = Failures(self, config.ps.max_nonfinite, config.ps.fault_tolerance == "ulfm")
+        spares = range(world.size - config.ps.spares, world.size)  # the last ranks (comm/world.py)
+        self.failures = Failures(self, config.ps.max_nonfinite, config.ps.fault_tolerance == "ulfm", list(spares))
+        self.chaos = Chaos(config.debug.chaos, schedule.epochs * self.per_epoch, state.merged) \
+            if config.debug.chaos.kills else None
         if self.failures.ulfm:  # failures come back as exceptions (mpi4py raises on error codes) instead of aborting
             self.comm.Set_errhandler(MPI.ERRORS_RETURN)
         self.release_due = False
@@ -141,6 +147,7 @@ class Server:
     def _wind_up(self) -> None:
         """The end of serving: the shard servers told, the commit log closed, the trace written, evaluations in."""
         self.shard_servers = self.fanout.finish()
+        self.failures.dismiss_spares()
         self.commit_log.close()
         write_trace(self.run_dir / rundir.TRACE, rundir.read_commits(self.run_dir / rundir.COMMITS))
         self.epochs.collect(self.epochs.evaluator.finish(self.timeout_s))
@@ -255,6 +262,11 @@ class Server:
         change = self.assign.observe(src, info, st.merged)
         if change is not None:
             self.line(describe_replan(change, self.config.dual.replan_threshold))
+        self.failures.first_commit(src)
+        if self.chaos is not None:
+            order = self.chaos.observe(st.merged, [w for w in self.roster.active() if w not in self.roster.lost])
+            if order:
+                self.line(order)
 
     def _on_record(self, src: int) -> None:
         record: CommitRecord = self.comm.recv(source=src, tag=TAG_RECORD)
@@ -288,7 +300,7 @@ class Server:
         header = self.assign.next(w).header(
             global_commit=global_id, epoch=st.merged // self.per_epoch, stop=float(stop), merged=st.merged,
             held_s=time.perf_counter() - arrived, rejected=float(self.failures.was_rejected(w)),
-            state_at=self.epochs.states.ask(w))
+            state_at=self.epochs.states.ask(w), chaos=self.chaos.order(w) if self.chaos is not None else 0.0)
         self.comm.Send(header, dest=w, tag=TAG_REPLY_HEADER)
         self.awaiting[global_id] = w
         self.clock.reply(w)
@@ -298,6 +310,25 @@ class Server:
             self.roster.stopped.add(w)
         else:
             self.roster.start(w)
+
+    # -- spares (ps.spares) ---------------------------------------------------------------------------------------
+    def send_takeover(self, spare: int, lost: int) -> None:
+        """Hand `spare` the lost worker's role: its first assignment, then W as it is now (blocking: the spare
+        is waiting for it, and W must not change under the send)."""
+        self.assign.hand_over(lost, spare)
+        header = self.assign.next(spare).header(epoch=self.state.merged // self.per_epoch, merged=self.state.merged,
+                                                replaces=float(lost))
+        self.comm.Send(header, dest=spare, tag=TAG_START)
+        self.comm.Send(self.own_np, dest=spare, tag=TAG_TAKEOVER)
+
+    def join(self, rank: int) -> None:
+        """A spare that took a lost worker's role is a worker from now on: training its first commit."""
+        self.roster.workers.append(rank)
+        self.roster.start(rank)
+        self.state.commits_by_worker.setdefault(str(rank), 0)
+        self.records_seen[rank], self.records_before[rank] = 0, self.state.commits(rank)
+        self.clock.join(rank)
+        self.failures.streak[rank] = 0
 
     # -- checkpoints and the summary -----------------------------------------------------------------------------
     def training_workers(self) -> list[int]:
@@ -344,6 +375,10 @@ class Server:
             "stalled_workers": sorted(self.roster.stalled),
             "missing_commits": st.missing_commits,
             "lost_workers": list(st.lost_workers),
+            "replacements": list(st.replacements),
+            "workers_at_end": len(self.roster.alive()),
+            "spares": {"started": self.config.ps.spares, "idle_at_end": len(self.failures.dismissed)},
+            "chaos": self.chaos.log if self.chaos is not None else None,
             "batch_small_final": st.batch_small,
             "merge": self.config.ps.merge,
             "outer": {"lr": self.assign.outer_lr, "momentum": self.config.ps.outer_momentum,

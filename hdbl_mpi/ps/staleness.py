@@ -45,6 +45,11 @@ class PushClock:
         if update.op in MERGES:
             self.version += 1
 
+    def join(self, rank: int) -> None:
+        """A spare that took a lost worker's role pulled W as it is now."""
+        self.pulled[rank] = self.version
+        self.seen[rank] = [0, 0, 0]
+
     def reply(self, rank: int) -> None:
         self.pulled[rank] = self.version
 

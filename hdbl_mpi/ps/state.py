@@ -23,7 +23,8 @@ class ServerState(BookState):
     worker_lines: dict = field(default_factory=dict)  # dual.per_worker: str(resolution) -> {str(rank): [a, b]}
     nonfinite_rejected: dict = field(default_factory=dict)  # str(rank) -> pushes rejected for NaN/Inf
     missing_commits: int = 0  # commits a stalled worker never delivered at the end of an ASP run
-    lost_workers: list = field(default_factory=list)  # ULFM: {rank, at_commit, error_class} of each rank that died
+    lost_workers: list = field(default_factory=list)  # ULFM: {rank, at_commit, error_class, time} of each dead rank
+    replacements: list = field(default_factory=list)  # ps.spares: {rank, by, at_commit, lost_at, first_commit_s}
 
     def commits(self, rank: int) -> int:
         return int(self.commits_by_worker[str(rank)])

@@ -44,7 +44,7 @@ from hdbl_mpi.optim.optimizers import optimizer_for
 from hdbl_mpi.precision import Precision
 from hdbl_mpi.ps.assign import Assignment
 from hdbl_mpi.rules.merge import pushes_change
-from hdbl_mpi.run.faults import maybe_crash
+from hdbl_mpi.run.faults import kill_after, maybe_crash
 from hdbl_mpi.run.rankstate import GRAD_SCALER, RankState, capture, restore
 from hdbl_mpi.run.records import CommitRecord
 from hdbl_mpi.run.signals import STOP
@@ -78,7 +78,7 @@ class Worker:
     def __init__(self, world: World, config: Config, model: nn.Module, flat: FlatState, source: BatchSource,
                  device: torch.device, timeout_s: float, verbose: bool, layout: Layout | None = None,
                  resumed: RankState | None = None, warm_up: CompileWarmup | None = None,
-                 slowdown: Slowdown | None = None, resumed_run: bool = False) -> None:
+                 slowdown: Slowdown | None = None, resumed_run: bool = False, replaces: int | None = None) -> None:
         self.world, self.comm, self.config = world, world.comm, config
         self.slowdown = slowdown  # debug.slow: this worker's emulated slowness (run/slow.py)
         self.model, self.flat, self.source, self.device = model, flat, source, device
@@ -86,6 +86,7 @@ class Worker:
         self.optimizer = optimizer_for(model, config.train)
         self.precision = Precision(config.train.precision, device)  # its scaler (amp) lives across commits
         self.resumed = resumed_run  # the run resumed from a checkpoint, with or without this worker's own state
+        self.replaces = replaces  # a spare: the lost worker whose role it took (ps/spare.py)
         if resumed is not None:  # a resume: momentum, scaler, RNGs and data stream as the checkpoint left them
             restore(resumed, self.optimizer, source)
             self.precision.load_state_dict(resumed.extra.get(GRAD_SCALER, {}))
@@ -96,12 +97,15 @@ class Worker:
         # The delta rule (rules/merge.py): the parameters as last pulled, to push their change since then.
         self.pulled = flat.to_host()[:flat.params_numel].copy() if pushes_change(config.ps.merge) else None
 
-    def run(self) -> None:
-        """Commit until the server says stop; every commit's record goes to the server (it owns the run dir)."""
+    def run(self, start_header: np.ndarray | None = None) -> None:
+        """Commit until the server says stop; every commit's record goes to the server (it owns the run dir).
+        `start_header`: the first assignment, when it came already (a spare's take-over, ps/spare.py)."""
         header_in = REPLY.empty()
-        wait_bounded(self.comm.Irecv(header_in, source=0, tag=TAG_START), self.timeout_s,
-                     f"the server's start-up assignment for rank {self.world.rank}")
-        start = REPLY.unpack(header_in)
+        if start_header is None:
+            wait_bounded(self.comm.Irecv(header_in, source=0, tag=TAG_START), self.timeout_s,
+                         f"the server's start-up assignment for rank {self.world.rank}")
+            start_header = header_in
+        start = REPLY.unpack(start_header)
         task, local = Assignment.from_header(start), 0
         self._keep(int(start["merged"]))
         while True:
@@ -118,6 +122,8 @@ class Worker:
             self._report(task, stats, local, roundtrip, reply, header_out.nbytes + header_in.nbytes)
             if reply["stop"]:
                 return
+            if reply["chaos"] > 0:  # the drill's order: die part-way through the next commit's compute
+                kill_after(reply["chaos"] * stats.seconds, f"debug.chaos: rank {self.world.rank} SIGKILLs itself")
             task = Assignment.from_header(reply)  # the next stage, batch, share, LR and dropout
 
     def _keep(self, at: int) -> None:
@@ -183,7 +189,8 @@ class Worker:
             train_loss=stats.loss_sum / stats.samples, train_acc=stats.correct / stats.samples,
             compute_s=stats.seconds, exchange_s=max(roundtrip - held, 0.0), wait_s=held,
             commit_s=stats.seconds + roundtrip, time=time.time(), dropout=task.dropout,
-            rejected=bool(reply["rejected"]), bytes=2 * self.flat.nbytes + header_bytes, slowed_s=stats.slowed_s)
+            rejected=bool(reply["rejected"]), bytes=2 * self.flat.nbytes + header_bytes, slowed_s=stats.slowed_s,
+            replaces=self.replaces)
         self.comm.send(record, dest=0, tag=TAG_RECORD)
         if self.verbose:
             print(f"[rank {record.worker} {record.group}] commit {local} (global {record.global_commit}) stage "

@@ -20,7 +20,7 @@ evaluated: their relative speed is 1.0 exactly).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hdbl_mpi.errors import PlanError
 from hdbl_mpi.rules.plan import Plan, round_half_up, update_factor
@@ -72,6 +72,11 @@ class WorkerPlan:
             if share.rank == rank:
                 return share
         raise KeyError(f"rank {rank} has no share in this plan")
+
+    def handed_over(self, old: int, new: int) -> WorkerPlan:
+        """The same plan with `old`'s share given to rank `new`: a spare taking a lost worker's place trains what
+        it trained, so nobody else's share changes."""
+        return replace(self, shares=tuple(replace(s, rank=new) if s.rank == old else s for s in self.shares))
 
     def lines(self) -> dict[int, StepLine]:
         return {s.rank: s.line for s in self.shares}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 
 CRASH_MODES = ("raise", "exit", "kill")
 
@@ -25,3 +27,16 @@ def maybe_crash(debug, rank: int, commit: int, where: str = "local commit", resu
         print(f"{what}: killing itself (SIGKILL)", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     raise RuntimeError(what)
+
+
+def kill_after(seconds: float, what: str) -> None:
+    """SIGKILL this process `seconds` from now, wherever it is then (training, exchanging, waiting): the chaos
+    drill's kill, which nothing in the process can clean up after, as with the OOM killer or a lost node. The
+    line before it carries the wall time, for the drill's time lost per failure (bench/chaos.py)."""
+    def die() -> None:
+        print(f"hdbl train: {what} at unix time {time.time():.3f}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    timer = threading.Timer(max(seconds, 0.0), die)
+    timer.daemon = True
+    timer.start()

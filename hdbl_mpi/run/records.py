@@ -50,6 +50,7 @@ class CommitRecord:
     bytes: int | None = None  # moved by this commit (push, reply and headers); None in data-parallel modes
     slowed_s: float = 0.0  # of compute_s, slept to emulate a slow rank (debug.slow; hdbl_mpi/run/slow.py)
     staleness: int | None = None  # merges into W between this worker's pull and this push (parameter server)
+    replaces: int | None = None  # a spare's commit: the lost worker whose role it took (ps.spares)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

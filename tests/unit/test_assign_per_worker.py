@@ -95,3 +95,16 @@ def test_a_commit_trained_on_an_old_share_is_judged_by_the_line_it_is_predicted_
     # rank 2 is twice as slow; its line already says so (predicted 2.0): its speed matches, no imbalance
     for _ in range(3):
         assert monitor.observe(1, 1.0, 1.0, [1, 2]) is None and monitor.observe(2, 2.0, 2.0, [1, 2]) is None
+
+
+@pytest.mark.parametrize("per_worker", [False, True])
+def test_a_spare_is_handed_the_lost_workers_role_exactly(per_worker):
+    """ps.spares: the spare (rank 5) taking small-batch rank 2's place gets rank 2's group, batch, share and merge
+    weight; nobody else's assignment changes, and a stand-in's stand-in (rank 6) plays the same role."""
+    assign = _assignments(per_worker)
+    before = {w: (assign.next(w), assign.updates[w]) for w in WORKERS}
+    assign.hand_over(2, 5)
+    assert assign.group(5) == "small" and assign.next(5) == before[2][0] and assign.updates[5] == before[2][1]
+    assert all((assign.next(w), assign.updates[w]) == before[w] for w in (1, 3, 4))
+    assign.hand_over(5, 6)
+    assert assign.group(6) == "small" and assign.next(6) == before[2][0] and assign.factor(6) == assign.factor(1)
