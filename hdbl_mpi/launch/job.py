@@ -125,6 +125,12 @@ def prepare(args: argparse.Namespace, environ: dict[str, str] | None = None) -> 
                           "N train CONFIG ...`), and N counts them (N >= 0).")
     hosts = _hosts(args, environ)
     np, why, config_flags = ranks_for(command, args.np, hosts)
+    if config_flags and args.launcher != "mpirun":
+        raise LaunchError(
+            f"ps.fault_tolerance=ulfm needs Open MPI's mpirun (--with-ft ulfm and its failure detector): --launcher "
+            f"{args.launcher} would start a job that ends at the first lost rank. Use --launcher mpirun (inside a "
+            "SLURM allocation too: HDBL_LAUNCHER=mpirun sbatch ...), or ps.fault_tolerance=abort with "
+            "--max-restarts N.")
     notes = []
     oversubscribe = args.oversubscribe
     if hosts is not None:

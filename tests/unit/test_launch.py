@@ -274,6 +274,19 @@ def test_a_ulfm_config_gets_the_fault_tolerance_flags(fake_mpis):
     assert env[REPORT_ENV] == "1" and f"-x {REPORT_ENV}" in text  # rank 0 reports its exit code to hdbl launch
 
 
+def test_a_ulfm_config_is_refused_by_launchers_that_cannot_start_it(fake_mpis):
+    """srun and horovodrun have no --with-ft ulfm: dropping the flags would start a job that dies with its first
+    lost rank, against what the config asks."""
+    for launcher in ("srun", "horovodrun"):
+        with pytest.raises(commands.LaunchError, match=f"needs Open MPI's mpirun .* --launcher {launcher} would"):
+            prepare(launch_args("--launcher", launcher, "--np", "7", "train", str(CONFIG), "--set",
+                                "ps.fault_tolerance=ulfm", "--set", "ps.spares=2"), {"SLURM_JOB_ID": "1"})
+    with pytest.raises(commands.LaunchError, match=r"--np 5 but the config needs 7 ranks \(1 server \+ "
+                                                   r"dual.workers=4 workers \+ ps.spares=2 spares\)"):
+        prepare(launch_args("--np", "5", "train", str(CONFIG), "--set", "ps.fault_tolerance=ulfm", "--set",
+                            "ps.spares=2"), {})
+
+
 RELAY = ("import sys; from hdbl_mpi.launch.relay import supervise; "
          "sys.exit(supervise(sys.argv[1:], {}, reports=True))")
 
