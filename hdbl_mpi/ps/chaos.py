@@ -18,14 +18,14 @@ from hdbl_mpi.schema import ChaosConfig
 class Chaos:
     """The kill plan of one run and the orders given so far."""
 
-    def __init__(self, config: ChaosConfig, total: int, merged: int) -> None:
+    def __init__(self, config: ChaosConfig, total: int, merged: int, log: list[dict]) -> None:
         self.rng = random.Random(config.seed)
         first, last = max(1, int(config.start * total)), max(1, int(config.end * total))
         points = range(first, last + 1)
         planned = sorted(self.rng.sample(points, min(config.kills, len(points))))
         self.due_at = [c for c in planned if c > merged]  # a resumed run keeps the kills still ahead of it
         self.orders: dict[int, float] = {}  # rank -> fraction of its next commit's compute before it dies
-        self.log: list[dict] = []  # summary.json's `chaos`: each order given
+        self.log = log  # summary.json's `chaos`: each order given (in the checkpointed state, across restarts)
 
     def observe(self, merged: int, candidates: list[int]) -> str | None:
         """After a merge: order the kill that is due, if any; a line that says whom."""

@@ -86,7 +86,7 @@ class Server:
         self.clock = PushClock(config, self.roster.workers)
         spares = range(world.size - config.ps.spares, world.size)  # the last ranks (comm/world.py)
         self.failures = Failures(self, config.ps.max_nonfinite, config.ps.fault_tolerance == "ulfm", list(spares))
-        self.chaos = Chaos(config.debug.chaos, schedule.epochs * self.per_epoch, state.merged) \
+        self.chaos = Chaos(config.debug.chaos, schedule.epochs * self.per_epoch, state.merged, state.chaos) \
             if config.debug.chaos.kills else None
         if self.failures.ulfm:  # failures come back as exceptions (mpi4py raises on error codes) instead of aborting
             self.comm.Set_errhandler(MPI.ERRORS_RETURN)
@@ -378,7 +378,7 @@ class Server:
             "replacements": list(st.replacements),
             "workers_at_end": len(self.roster.alive()),
             "spares": {"started": self.config.ps.spares, "idle_at_end": len(self.failures.dismissed)},
-            "chaos": self.chaos.log if self.chaos is not None else None,
+            "chaos": list(st.chaos) if self.chaos is not None else None,
             "batch_small_final": st.batch_small,
             "merge": self.config.ps.merge,
             "outer": {"lr": self.assign.outer_lr, "momentum": self.config.ps.outer_momentum,

@@ -25,6 +25,7 @@ class ServerState(BookState):
     missing_commits: int = 0  # commits a stalled worker never delivered at the end of an ASP run
     lost_workers: list = field(default_factory=list)  # ULFM: {rank, at_commit, error_class, time} of each dead rank
     replacements: list = field(default_factory=list)  # ps.spares: {rank, by, at_commit, lost_at, first_commit_s}
+    chaos: list = field(default_factory=list)  # debug.chaos: {rank, at_commit, fraction, time} of each kill ordered
 
     def commits(self, rank: int) -> int:
         return int(self.commits_by_worker[str(rank)])

@@ -90,7 +90,8 @@ class Worker:
         if resumed is not None:  # a resume: momentum, scaler, RNGs and data stream as the checkpoint left them
             restore(resumed, self.optimizer, source)
             self.precision.load_state_dict(resumed.extra.get(GRAD_SCALER, {}))
-            print(f"hdbl train: rank {world.rank}: own state from commit {resumed.at}, optimizer state L1 "
+            held = f" (saved by spare rank {resumed.rank}, which held its role)" if resumed.rank != world.rank else ""
+            print(f"hdbl train: rank {world.rank}: own state from commit {resumed.at}{held}, optimizer state L1 "
                   f"{resumed.optimizer_l1():.6g}", flush=True)
         self.kept: list[RankState] = []  # own state after the last two pulls (oldest first)
         self.host = socket.gethostname()

@@ -52,17 +52,29 @@ def prepare_run_dir(run_path: Path, config: Config, config_yaml: str, schedule: 
 
 def _rank_states(config: Config, run_path: Path, restored: dict, size: int) -> dict[int, RankState]:
     """The training ranks' states the checkpoint names (none for a checkpoint written before they existed)."""
+    roles = stood_in(restored.get("replacements") or [])
     if has_server(config):  # the workers, ranks 1..n; the point is the merged commit
         ranks, at = list(range(1, config.dual.workers + 1)), int(restored.get("merged", 0))
     else:  # every rank trains; the point is the epoch
         ranks, at = list(range(size)), int(restored.get("epoch", 0))
-    states = load_rank_states(run_path, restored.get("rank_states"), ranks, at)
+    saved = load_rank_states(run_path, restored.get("rank_states"), ranks + sorted(roles), at)
+    states = {roles.get(r, r): state for r, state in saved.items()}  # a spare's state goes back to its role
     missing = [r for r in ranks if r not in states]
     restored["restarts"][-1]["rank_states"] = len(states)
     if missing:
         print(f"hdbl train: resuming without the own state of rank(s) {missing} (an older checkpoint, or lost "
               "workers): they start with fresh momentum and reseeded random numbers", flush=True)
     return states
+
+
+def stood_in(replacements: list[dict]) -> dict[int, int]:
+    """Spare rank -> the worker rank whose role it played (ps.spares; a stand-in's stand-in plays the first one).
+    A resume starts every worker in its own rank again and the spares idle, so a spare's saved state (momentum,
+    RNGs, data stream) goes to the worker whose role it carried on."""
+    roles: dict[int, int] = {}
+    for r in replacements:
+        roles[int(r["by"])] = roles.get(int(r["rank"]), int(r["rank"]))
+    return roles
 
 
 def _restart(state: dict, run_path: Path, schedule: Schedule, config: Config) -> dict:

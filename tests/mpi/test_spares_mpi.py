@@ -48,3 +48,23 @@ def test_the_chaos_drill_with_two_kills_ends_with_every_worker_and_dismisses_the
     assert all(r["first_commit_s"] is not None for r in s["replacements"])
     assert s["workers_at_end"] == 3 and s["spares"] == {"started": 3, "idle_at_end": 1}
     assert s["commits_total"] == 36 and s["epochs_completed"] == 6
+
+
+def test_a_killed_server_is_restarted_and_the_replaced_workers_role_resumes_with_the_spares_state(tmp_path):
+    """The issue's second goal with a spare in play: worker rank 2 is SIGKILLed early (spare 4 takes its role), then
+    the server SIGKILLs itself at its 10th merge; the idle-free job ends, `hdbl launch --max-restarts 1` starts it
+    again from the last checkpoint (commit 9), where rank 2 carries on with the state spare 4 saved in its role,
+    and the run finishes its 18 commits."""
+    run = run_train(5, tmp_path / "restart", [
+        "dual.workers=3", "train.epochs=6", "run.checkpoint_every=1", *ULFM, "ps.spares=1",
+        "debug.chaos.kills=1", "debug.chaos.seed=0", "debug.chaos.start=0.1", "debug.chaos.end=0.2",
+        "debug.raise_on_rank=0", "debug.raise_at_commit=10", "debug.crash=kill", "debug.crash_on_resume=false"],
+        timeout=300, launch=True, extra=["--max-restarts", "1", "--restart-backoff", "1"])
+    assert run.returncode == 0, run.output[-4000:]
+    s = run.summary()
+    assert len(s["restarts"]) == 1 and s["commits_total"] == 18 and s["epochs_completed"] == 6
+    (killed,) = [o["rank"] for o in s["chaos"]]  # ordered in the first start, kept in the checkpointed state
+    assert [(r["rank"], r["by"]) for r in s["replacements"]] == [(killed, 4)]
+    assert "injected failure (debug.raise_on_rank=0) at merged commit 10" in run.output
+    assert f"rank {killed}: own state from commit 9 (saved by spare rank 4, which held its role)" in run.output
+    assert s["workers_at_end"] == 3 and s["spares"] == {"started": 1, "idle_at_end": 1}

@@ -195,3 +195,12 @@ def test_hdbl_train_takes_stop_signals_before_parsing_its_arguments():
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+
+
+def test_a_spares_saved_state_goes_back_to_the_role_it_played():
+    """Rank 2 was replaced by spare 5, which was lost and replaced by spare 6; rank 3 by spare 4. On a resume every
+    worker starts in its own rank again, so rank 6's and rank 4's saved states go to ranks 2 and 3."""
+    from hdbl_mpi.run.prepare import stood_in
+
+    replacements = [{"rank": 2, "by": 5}, {"rank": 3, "by": 4}, {"rank": 5, "by": 6}]
+    assert stood_in(replacements) == {5: 2, 4: 3, 6: 2} and stood_in([]) == {}
