@@ -187,7 +187,8 @@ class DebugConfig:
     """Fault and delay injection, for tests and for seeing what the tool does when a rank misbehaves."""
 
     raise_on_rank: int = -1  # this rank raises RuntimeError ...
-    raise_at_commit: int = 0  # ... when it is about to make this local commit (rank 0: after this many merges)
+    raise_at_commit: int = 0  # ... when it is about to make this local commit (the server: after this many
+    # merges; allreduce and LocalSGD: when it is about to train this epoch, from 1)
     crash: str = "raise"  # how: raise (an exception), exit (code 3, no MPI_Finalize), kill (SIGKILL itself)
     crash_on_resume: bool = True  # false: only in a start that did not resume from a checkpoint (a transient fault)
     slow: SlowConfig = field(default_factory=SlowConfig)

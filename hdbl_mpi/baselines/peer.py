@@ -46,6 +46,7 @@ from hdbl_mpi.rules.backends import BackendChoice, BackendFacts, choose_backend
 from hdbl_mpi.rules.plan import round_half_up
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import BookPolicy, BookState, EpochBook, RunResult, Stopped
+from hdbl_mpi.run.faults import maybe_crash
 from hdbl_mpi.run.progress import Progress
 from hdbl_mpi.run.rankstate import GRAD_SCALER, RankState, capture, restore
 from hdbl_mpi.run.records import CommitRecord, EpochRow, from_mapping
@@ -243,6 +244,7 @@ class PeerTrainer:
     def run(self) -> None:
         st, epochs, policy = self.state, self.setup.schedule.epochs, self.book.policy
         for epoch in range(st.epoch, epochs):
+            maybe_crash(self.setup.config.debug, self.setup.world.rank, epoch + 1, "epoch", self.setup.resumed)
             t0 = time.perf_counter()
             row, samples, seconds = self._epoch(epoch)
             st.train_time_s += time.perf_counter() - t0

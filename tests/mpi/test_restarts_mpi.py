@@ -54,3 +54,19 @@ def test_a_killed_server_is_restarted_and_loses_at_most_the_work_since_the_check
     assert summary["epochs_completed"] == 4 and summary["commits_total"] == 8
     (restart,) = summary["restarts"]
     assert restart["launch_restart"] == 1 and (restart["epoch"], restart["at_commit"]) in ((2, 4), (1, 2))
+
+
+def test_a_killed_allreduce_rank_is_restarted_from_the_last_epochs_checkpoint(tmp_path):
+    """The data-parallel modes have no server to survive a lost rank: rank 1 of a 2-rank allreduce SIGKILLs itself
+    as it starts epoch 3; Open MPI ends the job, the restart budget resumes it from the epoch-2 checkpoint, and the
+    run finishes its 4 epochs."""
+    run = run_train(2, tmp_path / "run", ["ps.mode=allreduce", "ps.backend=mpi4py", "dual.workers=2",
+                                          "train.epochs=4", "run.checkpoint_every=1", "debug.raise_on_rank=1",
+                                          "debug.raise_at_commit=3", "debug.crash=kill",
+                                          "debug.crash_on_resume=false"],
+                    launch=True, extra=BUDGET, timeout=240)
+    assert run.returncode == 0, run.output[-4000:]
+    assert "injected failure (debug.raise_on_rank=1) at epoch 3: killing itself (SIGKILL)" in run.output
+    summary = run.summary()
+    (restart,) = summary["restarts"]
+    assert restart["epoch"] == 2 and restart["launch_restart"] == 1 and summary["epochs_completed"] == 4
