@@ -58,8 +58,9 @@ def test_a_killed_server_is_restarted_and_loses_at_most_the_work_since_the_check
 
 def test_a_killed_allreduce_rank_is_restarted_from_the_last_epochs_checkpoint(tmp_path):
     """The data-parallel modes have no server to survive a lost rank: rank 1 of a 2-rank allreduce SIGKILLs itself
-    as it starts epoch 3; Open MPI ends the job, the restart budget resumes it from the epoch-2 checkpoint, and the
-    run finishes its 4 epochs."""
+    as it starts epoch 3; Open MPI ends the job, the restart budget resumes it from the last checkpoint on disk
+    (epoch 2's, or epoch 1's if the kill came while epoch 2's was still being written), and the run finishes its
+    4 epochs."""
     run = run_train(2, tmp_path / "run", ["ps.mode=allreduce", "ps.backend=mpi4py", "dual.workers=2",
                                           "train.epochs=4", "run.checkpoint_every=1", "debug.raise_on_rank=1",
                                           "debug.raise_at_commit=3", "debug.crash=kill",
@@ -69,4 +70,4 @@ def test_a_killed_allreduce_rank_is_restarted_from_the_last_epochs_checkpoint(tm
     assert "injected failure (debug.raise_on_rank=1) at epoch 3: killing itself (SIGKILL)" in run.output
     summary = run.summary()
     (restart,) = summary["restarts"]
-    assert restart["epoch"] == 2 and restart["launch_restart"] == 1 and summary["epochs_completed"] == 4
+    assert restart["epoch"] in (1, 2) and restart["launch_restart"] == 1 and summary["epochs_completed"] == 4
