@@ -134,9 +134,11 @@ def test_ulfm_asp_survives_a_lost_worker(tmp_path, crash):
 def test_a_ulfm_job_whose_server_dies_fails_although_mpirun_says_0(tmp_path):
     """Under ULFM mpirun ends with 0 when ranks die of a signal: the server SIGKILLed at its third merge must
     still make `hdbl launch` fail (a worker that loses its server ends the job, and had it not, the launcher's
-    check of rank 0's report would: tests/unit/test_launch.py)."""
-    run = run_train(3, tmp_path / "server", ["dual.workers=2", "train.epochs=3", "ps.fault_tolerance=ulfm",
-                                             "debug.raise_on_rank=0", "debug.raise_at_commit=3", "debug.crash=kill"],
+    check of rank 0's report would: tests/unit/test_launch.py). An idle spare waiting for the server leaves too:
+    the job does not hang."""
+    run = run_train(4, tmp_path / "server", ["dual.workers=2", "train.epochs=3", "ps.fault_tolerance=ulfm",
+                                             "ps.spares=1", "debug.raise_on_rank=0", "debug.raise_at_commit=3",
+                                             "debug.crash=kill"],
                     timeout=180, launch=True)
     assert "injected failure (debug.raise_on_rank=0) at merged commit 3" in run.output, run.output[-3000:]
     assert run.returncode != 0 and not (tmp_path / "server" / "summary.json").exists(), run.output[-3000:]
