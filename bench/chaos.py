@@ -17,7 +17,9 @@ kill, from the victim's kill (the wall time it printed just before):
 - down: to the replacement's start of training (its first commit record's start, commits.jsonl): the role is
   idle this long, detection plus the hand-over of W;
 - to first commit: to the replacement's first merged commit, which adds one commit's training (a quarter of an
-  epoch's data per worker in the demo, k = 1), work done, not lost.
+  epoch's data per worker in the demo, k = 1), work done, not lost;
+- thrown away: the victim's training since its last recorded commit, which dies with it (the order falls
+  10-90 % into a commit).
 Then the goal's verdict in the issue's words (10/10 finish, every run ends with its full worker count, time lost
 per replaced worker under 10 s, mean final top-1 within 0.5 pp of the uninterrupted runs'), the time lost taken
 as the down time, with the time to the first merged commit beside it. Written to OUT/chaos.md.
@@ -49,6 +51,7 @@ class Kill:
     detected_s: float | None = None  # to the server's noticing
     down_s: float | None = None  # to the replacement's start of training
     first_commit_s: float | None = None  # to the replacement's first merged commit
+    thrown_s: float | None = None  # the victim's training since its last recorded commit
 
 
 @dataclass
@@ -87,8 +90,10 @@ def read_run(run_dir: Path) -> Run:
     if not summary_path.is_file():
         return Run(run_dir.name, False, None, None, 0, None, kills)
     s = json.loads(summary_path.read_text())
-    starts = _first_starts(run_dir / "commits.jsonl")
+    starts, ends = _first_starts(run_dir / "commits.jsonl"), _last_ends(run_dir / "commits.jsonl")
     for kill in kills:
+        if kill.rank in ends:
+            kill.thrown_s = kill.killed_at - ends[kill.rank]
         taken = next((r for r in s.get("replacements") or [] if r["rank"] == kill.rank), None)
         if taken is not None:
             kill.detected_s = taken["lost_at"] - kill.killed_at
@@ -112,18 +117,28 @@ def _first_starts(commits: Path) -> dict[int, float]:
     return starts
 
 
+def _last_ends(commits: Path) -> dict[int, float]:
+    """Each rank's last commit's end (wall time)."""
+    ends: dict[int, float] = {}
+    for line in commits.read_text().splitlines() if commits.is_file() else []:
+        record = json.loads(line)
+        ends[record["worker"]] = max(record["time"], ends.get(record["worker"], record["time"]))
+    return ends
+
+
 def report(drill: list[Run], baseline: list[Run], planned_kills: int) -> str:
     lines = ["| run | finished | final top-1 (%) | wall (s) | workers at end | kills | detection (s) | down (s) | "
-             "to first commit (s) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "to first commit (s) | thrown away (s) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in [*baseline, *drill]:
-        seen, down, first = (", ".join("–" if v is None else f"{v:.{digits}f}" for v in values) or "–" for values,
-                             digits in (([k.detected_s for k in r.kills], 2), ([k.down_s for k in r.kills], 1),
-                                        ([k.first_commit_s for k in r.kills], 1)))
+        seen, down, first, thrown = (
+            ", ".join("–" if v is None else f"{v:.{digits}f}" for v in values) or "–" for values, digits in (
+                ([k.detected_s for k in r.kills], 2), ([k.down_s for k in r.kills], 1),
+                ([k.first_commit_s for k in r.kills], 1), ([k.thrown_s for k in r.kills], 1)))
         top1 = "–" if r.top1 is None else f"{100 * r.top1:.2f}"
         wall = "–" if r.wall_s is None else f"{r.wall_s:.0f}"
         lines.append(f"| {r.name} | {'yes' if r.finished else 'no'} | {top1} | {wall} | "
                      f"{r.workers_at_end if r.workers_at_end is not None else '–'} of {r.workers} | {len(r.kills)} | "
-                     f"{seen} | {down} | {first} |")
+                     f"{seen} | {down} | {first} | {thrown} |")
     return "\n".join(lines) + "\n\n" + verdict(drill, baseline, planned_kills) + "\n"
 
 
@@ -135,6 +150,7 @@ def verdict(drill: list[Run], baseline: list[Run], planned_kills: int) -> str:
     lost = [k.down_s for r in drill for k in r.kills]
     measured = [x for x in lost if x is not None]
     first = [k.first_commit_s for r in drill for k in r.kills if k.first_commit_s is not None]
+    thrown = [k.thrown_s for r in drill for k in r.kills if k.thrown_s is not None]
     top1 = [r.top1 for r in drill if r.top1 is not None]
     base = [r.top1 for r in baseline if r.top1 is not None]
     parts = [f"finished: {finished} of {len(drill)}",
@@ -147,6 +163,9 @@ def verdict(drill: list[Run], baseline: list[Run], planned_kills: int) -> str:
     if first:
         parts.append(f"kill to the replacement's first merged commit: mean {statistics.fmean(first):.1f} s, largest "
                      f"{max(first):.1f} s")
+    if thrown:
+        parts.append(f"training thrown away with the victim: mean {statistics.fmean(thrown):.1f} s, largest "
+                     f"{max(thrown):.1f} s")
     gap = None
     if top1 and base:
         gap = 100 * (statistics.fmean(top1) - statistics.fmean(base))

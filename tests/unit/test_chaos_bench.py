@@ -23,9 +23,10 @@ def _run(root: Path, name: str, top1: float, kills: list[tuple[int, float, float
                     for i, (r, _, seen, first) in enumerate(kills)]
     (run / "summary.json").write_text(json.dumps({"final_top1": top1, "wall_time_s": 100.0, "plan": {"workers": 4},
                                                   "workers_at_end": at_end, "replacements": replacements}))
-    (run / "commits.jsonl").write_text("".join(  # each replacement's first commit: 1 s of training, then merged
-        json.dumps({"worker": 5 + i, "time": seen + 1.0, "commit_s": 1.0}) + "\n"
-        for i, (_, _, seen, first) in enumerate(kills) if first is not None))
+    (run / "commits.jsonl").write_text("".join(  # each replacement's first commit: 1 s of training, then merged;
+        json.dumps({"worker": 5 + i, "time": seen + 1.0, "commit_s": 1.0}) + "\n"  # each victim's last: 4 s before
+        for i, (_, _, seen, first) in enumerate(kills) if first is not None) + "".join(
+        json.dumps({"worker": r, "time": t - 4.0, "commit_s": 2.0}) + "\n" for r, t, _, _ in kills))
     (root / f"{name}.out").write_text("".join(
         f"hdbl train: debug.chaos: rank {r} SIGKILLs itself at unix time {t:.3f}\n" for r, t, _, _ in kills))
     return run
@@ -34,8 +35,8 @@ def _run(root: Path, name: str, top1: float, kills: list[tuple[int, float, float
 def test_time_lost_runs_from_the_kill_to_the_replacements_first_commit(tmp_path):
     run = chaos.read_run(_run(tmp_path, "chaos-0", 0.88, [(2, 1000.0, 1000.5, 2.0), (5, 1100.0, 1100.25, None)]))
     assert run.finished and run.workers == 4 and run.workers_at_end == 4
-    assert [(k.rank, k.detected_s, k.down_s, k.first_commit_s) for k in run.kills] == [(2, 0.5, 0.5, 2.5),
-                                                                                         (5, 0.25, None, None)]
+    assert [(k.rank, k.detected_s, k.down_s, k.first_commit_s, k.thrown_s) for k in run.kills] == [
+        (2, 0.5, 0.5, 2.5, 4.0), (5, 0.25, None, None, 4.0)]
 
 
 def test_the_verdict_needs_every_part_of_the_goal(tmp_path):
