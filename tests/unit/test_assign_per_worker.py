@@ -108,3 +108,12 @@ def test_a_spare_is_handed_the_lost_workers_role_exactly(per_worker):
     assert all((assign.next(w), assign.updates[w]) == before[w] for w in (1, 3, 4))
     assign.hand_over(5, 6)
     assert assign.group(6) == "small" and assign.next(6) == before[2][0] and assign.factor(6) == assign.factor(1)
+
+
+def test_a_hand_over_to_a_spare_that_turned_out_dead_can_be_undone_for_the_next_one():
+    assign = _assignments(True)
+    before = assign.next(3)
+    assign.hand_over(3, 5)
+    assign.hand_over(5, 3)  # the send to spare 5 failed: the role goes back to rank 3's name
+    assign.hand_over(3, 6)
+    assert assign.next(6) == before and assign.group(6) == "large"
