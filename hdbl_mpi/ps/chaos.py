@@ -25,11 +25,12 @@ class Chaos:
         planned = sorted(self.rng.sample(points, min(config.kills, len(points))))
         self.due_at = [c for c in planned if c > merged]  # a resumed run keeps the kills still ahead of it
         self.orders: dict[int, float] = {}  # rank -> fraction of its next commit's compute before it dies
+        self.doomed: set[int] = set()  # ranks given their order: dying in the commit they are training
         self.log = log  # summary.json's `chaos`: each order given (in the checkpointed state, across restarts)
 
     def observe(self, merged: int, candidates: list[int]) -> str | None:
         """After a merge: order the kill that is due, if any; a line that says whom."""
-        pool = sorted(set(candidates) - set(self.orders))
+        pool = sorted(set(candidates) - set(self.orders) - self.doomed)
         if not self.due_at or self.due_at[0] > merged or not pool:
             return None
         self.due_at.pop(0)
@@ -40,5 +41,9 @@ class Chaos:
                 f"(kill {len(self.log)}, ordered at commit {merged})")
 
     def order(self, rank: int) -> float:
-        """The order for `rank`'s reply (0: none); given once."""
-        return self.orders.pop(rank, 0.0)
+        """The order for `rank`'s reply (0: none); given once, and the rank is not drawn again (a kill drawn for a
+        worker already dying would be lost: 2 of 30 kills were, in the first drill)."""
+        if rank not in self.orders:
+            return 0.0
+        self.doomed.add(rank)
+        return self.orders.pop(rank)

@@ -37,7 +37,8 @@ def test_a_kill_goes_to_a_worker_still_training_and_a_resume_keeps_the_kills_ahe
     assert line is not None and line.startswith("debug.chaos: rank 4 is to SIGKILL itself")
     assert chaos.observe(6, [4]) is None  # rank 4 already has its order and nobody else is training: it waits
     assert chaos.order(4) > 0 and chaos.order(4) == 0.0  # given once
-    assert chaos.observe(7, [2]) is not None and [o["rank"] for o in chaos.log] == [4, 2]
+    assert chaos.observe(7, [4]) is None  # rank 4 got its order and is dying: it is not drawn again
+    assert chaos.observe(7, [2, 4]) is not None and [o["rank"] for o in chaos.log] == [4, 2]
     resumed = Chaos(ChaosConfig(kills=3, seed=1, start=0.1, end=0.9), 100, 60, [])
     assert all(at > 60 for at in resumed.due_at)
 
