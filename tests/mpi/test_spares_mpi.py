@@ -4,6 +4,8 @@ rank in the lost worker's group."""
 
 from __future__ import annotations
 
+import re
+
 from tests.conftest import run_train
 
 ULFM = ["ps.fault_tolerance=ulfm", "ps.ft_detector_timeout_s=10"]
@@ -50,21 +52,37 @@ def test_the_chaos_drill_with_two_kills_ends_with_every_worker_and_dismisses_the
     assert s["commits_total"] == 36 and s["epochs_completed"] == 6
 
 
-def test_a_killed_server_is_restarted_and_the_replaced_workers_role_resumes_with_the_spares_state(tmp_path):
+def test_a_killed_server_is_restarted_with_the_replacement_on_record(tmp_path):
     """The issue's second goal with a spare in play: worker rank 2 is SIGKILLed early (spare 4 takes its role), then
-    the server SIGKILLs itself at its 10th merge; the idle-free job ends, `hdbl launch --max-restarts 1` starts it
-    again from the last checkpoint (commit 9), where rank 2 carries on with the state spare 4 saved in its role,
-    and the run finishes its 18 commits."""
+    the server SIGKILLs itself at its 16th merge; the job ends, `hdbl launch --max-restarts 1` starts it again from
+    the last checkpoint on disk and the run finishes its 18 commits, the kill and the replacement still on record."""
     run = run_train(5, tmp_path / "restart", [
         "dual.workers=3", "train.epochs=6", "run.checkpoint_every=1", *ULFM, "ps.spares=1",
         "debug.chaos.kills=1", "debug.chaos.seed=0", "debug.chaos.start=0.1", "debug.chaos.end=0.2",
-        "debug.raise_on_rank=0", "debug.raise_at_commit=10", "debug.crash=kill", "debug.crash_on_resume=false"],
+        "debug.raise_on_rank=0", "debug.raise_at_commit=16", "debug.crash=kill", "debug.crash_on_resume=false"],
         timeout=300, launch=True, extra=["--max-restarts", "1", "--restart-backoff", "1"])
     assert run.returncode == 0, run.output[-4000:]
     s = run.summary()
+    assert "injected failure (debug.raise_on_rank=0) at merged commit 16" in run.output
     assert len(s["restarts"]) == 1 and s["commits_total"] == 18 and s["epochs_completed"] == 6
     (killed,) = [o["rank"] for o in s["chaos"]]  # ordered in the first start, kept in the checkpointed state
     assert [(r["rank"], r["by"]) for r in s["replacements"]] == [(killed, 4)]
-    assert "injected failure (debug.raise_on_rank=0) at merged commit 10" in run.output
-    assert f"rank {killed}: own state from commit 9 (saved by spare rank 4, which held its role)" in run.output
     assert s["workers_at_end"] == 3 and s["spares"] == {"started": 1, "idle_at_end": 1}
+
+
+def test_a_resumed_run_gives_the_spares_saved_state_back_to_the_role_it_played(tmp_path):
+    """A run whose rank 2 was replaced by spare 4 ends (its last checkpoint holds rank 4's state, not rank 2's);
+    resumed to train longer, every worker starts in its own rank again and rank 2 takes the state spare 4 saved
+    (a resume refused such a checkpoint before: rank 4 is not a worker rank)."""
+    job = ["dual.workers=3", "train.epochs=4", *ULFM, "ps.spares=1", "debug.raise_on_rank=2",
+           "debug.raise_at_commit=2", "debug.crash=kill"]
+    first = run_train(5, tmp_path / "run", job, timeout=180, launch=True)
+    assert first.returncode == 0 and [(r["rank"], r["by"]) for r in first.summary()["replacements"]] == [(2, 4)]
+    resumed = run_train(5, tmp_path / "run", ["train.epochs=6", "debug.raise_on_rank=-1"], resume=True,
+                        timeout=180, launch=True)
+    assert resumed.returncode == 0, resumed.output[-4000:]
+    assert re.search(r"rank 2: own state from commit \d+ \(saved by spare rank 4, which held its role\)",
+                     resumed.output), resumed.output[-4000:]
+    s = resumed.summary()
+    assert s["commits_total"] == 18 and s["epochs_completed"] == 6 and s["workers_at_end"] == 3
+    assert s["spares"] == {"started": 1, "idle_at_end": 1}
