@@ -41,12 +41,18 @@ class _Planner(Protocol):
 
     def survivors(self, alive: list[int], reason: str) -> dict | str: ...
 
+    def hand_over(self, lost: int, spare: int) -> None: ...
+
+    def next(self, rank: int) -> Any: ...
+
 
 class ServerView(Protocol):
     """What failure handling uses of the server (ps/server.py)."""
 
     state: ServerState
     roster: Roster
+    per_epoch: int
+    own_np: Any  # W as sent to the workers
     timeout_s: float
     run_dir: Path
     comm: Any
@@ -68,7 +74,6 @@ class ServerView(Protocol):
 
     def join(self, rank: int) -> None: ...
 
-    def send_takeover(self, spare: int, lost: int) -> None: ...
 
 
 def is_process_failure(err: MPI.Exception) -> bool:
@@ -221,7 +226,7 @@ class Failures:
         while self.spares:
             spare = self.spares.pop(0)
             try:
-                s.send_takeover(spare, lost)
+                self._send_takeover(spare, lost)
             except MPI.Exception as err:
                 if not is_process_failure(err):
                     raise
@@ -234,6 +239,25 @@ class Failures:
                                          "lost_at": s.state.lost_workers[-1]["time"], "first_commit_s": None})
             return spare
         return None
+
+    def _send_takeover(self, spare: int, lost: int) -> None:
+        """Hand `spare` the lost worker's role: its first assignment, then W as it is now (blocking: the spare
+        is waiting for it, and W must not change under the send). If the spare is gone too, the role goes back
+        to the lost rank's name for the next spare, and the failure is raised."""
+        from mpi4py import MPI
+
+        from hdbl_mpi.comm.wire import TAG_START, TAG_TAKEOVER
+
+        s = self.server
+        s.assign.hand_over(lost, spare)
+        header = s.assign.next(spare).header(epoch=s.state.merged // s.per_epoch, merged=s.state.merged,
+                                             replaces=float(lost))
+        try:
+            s.comm.Send(header, dest=spare, tag=TAG_START)
+            s.comm.Send(s.own_np, dest=spare, tag=TAG_TAKEOVER)
+        except MPI.Exception:
+            s.assign.hand_over(spare, lost)
+            raise
 
     def first_commit(self, rank: int) -> None:
         """A replacement's first merged commit: the seconds from the loss to it are the time the loss cost."""

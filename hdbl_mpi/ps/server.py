@@ -30,9 +30,7 @@ from hdbl_mpi.comm.wire import (
     TAG_RECORD,
     TAG_REPLY_HEADER,
     TAG_REPLY_WEIGHTS,
-    TAG_START,
     TAG_STATE,
-    TAG_TAKEOVER,
     Backoff,
     TimeoutWaiting,
 )
@@ -312,20 +310,6 @@ class Server:
             self.roster.start(w)
 
     # -- spares (ps.spares) ---------------------------------------------------------------------------------------
-    def send_takeover(self, spare: int, lost: int) -> None:
-        """Hand `spare` the lost worker's role: its first assignment, then W as it is now (blocking: the spare
-        is waiting for it, and W must not change under the send). If the spare is gone too, the role goes back
-        to the lost rank's name for the next spare, and the failure is raised."""
-        self.assign.hand_over(lost, spare)
-        header = self.assign.next(spare).header(epoch=self.state.merged // self.per_epoch, merged=self.state.merged,
-                                                replaces=float(lost))
-        try:
-            self.comm.Send(header, dest=spare, tag=TAG_START)
-            self.comm.Send(self.own_np, dest=spare, tag=TAG_TAKEOVER)
-        except MPI.Exception:
-            self.assign.hand_over(spare, lost)
-            raise
-
     def join(self, rank: int) -> None:
         """A spare that took a lost worker's role is a worker from now on: training its first commit."""
         self.roster.workers.append(rank)

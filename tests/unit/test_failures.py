@@ -11,7 +11,8 @@ from hdbl_mpi.ps.state import Roster, ServerState
 class FakeServer:
     def __init__(self, workers: list[int], served: set[int]) -> None:
         self.state, self.roster, self.done = ServerState(merged=11), Roster(workers), served
-        self.timeout_s, self.run_dir, self.comm, self.release_due = 60.0, "run", None, False
+        self.timeout_s, self.run_dir, self.comm, self.release_due = 60.0, "run", self, False
+        self.per_epoch, self.own_np = 3, "W"
         self.lines: list[str] = []
         self.replans: list[list[int]] = []
         self.saved = False
@@ -34,6 +35,9 @@ class FakeServer:
     def line(self, text: str) -> None:
         self.lines.append(text)
 
+    def Send(self, message, dest: int, tag: int) -> None:  # noqa: N802 (mpi4py's name)
+        pass
+
     def served(self, rank: int) -> bool:
         return rank in self.done
 
@@ -42,8 +46,14 @@ class FakeServer:
     def save_now(self) -> None:
         self.saved = True
 
-    def send_takeover(self, spare: int, lost: int) -> None:
+    def hand_over(self, lost: int, spare: int) -> None:
         self.sent.append((spare, lost))
+
+    def next(self, rank: int):
+        return self
+
+    def header(self, **control: float) -> str:
+        return "header"
 
     def join(self, rank: int) -> None:
         self.roster.workers.append(rank)
