@@ -86,7 +86,8 @@ def _validate_dual(d: DualConfig) -> None:
     _check(d.profile_steps >= 1, f"dual.profile_steps is {d.profile_steps}; it must be >= 1.")
     _check(d.profile_max_batch >= 1, f"dual.profile_max_batch is {d.profile_max_batch}; it must be >= 1.")
     _check(d.replan_threshold > 1.0, f"dual.replan_threshold is {d.replan_threshold}; it must be > 1 (e.g. 1.05).")
-    _check(d.commits_per_epoch >= 1, f"dual.commits_per_epoch is {d.commits_per_epoch}; it must be >= 1.")
+    _check(_as_list(d.commits_per_epoch) != [] and min(_as_list(d.commits_per_epoch)) >= 1,
+           f"dual.commits_per_epoch is {d.commits_per_epoch}; it must be >= 1 (one, or one per resolution).")
     _check(0 < d.commit_share < 1, f"dual.commit_share is {d.commit_share}; it must be in (0, 1) (e.g. 0.05).")
     if d.commit_interval is not None:
         from hdbl_mpi.rules.commit_interval import parse
@@ -121,7 +122,7 @@ def _validate_ps(c: Config) -> None:
         _check(c.dual.commit_interval is None,
                f"dual.commit_interval is set but ps.mode={ps.mode} has no commits; drop it, or use "
                "ps.mode=asp/bsp/ssp.")
-        _check(c.dual.commits_per_epoch == 1,
+        _check(set(_as_list(c.dual.commits_per_epoch)) == {1},
                f"dual.commits_per_epoch is {c.dual.commits_per_epoch} but ps.mode={ps.mode} has no commits (it "
                "synchronises every step, or every local.h steps); set it to 1, or use ps.mode=asp/bsp/ssp.")
     _validate_merge(c)

@@ -27,6 +27,7 @@ def evaluate_checkpoint(target: str, config_path: str | None, overrides: list[st
     from hdbl_mpi.data.sources import open_source
     from hdbl_mpi.engine import evaluate
     from hdbl_mpi.models import build_model
+    from hdbl_mpi.rules.epoch_lengths import EpochLengths
     from hdbl_mpi.rules.schedule import from_config as schedule_from_config
     from hdbl_mpi.run.book import completed_epochs
 
@@ -47,7 +48,7 @@ def evaluate_checkpoint(target: str, config_path: str | None, overrides: list[st
     chosen = resolution or top
     start = time.perf_counter()
     loss, acc = evaluate(model, source, chosen, batch_size or config.eval.batch_size, device)
-    epoch = completed_epochs(state, config.dual.workers * config.dual.commits_per_epoch)
+    epoch = completed_epochs(state, EpochLengths.for_run(config, schedule))
     return {"checkpoint": str(checkpoint), "epoch": epoch, "mode": config.ps.mode, "dataset": info.name,
             "test_size": info.test_size, "resolution": chosen, "device": str(device), "top1": acc,
             "test_loss": loss, "seconds": time.perf_counter() - start, "torch": torch.__version__}

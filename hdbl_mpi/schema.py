@@ -96,7 +96,8 @@ class DualConfig:
     per_worker: bool = False  # a share (and, small group, a batch) per worker from its own line (rules/worker_plan.py)
     replan: bool = False  # re-balance from the commits: refit a, b and B_S (groups); per_worker: each one's speed
     replan_threshold: float = 1.05  # ... when slowest / fastest group (per_worker: worker) compute time exceeds this
-    commits_per_epoch: int = 1  # k: each worker commits k times per epoch (d/k samples each); 1 as in the papers
+    commits_per_epoch: int | list[int] = 1  # k: each worker commits k times per epoch (d/k samples each); 1 as in
+    # the papers; or one per resolution (as batch_large), which dual.commit_interval writes when they differ
     commit_interval: str | None = None  # instead of k: "auto", "H steps" or "T s", turned into k at start-up
     commit_share: float = 0.05  # commit_interval auto: the exchange's largest share of a commit
 

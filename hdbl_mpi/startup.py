@@ -208,6 +208,7 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
     """Set up this rank for the run of `shared`, agreeing with every other rank at each step that can fail."""
     from mpi4py import MPI
 
+    from hdbl_mpi.rules.epoch_lengths import commits_by_resolution
     from hdbl_mpi.rules.schedule import from_config as schedule_from_config
     from hdbl_mpi.run.prepare import Prepared
     from hdbl_mpi.run.rankstate import RankState
@@ -216,6 +217,7 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
     local, ranks, dataset_size = _agree_on_data(comm, config, resume)
     try:
         schedule = schedule_from_config(config, ranks[0].native_resolution)
+        commits_by_resolution(config.dual.commits_per_epoch, schedule.resolutions)  # one k, or one per resolution
     except HdblError as err:  # identical on every rank
         raise SetupError(str(err)) from None
     first = 0 if config.ps.mode in PEER_MODES else 1
@@ -259,9 +261,9 @@ def set_up(shared: SharedConfig, resume: bool) -> RunSetup:
 
 def _commit_interval(comm: MPI.Intracomm, config: Config, built: _Built,
                      resumed: bool) -> tuple[Config, Interval | None]:
-    """dual.commit_interval: k chosen now (auto: from the exchange measured between the server and worker 1) and
-    written into the config, whose resolved form the run directory keeps, so a resumed run goes on with the
-    same k instead of choosing again."""
+    """dual.commit_interval: k chosen now at each resolution (auto: from the exchange measured between the server
+    and worker 1) and written into the config, whose resolved form the run directory keeps, so a resumed run goes
+    on with the same k instead of choosing again."""
     asked = config.dual.commit_interval
     if asked is None or resumed or not has_server(config):
         return config, None
@@ -272,7 +274,7 @@ def _commit_interval(comm: MPI.Intracomm, config: Config, built: _Built,
 
     exchange = exchange_seconds(comm, built.flat.to_host()) if asked.strip().lower() == "auto" else None
     try:
-        interval = choose(asked, [built.plans[r] for r in sorted(built.plans)], exchange, config.dual.commit_share)
+        interval = choose(asked, built.plans, exchange, config.dual.commit_share)
     except HdblError as err:  # the same figures on every rank, so the same error
         raise SetupError(str(err)) from None
     return replace(config, dual=replace(config.dual, commits_per_epoch=interval.k)), interval

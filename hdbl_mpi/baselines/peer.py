@@ -43,6 +43,7 @@ from hdbl_mpi.optim.optimizers import optimizer_for
 from hdbl_mpi.optim.schedules import scheduled_lr
 from hdbl_mpi.precision import Precision
 from hdbl_mpi.rules.backends import BackendChoice, BackendFacts, choose_backend
+from hdbl_mpi.rules.epoch_lengths import EpochLengths
 from hdbl_mpi.rules.plan import round_half_up
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import BookPolicy, BookState, EpochBook, RunResult, Stopped
@@ -127,7 +128,8 @@ class PeerTrainer:
         self._resume(setup.rank_state)
         self.stopped = False  # on a signal, after a checkpoint at the end of the epoch in progress
         run_dir, n = setup.run_dir, setup.world.size
-        progress = Progress(epochs * n, state.epoch * n, n, run_dir / rundir.LOG, interactive=False) \
+        progress = Progress(epochs * n, state.epoch * n, EpochLengths.uniform(n, epochs), run_dir / rundir.LOG,
+                            interactive=False) \
             if self.is_root else None
         scalars = Scalars(run_dir / rundir.TENSORBOARD) if self.is_root else None
         self.book = EpochBook(state, BookPolicy.from_config(self.config), run_dir, progress, scalars,

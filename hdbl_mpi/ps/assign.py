@@ -20,6 +20,7 @@ from hdbl_mpi.errors import PlanError
 from hdbl_mpi.optim.schedules import scheduled_lr
 from hdbl_mpi.ps.balance import Balance, SpeedBalance
 from hdbl_mpi.ps.state import ServerState
+from hdbl_mpi.rules.epoch_lengths import EpochLengths, commits_by_resolution
 from hdbl_mpi.rules.merge import push_update
 from hdbl_mpi.rules.plan import Plan, lr_scale, make_plan, round_half_up
 from hdbl_mpi.rules.schedule import Schedule
@@ -59,8 +60,8 @@ class Assignments:
     def __init__(self, config: Config, schedule: Schedule, plans: dict[int, Plan], state: ServerState,
                  workers: list[int], lines: dict[int, dict[int, StepLine]] | None = None) -> None:
         self.train, self.rule, self.n = config.train, config.ps.merge, config.dual.workers
-        self.k = config.dual.commits_per_epoch
-        self.per_epoch = self.n * self.k  # commits of one epoch
+        self.ks = commits_by_resolution(config.dual.commits_per_epoch, schedule.resolutions)  # k per resolution
+        self.lengths = EpochLengths.for_run(config, schedule)  # the commits of each epoch
         self.schedule, self.plans, self.state = schedule, plans, state
         self.base = plans[max(plans)]  # d_L, d_S, n_S and f are the same at every resolution
         self.live: dict[int, Plan] = {}  # the survivors' plans after a lost worker
@@ -72,8 +73,8 @@ class Assignments:
         self.outer_lr = config.ps.outer_lr or 1.0 / self.n  # 0: 1/n, the average of the workers' changes
         self.updates = {w: push_update(self.rule, self.factor(w), self.outer_lr) for w in workers}
         # A window of 4 commits' worth of data per group, whatever k: with short commits (large k) each one's time
-        # is noisier, and a window of 4 commits would re-plan on noise.
-        self.window = 4 * self.k
+        # is noisier, and a window of 4 commits would re-plan on noise. With a k per resolution, the largest k's.
+        self.window = 4 * max(self.ks.values())
         threshold, replan = config.dual.replan_threshold, config.dual.replan
         self.balances = {r: Balance(p, threshold, self.window) for r, p in plans.items()} \
             if replan and self.base.small and self.shares is None else None
@@ -98,18 +99,18 @@ class Assignments:
 
     def stage(self) -> int:
         """The stage of commits starting now: from the global commit count, the same for every worker."""
-        return self.schedule.index_at(self.state.merged // self.per_epoch)
+        return self.schedule.index_at(self.lengths.done(self.state.merged))
 
     def send_first(self, comm: Any, workers: list[int]) -> None:
         """Every worker's first assignment, at start-up: sent before the server builds the rest of itself, so the
         workers' first commits overlap with that (after this, each reply carries the next assignment)."""
         for w in workers:
-            header = self.next(w).header(epoch=self.state.merged // self.per_epoch, merged=self.state.merged)
+            header = self.next(w).header(epoch=self.lengths.done(self.state.merged), merged=self.state.merged)
             comm.Send(header, dest=w, tag=TAG_START)
 
     def lr(self) -> float:
         """The scheduled LR now (warm-up and cosine move per commit), before any per-batch scaling."""
-        return scheduled_lr(self.train, self.schedule, self.state.merged / self.per_epoch)
+        return scheduled_lr(self.train, self.schedule, self.lengths.position(self.state.merged))
 
     def next(self, rank: int) -> Assignment:
         index = self.stage()
@@ -122,7 +123,7 @@ class Assignments:
             batch = int(self.state.batch_small[str(r)]) if group == SMALL else self.plans[r].batch_large
             samples = self.live.get(r, self.plans[r]).share(group)[0]
         lr = self.lr() * lr_scale(self.train.lr_scaling, batch, self.plans[r].batch_large)
-        return Assignment(index, r, batch, round_half_up(samples / self.k), lr, stage.dropout)
+        return Assignment(index, r, batch, round_half_up(samples / self.ks[r]), lr, stage.dropout)
 
     def observe(self, rank: int, info: dict[str, float], at_commit: int) -> dict | None:
         """Feed a commit's timing to the balance monitor (dual.replan); a re-plan record when B_S (per worker:

@@ -1,5 +1,6 @@
-"""The server's epochs: close one every n*k merged commits (n workers, k = dual.commits_per_epoch), evaluate in
-the background, checkpoint (with every worker's own state, see :class:`WorkerStates`), stop early or on a signal.
+"""The server's epochs: close one every n*k merged commits (n workers, k = dual.commits_per_epoch, perhaps one per
+resolution: rules/epoch_lengths.py), evaluate in the background, checkpoint (with every worker's own state, see
+:class:`WorkerStates`), stop early or on a signal.
 
 An epoch is n*k commits counted at the server (method §5). Its row goes into the epoch book (run/book.py, shared
 with the data-parallel trainers); evaluations run on a snapshot in the :class:`~hdbl_mpi.ps.evaluator.Evaluator`
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from hdbl_mpi.ps.state import Roster, ServerState
+    from hdbl_mpi.rules.epoch_lengths import EpochLengths
     from hdbl_mpi.rules.schedule import Schedule
     from hdbl_mpi.run.progress import Progress
 
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 class ServerView(Protocol):
     """What the epochs use of the server (ps/server.py)."""
 
-    per_epoch: int  # commits of one epoch: n workers x k commits each
+    lengths: EpochLengths  # the commits of each epoch: n workers x k commits each (k perhaps one per resolution)
     state: ServerState
     schedule: Schedule
     roster: Roster
@@ -98,7 +100,7 @@ class ServerEpochs:
     def __init__(self, server: ServerView, book: EpochBook, evaluator: Evaluator,
                  lr_at: Callable[[float], float], minutes: float = 0.0) -> None:
         self.server, self.book, self.evaluator, self.lr_at = server, book, evaluator, lr_at
-        self.total = server.schedule.epochs * server.per_epoch
+        self.total = server.lengths.total
         self.t_epoch = time.perf_counter()
         self.pending: tuple[int, torch.Tensor, dict[str, Any]] | None = None  # a checkpoint awaiting records
         self.states = WorkerStates()
@@ -109,15 +111,15 @@ class ServerEpochs:
 
     @property
     def epochs(self) -> int:
-        return self.total // self.server.per_epoch
+        return self.server.lengths.done(self.total)
 
     def close(self, force: bool = False) -> None:
         """Close the epoch when its n-th commit is merged; `force` closes a short last epoch (a stalled worker's
         commit will not come)."""
         s, st = self.server, self.server.state
-        if st.merged % s.per_epoch and not force:
+        if not s.lengths.at_boundary(st.merged) and not force:
             return
-        epoch = -(-st.merged // s.per_epoch)
+        epoch = s.lengths.done(s.lengths.next_boundary(st.merged))
         row = self._row(epoch)
         now = time.perf_counter()
         self.book.add(row, st.epoch_samples / max(now - self.t_epoch, 1e-9))
@@ -190,7 +192,7 @@ class ServerEpochs:
                         train_loss=st.epoch_loss_sum / max(st.epoch_samples, 1),
                         train_acc=st.epoch_correct / max(st.epoch_samples, 1),
                         wall_s=st.wall_time_s + time.perf_counter() - s.t_start, train_time_s=s.elapsed_train(),
-                        commits=st.merged - (epoch - 1) * s.per_epoch)
+                        commits=st.merged - s.lengths.start(epoch - 1))
 
     def collect(self, results: list[EvalResult]) -> None:
         """Record finished evaluations; an evaluation that triggers early stopping shortens the run."""
@@ -207,13 +209,13 @@ class ServerEpochs:
         """End the run at the first epoch boundary that covers every commit already under way; those commits
         are still merged."""
         s, st = self.server, self.server.state
-        end = -(-(st.merged + len(s.roster.training)) // s.per_epoch) * s.per_epoch
+        end = s.lengths.next_boundary(st.merged + len(s.roster.training))
         if end == st.merged:  # nothing under way and that epoch already closed: finish the next one
-            end += s.per_epoch
+            end = s.lengths.start(s.lengths.done(end) + 1)
         if end >= self.total:
             return
         self.total = end
         s.progress.total = end
-        st.early_stopped_at = end // s.per_epoch
+        st.early_stopped_at = s.lengths.done(end)
         s.line(f"early stop: {self.book.stop_reason()} (last after epoch {evaluated_epoch}); the run ends after "
                f"epoch {st.early_stopped_at}")

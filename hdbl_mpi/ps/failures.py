@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from mpi4py import MPI
 
     from hdbl_mpi.ps.state import Roster, ServerState
+    from hdbl_mpi.rules.epoch_lengths import EpochLengths
 
 
 class EveryWorkerLost(HdblError):
@@ -51,7 +52,7 @@ class ServerView(Protocol):
 
     state: ServerState
     roster: Roster
-    per_epoch: int
+    lengths: EpochLengths
     own_np: Any  # W as sent to the workers
     timeout_s: float
     run_dir: Path
@@ -250,7 +251,7 @@ class Failures:
 
         s = self.server
         s.assign.hand_over(lost, spare)
-        header = s.assign.next(spare).header(epoch=s.state.merged // s.per_epoch, merged=s.state.merged,
+        header = s.assign.next(spare).header(epoch=s.lengths.done(s.state.merged), merged=s.state.merged,
                                              replaces=float(lost))
         try:
             s.comm.Send(header, dest=spare, tag=TAG_START)

@@ -18,6 +18,7 @@ from hdbl_mpi.ps.spare import take_role
 from hdbl_mpi.ps.state import ServerState
 from hdbl_mpi.ps.worker import Worker
 from hdbl_mpi.rules.plan import Plan
+from hdbl_mpi.rules.schedule import Schedule
 from hdbl_mpi.rules.worker_plan import format_worker_plan
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import RunResult, Stopped
@@ -100,12 +101,12 @@ def _serve(setup: RunSetup, timeout_s: float) -> RunResult | Stopped:
     finally:
         server.close()
     if server.epochs.interrupted:
-        return Stopped(f"commit {state.merged} (epoch {state.merged / server.per_epoch:.2f})", setup.run_dir)
+        return Stopped(f"commit {state.merged} (epoch {server.lengths.position(state.merged):.2f})", setup.run_dir)
     wall = state.wall_time_s + time.perf_counter() - setup.t_start
     policy = RESUME_POLICY + ("; with sharded servers the outer momentum restarts from zero"
                               if config.ps.outer_momentum and config.ps.servers > 1 else "")
     outcome = server.epochs.book.outcome(config.ps.mode, server.elapsed_train(), wall,
-                                         state.merged // server.per_epoch, policy)
+                                         server.lengths.done(state.merged), policy)
     result = RunResult(outcome, server.mode_figures(), f"{state.merged} commits")
     stalled = sorted(server.roster.stalled)
     if lost is not None:  # a summary that says what the weights are worth, marked so that the run is resumed
@@ -124,10 +125,18 @@ def _start_line(setup: RunSetup) -> str:
             f"{plan.small} small-batch, {plan.large} large-batch workers), mode {config.ps.mode}, "
             f"D={setup.dataset_size}, d_L={plan.d_large} B_L={plan.batch_large}"
             + (f", d_S={plan.d_small} B_S={plan.batch_small} f={plan.factor_small:.4f}" if plan.small else "")
-            + f", {config.dual.commits_per_epoch} commit(s) per worker and epoch{_interval_text(setup)}, merge "
+            + f", {_commits_text(config, schedule)} per worker and epoch{_interval_text(setup)}, merge "
             f"{_merge_text(config)}"
             + f", {schedule.epochs} epochs in {len(schedule.stages)} stage(s) at "
             f"{'/'.join(map(str, schedule.resolutions))} px, run dir {setup.run_dir}")
+
+
+def _commits_text(config: Config, schedule: Schedule) -> str:
+    """'16 commit(s)', or with a k per resolution '8/16 commits at 20/28 px'."""
+    k = config.dual.commits_per_epoch
+    if not isinstance(k, list):
+        return f"{k} commit(s)"
+    return f"{'/'.join(map(str, k))} commits at {'/'.join(map(str, schedule.resolutions))} px"
 
 
 def _interval_text(setup: RunSetup) -> str:
@@ -136,8 +145,10 @@ def _interval_text(setup: RunSetup) -> str:
         return ""
     text = f" (dual.commit_interval {chosen['asked']}"
     if chosen["exchange_s"] is not None:
-        text += (f": exchange {1e3 * chosen['exchange_s']:.1f} ms, {100 * chosen['share']:.1f} % of a "
-                 f"{chosen['epoch_s'] / chosen['k']:.3g} s commit")
+        ks = chosen["k"] if isinstance(chosen["k"], list) else [chosen["k"]] * len(chosen["resolutions"])
+        commits = "/".join(f"{e / k:.3g}" for e, k in zip(chosen["epoch_s"], ks, strict=True))
+        shares = "/".join(f"{100 * s:.1f}" for s in chosen["share"])
+        text += f": exchange {1e3 * chosen['exchange_s']:.1f} ms, {shares} % of a {commits} s commit"
     return text + ")"
 
 

@@ -68,7 +68,6 @@ class Server:
         self.world, self.comm, self.config, self.schedule = world, world.comm, config, schedule
         self.run_dir, self.state, self.timeout_s = run_dir, state, timeout_s
         self.n = config.dual.workers
-        self.per_epoch = self.n * config.dual.commits_per_epoch  # commits of one epoch
         self.W = weights  # the global model, float32 on the CPU; with sharded servers only shard 0 stays current
         self.layout = layout or Layout(((0, 0, weights.numel()),))
         start, end = self.layout.own
@@ -81,10 +80,11 @@ class Server:
             state.commits_by_worker.setdefault(str(w), 0)
         self.policy = make_policy(config.ps.mode, config.ps.staleness)
         self.assign = assign or Assignments(config, schedule, plans, state, self.roster.workers)
+        self.lengths = self.assign.lengths  # the commits of each epoch (n*k; k perhaps one per resolution)
         self.clock = PushClock(config, self.roster.workers)
         spares = range(world.size - config.ps.spares, world.size)  # the last ranks (comm/world.py)
         self.failures = Failures(self, config.ps.max_nonfinite, config.ps.fault_tolerance == "ulfm", list(spares))
-        self.chaos = Chaos(config.debug.chaos, schedule.epochs * self.per_epoch, state.merged, state.chaos) \
+        self.chaos = Chaos(config.debug.chaos, self.lengths.total, state.merged, state.chaos) \
             if config.debug.chaos.kills else None
         if self.failures.ulfm:  # failures come back as exceptions (mpi4py raises on error codes) instead of aborting
             self.comm.Set_errhandler(MPI.ERRORS_RETURN)
@@ -94,7 +94,7 @@ class Server:
         self.records_before = {w: state.commits(w) for w in self.roster.workers}  # commits of earlier segments
         self.awaiting: dict[int, int] = {}  # global commit -> rank: replied to, its record not yet in
         self.commit_log = rundir.CommitLog(run_dir / rundir.COMMITS, keep_up_to=state.merged)
-        self.progress = Progress(schedule.epochs * self.per_epoch, state.merged, self.per_epoch, run_dir / rundir.LOG)
+        self.progress = Progress(self.lengths.total, state.merged, self.lengths, run_dir / rundir.LOG)
         scalars = Scalars(run_dir / rundir.TENSORBOARD)
         self.line(f"TensorBoard: {scalars.status}")
         book = EpochBook(state, BookPolicy.from_config(config), run_dir, self.progress, scalars, vector_layout)
@@ -296,7 +296,7 @@ class Server:
         global_id, arrived = self.roster.pending.pop(w)
         st = self.state
         header = self.assign.next(w).header(
-            global_commit=global_id, epoch=st.merged // self.per_epoch, stop=float(stop), merged=st.merged,
+            global_commit=global_id, epoch=self.lengths.done(st.merged), stop=float(stop), merged=st.merged,
             held_s=time.perf_counter() - arrived, rejected=float(self.failures.was_rejected(w)),
             state_at=self.epochs.states.ask(w), chaos=self.chaos.order(w) if self.chaos is not None else 0.0)
         self.comm.Send(header, dest=w, tag=TAG_REPLY_HEADER)
@@ -354,8 +354,8 @@ class Server:
             "commits_by_worker": dict(st.commits_by_worker),
             "samples_by_group": dict(st.samples_by_group),
             "group_commit_times": group_times(self.records),
-            "balance": [balance_report(plans[r], self.records, r, self.assign.k) for r in sorted(plans)],
-            "commits_per_epoch": self.assign.k,
+            "balance": [balance_report(plans[r], self.records, r, self.assign.ks[r]) for r in sorted(plans)],
+            "commits_per_epoch": self.config.dual.commits_per_epoch,
             "exchange_share": _share(self.records),
             "replans": list(st.replans),
             "worker_plan": {str(r): p.to_dict() for r, p in self.assign.shares.items()}

@@ -33,11 +33,13 @@ class Run:
         return float(self.summary.facts.plan["extra_time"])
 
     @property
-    def commits_per_epoch(self) -> int | None:
-        """k of a parameter-server run (older runs: 1); None for the data-parallel modes, which have no commits."""
+    def commits_per_epoch(self) -> int | str | None:
+        """k of a parameter-server run (older runs: 1; one per resolution: '8/16', low to high); None for the
+        data-parallel modes, which have no commits."""
         if "commits_total" not in self.summary.extra:
             return None
-        return int(self.summary.extra.get("commits_per_epoch", 1))
+        k = self.summary.extra.get("commits_per_epoch", 1)
+        return "/".join(map(str, k)) if isinstance(k, list) else int(k)
 
     @property
     def resolutions(self) -> list[int]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hdbl_mpi.optim.schedules import EarlyStopping
+from hdbl_mpi.rules.epoch_lengths import EpochLengths
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.progress import Progress
 from hdbl_mpi.run.rankstate import RankState, prune_rank_states, save_rank_states
@@ -71,10 +72,10 @@ class BookState:
         return asdict(self)
 
 
-def completed_epochs(state: dict[str, Any], commits_per_epoch: int) -> int:
+def completed_epochs(state: dict[str, Any], lengths: EpochLengths) -> int:
     """Epochs a checkpoint's state has completed: a data-parallel run counts them, a parameter-server run
-    counts merged commits (n workers x k commits per epoch)."""
-    return int(state["epoch"]) if "epoch" in state else int(state.get("merged", 0)) // max(commits_per_epoch, 1)
+    counts merged commits (n workers x k commits per epoch, k perhaps one per resolution)."""
+    return int(state["epoch"]) if "epoch" in state else lengths.done(int(state.get("merged", 0)))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hdbl_mpi.errors import HdblError
+from hdbl_mpi.rules.epoch_lengths import EpochLengths
 from hdbl_mpi.rules.plan import plan_summary
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import completed_epochs
@@ -79,7 +80,7 @@ def stood_in(replacements: list[dict]) -> dict[int, int]:
 
 def _restart(state: dict, run_path: Path, schedule: Schedule, config: Config) -> dict:
     """The restart record of a resumed run; a run that already ended is refused, saying what to do."""
-    done = completed_epochs(state, config.dual.workers * config.dual.commits_per_epoch)
+    done = completed_epochs(state, EpochLengths.for_run(config, schedule))
     if state.get("early_stopped_at") is not None:
         raise HdblError(f"{run_path} stopped early after epoch {state['early_stopped_at']} "
                         "(train.early_stop_patience); there is nothing to resume.")

@@ -18,11 +18,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from hdbl_mpi.rules.epoch_lengths import EpochLengths
+
 
 class Progress:
-    def __init__(self, total_commits: int, done: int, commits_per_epoch: int, log_path: Path | None,
+    def __init__(self, total_commits: int, done: int, lengths: EpochLengths, log_path: Path | None,
                  interval_s: float = 10.0, interactive: bool | None = None) -> None:
-        self.commits_per_epoch = commits_per_epoch
+        self.lengths = lengths  # the commits of each epoch
         self.total = total_commits
         self.done = done
         if interactive is None:
@@ -40,13 +42,13 @@ class Progress:
         """The bar as one line: `epoch 3/8  37%|███▋  | 12/32 [01:40<02:47, 8.33s/commit, 2100 img/s]`."""
         elapsed = max(time.monotonic() - self._start, 1e-9)
         rate = (self.done - self._start_done) / elapsed
-        epochs = self.total // self.commits_per_epoch
+        epochs = self.lengths.done(self.total)
         post = f"{self._samples / elapsed:.0f} img/s"
         if self._last_acc is not None:
             post += f", test {self._last_acc:.4f}"
         bar = tqdm.format_meter(self.done, self.total, elapsed, ncols=90, unit="commit", rate=rate or None,
                                 postfix=post)
-        return f"epoch {self.done // self.commits_per_epoch}/{epochs} {bar}"
+        return f"epoch {self.lengths.done(self.done)}/{epochs} {bar}"
 
     def commit(self, merged: int, samples: int) -> None:
         self.done = merged

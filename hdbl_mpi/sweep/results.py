@@ -26,7 +26,7 @@ class SweepRun:
     outcome: Outcome
     small: int
     extra_time: float
-    commits_per_epoch: int | None
+    commits_per_epoch: int | str | None  # '8/16': one k per resolution
     batch_small: int | None
     imbalance: float | None
     run_dir: str

@@ -6,13 +6,14 @@ import pytest
 
 from hdbl_mpi.ps.failures import EveryWorkerLost, Failures
 from hdbl_mpi.ps.state import Roster, ServerState
+from hdbl_mpi.rules.epoch_lengths import EpochLengths
 
 
 class FakeServer:
     def __init__(self, workers: list[int], served: set[int]) -> None:
         self.state, self.roster, self.done = ServerState(merged=11), Roster(workers), served
         self.timeout_s, self.run_dir, self.comm, self.release_due = 60.0, "run", self, False
-        self.per_epoch, self.own_np = 3, "W"
+        self.lengths, self.own_np = EpochLengths.uniform(3, 4), "W"
         self.lines: list[str] = []
         self.replans: list[list[int]] = []
         self.saved = False

@@ -1,10 +1,11 @@
 """Server terminal output: bar lines only on a terminal, epoch lines always (and in train.log)."""
 
+from hdbl_mpi.rules.epoch_lengths import EpochLengths
 from hdbl_mpi.run.progress import Progress
 
 
 def test_interactive_prints_bar_lines(capsys, tmp_path):
-    progress = Progress(32, 0, 4, tmp_path / "train.log", interval_s=0.0, interactive=True)
+    progress = Progress(32, 0, EpochLengths.uniform(4, 8), tmp_path / "train.log", interval_s=0.0, interactive=True)
     progress.commit(1, 500)
     progress.epoch(1, 0.5, 0.75, 3.0, 1.2)
     progress.commit(5, 500)
@@ -17,7 +18,7 @@ def test_interactive_prints_bar_lines(capsys, tmp_path):
 
 
 def test_logs_get_epoch_lines_only(capsys):
-    progress = Progress(8, 0, 4, None, interval_s=0.0, interactive=False)
+    progress = Progress(8, 0, EpochLengths.uniform(4, 2), None, interval_s=0.0, interactive=False)
     for i in range(1, 5):
         progress.commit(i, 100)
     progress.epoch(1, 0.5, None, 2.0, 1.0)
@@ -26,6 +27,6 @@ def test_logs_get_epoch_lines_only(capsys):
 
 def test_environment_chooses_the_mode(monkeypatch):
     monkeypatch.setenv("HDBL_PROGRESS", "lines")
-    assert not Progress(8, 0, 4, None).interactive
+    assert not Progress(8, 0, EpochLengths.uniform(4, 2), None).interactive
     monkeypatch.setenv("HDBL_PROGRESS", "bar")
-    assert Progress(8, 0, 4, None).interactive
+    assert Progress(8, 0, EpochLengths.uniform(4, 2), None).interactive

@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from hdbl_mpi.rules.epoch_lengths import EpochLengths
 from hdbl_mpi.run import rundir
 from hdbl_mpi.run.book import BookPolicy, BookState, EpochBook
 from hdbl_mpi.run.progress import Progress
@@ -16,8 +17,8 @@ from hdbl_mpi.run.writer import BackgroundWriter
 
 
 def make_book(tmp_path) -> EpochBook:
-    return EpochBook(BookState(), BookPolicy(1, 1, 0, 0.0), tmp_path, Progress(8, 0, 4, None, interactive=False),
-                     None)
+    progress = Progress(8, 0, EpochLengths.uniform(4, 2), None, interactive=False)
+    return EpochBook(BookState(), BookPolicy(1, 1, 0, 0.0), tmp_path, progress, None)
 
 
 def test_save_returns_before_a_slow_disk_and_close_waits_for_it(tmp_path, monkeypatch):
@@ -79,11 +80,12 @@ import os, sys, time
 import torch
 from hdbl_mpi.run.book import BookPolicy, BookState, EpochBook
 from hdbl_mpi.run.progress import Progress
+from hdbl_mpi.rules.epoch_lengths import EpochLengths
 from pathlib import Path
 
 def book():
     return EpochBook(BookState(), BookPolicy(1, 1, 0, 0.0), Path(sys.argv[1]),
-                     Progress(8, 0, 4, None, interactive=False), None)
+                     Progress(8, 0, EpochLengths.uniform(4, 2), None, interactive=False), None)
 
 first = book()
 first.save(torch.full((1000,), 1.0), {"merged": 1})
