@@ -4,18 +4,21 @@ and `hdbl sweep` ends with it.
 
 Two runs belong to one configuration when their resolved configs (config.yaml) differ only in train.seed, the
 run directory, and dual.profile (where the step-time model came from: a measurement is an input of the plan,
-not a setting). A configuration is named by its runs' common name without the seed (`hdbl sweep` names them
-NAME.sN), or else by the keys whose values differ between the configurations shown.
+not a setting). A key a run's config lacks (written by an older version, before the key existed) counts as its
+default, so a sweep resumed across versions keeps its seeds together. A configuration is named by its runs'
+common name without the seed (`hdbl sweep` names them NAME.sN), or else by the keys whose values differ between
+the configurations shown.
 """
 
 from __future__ import annotations
 
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from hdbl_mpi.report.runs import Run
+from hdbl_mpi.schema import Config
 
 IGNORED = ("train.seed", "run.dir", "dual.profile")
 FIGURES = ("final_top1", "best_top1", "train_time_s", "eval_time_s")
@@ -49,8 +52,9 @@ def group_runs(runs: list[Run]) -> list[Group]:
     """Runs grouped by configuration, in the order their first run appears; each group labelled by what sets it
     apart from the others."""
     groups: dict[tuple, Group] = {}
+    defaults = flatten(asdict(Config()))
     for run in runs:
-        settings = {k: v for k, v in flatten(run.config).items() if k not in IGNORED}
+        settings = {k: v for k, v in {**defaults, **flatten(run.config)}.items() if k not in IGNORED}
         key = tuple(sorted((k, repr(v)) for k, v in settings.items()))
         groups.setdefault(key, Group(key, settings, [])).runs.append(run)
     found = list(groups.values())

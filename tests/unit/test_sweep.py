@@ -101,6 +101,20 @@ def test_runs_that_differ_only_in_the_seed_are_one_configuration(tmp_path):
     assert dual["final_delta_pp"] == pytest.approx(3.0)
 
 
+def test_a_key_an_older_run_lacks_counts_as_its_default(tmp_path):
+    """A sweep resumed after a version added config keys (ps.spares, debug.chaos): the new seeds' configs name the
+    keys at their defaults, the old ones lack them, and they are still one configuration."""
+    for name, seed, extra in (("old", 0, {}), ("new", 1, {"spares": 0}), ("k4", 0, {"spares": 0})):
+        _fake_run(tmp_path / name, seed, 0, 0.8, 100.0)
+        config = yaml.safe_load((tmp_path / name / rundir.CONFIG).read_text())
+        config["ps"].update(extra)
+        config["dual"]["commits_per_epoch"] = 4 if name == "k4" else 1
+        (tmp_path / name / rundir.CONFIG).write_text(yaml.safe_dump(config))
+    groups = group_runs([load_run(tmp_path / name) for name in ("old", "new", "k4")])
+    assert [len(g.runs) for g in groups] == [2, 1]
+    assert [g.label for g in groups] == ["commits_per_epoch=1", "commits_per_epoch=4"]
+
+
 def test_the_shipped_sweeps_run_only_combinations_their_config_takes():
     from hdbl_mpi.sweep.grid import load_grids
 
