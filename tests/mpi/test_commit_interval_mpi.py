@@ -18,7 +18,7 @@ def test_auto_measures_the_exchange_and_keeps_it_within_its_share(tmp_path):
     s = run.summary()
     chosen = s["startup"]["commit_interval"]
     assert chosen["asked"] == "auto" and chosen["exchange_s"] > 0 and chosen["k"] >= 1
-    assert chosen["share"] <= 0.2 or chosen["k"] == 1
+    assert chosen["resolutions"] == [16] and (chosen["share"][0] <= 0.2 or chosen["k"] == 1)
     assert s["commits_per_epoch"] == chosen["k"] and s["commits_total"] == 2 * 2 * chosen["k"]
     assert 0 <= s["exchange_share"] < 1
     assert "(dual.commit_interval auto: exchange" in run.output

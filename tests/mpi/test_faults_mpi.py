@@ -56,7 +56,7 @@ def test_a_crash_ends_the_job_promptly_naming_the_rank_and_resume_finishes(tmp_p
     resumed = run_train(3, run_dir, ["debug.raise_on_rank=-1"], resume=True)
     assert resumed.returncode == 0, resumed.output
     summary = resumed.summary()
-    assert summary["epochs_completed"] == 2 and summary["commits_total"] == 6
+    assert summary["epochs_completed"] == 3 and summary["commits_total"] == 6
     assert len(summary["restarts"]) == 1
 
 
