@@ -83,7 +83,8 @@ class EpochLengths:
 
     def position(self, merged: int) -> float:
         """The epoch as a fraction (2.5: half-way through the third), for the LR and the stop message."""
-        epoch, size = self.done(merged), self.size(self.done(merged))
+        epoch = self.done(merged)
+        size = self.size(epoch)
         return (merged - self.start(epoch) + epoch * size) / size  # one division: with one k, merged / (n*k) exactly
 
     def at_boundary(self, merged: int) -> bool:
