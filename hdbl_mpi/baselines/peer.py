@@ -134,7 +134,9 @@ class PeerTrainer:
         scalars = Scalars(run_dir / rundir.TENSORBOARD) if self.is_root else None
         self.book = EpochBook(state, BookPolicy.from_config(self.config), run_dir, progress, scalars,
                               self.flat.layout())
-        self.commit_log = rundir.CommitLog(run_dir / rundir.COMMITS) if self.is_root else None
+        # a resume drops the records of epochs after its checkpoint, which it trains again; a new run, any left
+        self.commit_log = rundir.CommitLog(run_dir / rundir.COMMITS, keep_up_to=state.epoch * n) \
+            if self.is_root else None
         self.host = socket.gethostname()
         self.t_start = time.perf_counter()
         self.t_checkpoint = time.monotonic()

@@ -13,6 +13,7 @@ Only the server rank writes here, so a cluster needs no shared file system for t
     profile.json     with `profile: auto`: the step-time and memory profile measured at start-up
     trace.json       Chrome-trace / Perfetto timeline of every commit (compute, exchange, wait per worker)
     tensorboard/     TensorBoard scalars per epoch, when the tensorboard extra is installed
+    .hdbl.lock       locked while the run lives, so a second run into the directory is refused (run/lock.py)
 
 The records (a commit, an epoch row, the summary) are the dataclasses of run/records.py, written and read here.
 Every whole-file write goes to a temporary file in the same directory and is renamed over the target, so a
@@ -126,12 +127,12 @@ _INT_COLUMNS = ("epoch", "stage", "resolution", "commits")
 
 class CommitLog:
     """Append-only commits.jsonl, flushed per record so a crash loses at most the record being written. A
-    resumed run first drops the records of commits after its checkpoint (`keep_up_to`)."""
+    resumed run first drops the records of commits after its checkpoint (`keep_up_to`; a new run: 0), a record
+    the crash cut short among them (the checkpoint is written after the records it covers)."""
 
     def __init__(self, path: Path, keep_up_to: int | None = None) -> None:
         if keep_up_to is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["global_commit"] <= keep_up_to]
+            kept = [line for line in path.read_text().splitlines() if _global_commit(line) <= keep_up_to]
             atomic_write_text(path, "".join(line + "\n" for line in kept))
         self._handle = open(path, "a", buffering=1)
 
@@ -140,6 +141,14 @@ class CommitLog:
 
     def close(self) -> None:
         self._handle.close()
+
+
+def _global_commit(line: str) -> float:
+    """The record's global commit; infinity for a blank line or one cut short (never kept)."""
+    try:
+        return float(json.loads(line)["global_commit"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def read_commits(path: Path) -> list[CommitRecord]:

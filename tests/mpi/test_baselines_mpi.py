@@ -57,6 +57,18 @@ def test_allreduce_mode_writes_the_same_outputs_as_the_ps_modes(tmp_path):
     assert "Traceback" not in wrong.stderr
 
 
+def test_a_resumed_allreduce_run_keeps_one_commit_record_per_rank_and_epoch(tmp_path):
+    run_dir = tmp_path / "ar"
+    common = ["ps.mode=allreduce", "ps.backend=mpi4py", "dual.workers=2", "train.epochs=4", "run.checkpoint_every=2"]
+    crashed = run_train(2, run_dir, [*common, "debug.raise_on_rank=1", "debug.raise_at_commit=4"])  # epoch 4
+    assert crashed.returncode != 0 and "injected failure (debug.raise_on_rank=1) at epoch 4" in crashed.output
+    assert rundir.load_checkpoint(run_dir / rundir.CHECKPOINT)[1]["epoch"] == 2  # epoch 3 is trained again
+    resumed = run_train(2, run_dir, ["debug.raise_on_rank=-1"], resume=True)
+    assert resumed.returncode == 0, resumed.output
+    assert sorted((r["worker"], r["epoch"]) for r in resumed.commits()) == \
+        [(w, e) for w in (0, 1) for e in (1, 2, 3, 4)]
+
+
 def test_localsgd_with_h1_matches_synchronous_sgd(tmp_path):
     """Averaging the models after every step equals averaging the gradients: an SGD step with weight decay is
     linear in the gradient, and so are BatchNorm's running statistics. The two paths round differently, and

@@ -47,6 +47,20 @@ def test_commit_log_drops_records_after_the_checkpoint(tmp_path):
     assert [r.global_commit for r in rundir.read_commits(path)] == [1, 2, 3, 4]
 
 
+def test_a_record_a_crash_cut_short_is_dropped_on_resume(tmp_path):
+    path = tmp_path / "commits.jsonl"
+    log = rundir.CommitLog(path)
+    for i in range(1, 4):
+        log.write(_record(i))
+    log.close()
+    whole = path.read_text()
+    path.write_text(whole + whole.splitlines()[0][:40])  # a kill in the middle of the fourth record
+    rundir.CommitLog(path, keep_up_to=2).close()
+    assert [r.global_commit for r in rundir.read_commits(path)] == [1, 2]
+    rundir.CommitLog(path, keep_up_to=0).close()  # a new run in a directory an earlier one left
+    assert path.read_text() == ""
+
+
 def test_checkpoint_round_trip_and_refusals(tmp_path):
     path = tmp_path / "checkpoint.pt"
     rundir.save_checkpoint(path, torch.arange(5, dtype=torch.float32), {"merged": 8, "history": [{"epoch": 1}]})
