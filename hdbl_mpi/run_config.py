@@ -12,7 +12,7 @@ from pathlib import Path
 from hdbl_mpi.config import load_config
 from hdbl_mpi.errors import AlreadyFinished, ConfigError
 from hdbl_mpi.profiling.store import Profile, load_profile
-from hdbl_mpi.run import rundir
+from hdbl_mpi.run import lock, rundir
 from hdbl_mpi.schema import Config
 
 
@@ -27,9 +27,15 @@ class ChosenRun:
     profile: Profile | None
 
 
+ADVICE_NEW = "Wait for it to end (or stop it), or choose another --run-dir."
+ADVICE_RESUME = ("It is still running: resume it once it has ended (SIGUSR1 to its mpirun stops it at a "
+                 "checkpoint).")
+
+
 def read_config(config_path: str | None, overrides: list[str], resume: str | None, run_dir: str | None) -> ChosenRun:
     """Rank 0 only: the run's config, directory, checkpoint and stored profile. A resumed `profile: auto` run
-    reuses its own profile, so its plan stays put."""
+    reuses its own profile, so its plan stays put. The run directory is held for this process from here on
+    (run/lock.py): a second run into it is refused while this one lives."""
     if resume == "auto":
         resume, run_dir = _resume_auto(config_path, overrides, run_dir)
     config = load_run_config(config_path, overrides, resume)
@@ -39,6 +45,7 @@ def read_config(config_path: str | None, overrides: list[str], resume: str | Non
     else:
         chosen = run_dir or config.run.dir or str(rundir.default_run_dir())
         config.run.dir = chosen
+    lock.hold(Path(chosen), "hdbl train", ADVICE_RESUME if resume else ADVICE_NEW)
     profile = None
     source = config.dual.profile
     if source == "auto" and resume and (Path(chosen) / rundir.PROFILE).is_file():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from hdbl_mpi.config import load_config
 from hdbl_mpi.errors import HdblError
+from hdbl_mpi.run import lock
 from hdbl_mpi.sweep.grid import PRESETS, Grid, RunSpec, expand, load_grids, parse_grid
 from hdbl_mpi.sweep.results import collect, write_results
 from hdbl_mpi.sweep.runs import launch_argv, manifest_lines, refusal, run_one
@@ -76,10 +77,14 @@ def sweep(args: argparse.Namespace) -> int:
         return 0
     failures = 0
     if not args.report_only:
-        for i, spec in enumerate(runnable, 1):
-            status = run_one(config, spec, out, args.set, shlex.split(args.launch_args), args.timeout)
-            failures += status.startswith("failed")
-            print(f"[sweep] {i}/{len(runnable)} {spec.name}: {status}", flush=True)
+        lock.hold(out, "hdbl sweep", "Wait for it to end, or pass another --out.")
+        try:
+            for i, spec in enumerate(runnable, 1):
+                status = run_one(config, spec, out, args.set, shlex.split(args.launch_args), args.timeout)
+                failures += status.startswith("failed")
+                print(f"[sweep] {i}/{len(runnable)} {spec.name}: {status}", flush=True)
+        finally:
+            lock.release(out)
     write_results(out, collect(runnable, out), baseline, notes)
     print(f"[sweep] report: {out / 'report.md'}; results: {out / 'results.csv'}; plot: {out / 'plot.png'}", flush=True)
     return 1 if failures else 0

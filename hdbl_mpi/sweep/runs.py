@@ -13,7 +13,7 @@ from pathlib import Path
 from hdbl_mpi.config import load_config
 from hdbl_mpi.errors import HdblError
 from hdbl_mpi.launch.commands import hdbl_program
-from hdbl_mpi.run import rundir
+from hdbl_mpi.run import lock, rundir
 from hdbl_mpi.sweep.grid import RunSpec
 
 
@@ -37,10 +37,13 @@ def launch_argv(config: str | None, spec: RunSpec, out: Path, common: list[str],
 def run_one(config: str | None, spec: RunSpec, out: Path, common: list[str], launch_args: list[str],
             timeout_s: float = 0.0) -> str:
     """Run `spec` unless its summary exists (timeout_s 0: no limit); "done ...", "skipped (finished)" or
-    "failed (...)"."""
+    "failed (...)". A run directory a live `hdbl train` holds (one started by hand) is left alone."""
     run_dir = out / "runs" / spec.name
     if rundir.finished(run_dir):
         return "skipped (finished)"
+    live = lock.holder(run_dir)
+    if live is not None:
+        return f"failed ({run_dir} is in use by {live.describe()}; it was left as it is)"
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run: start it again
     argv = launch_argv(config, spec, out, common, launch_args)

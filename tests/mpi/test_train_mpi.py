@@ -7,11 +7,16 @@ test instead of stalling CI.
 from __future__ import annotations
 
 import csv
+import json
+import subprocess
+import time
 from collections import Counter
 
 import pytest
 
-from tests.conftest import run_train
+from hdbl_mpi.launch.commands import hdbl_program, local_mpirun
+from hdbl_mpi.run import lock, rundir
+from tests.conftest import FAST, run_train
 
 DUAL = ["dual.small=1", "dual.time_a=0.0012", "dual.time_b=0.004", "dual.extra_time=1.1"]
 
@@ -145,3 +150,29 @@ def test_exception_on_one_rank_ends_the_job(tmp_path):
     assert run.returncode != 0
     assert "rank 2/3 failed: RuntimeError: injected failure (debug.raise_on_rank=2) at local commit 2" in run.output
     assert run.seconds < 60
+
+
+def test_a_second_run_into_a_live_runs_directory_is_refused_and_the_first_ends_untouched(tmp_path):
+    run_dir = tmp_path / "run"
+    common = ["dual.workers=2", "train.epochs=2", "debug.slow.delay_s={1: 0.5}"]  # the first lives ~10 s
+    args = ["train", "--run-dir", str(run_dir)] + [a for item in FAST + common for a in ("--set", item)]
+    argv, env = local_mpirun(3, hdbl_program() + args)
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while lock.holder(run_dir) is None and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        holder = lock.holder(run_dir)
+        assert holder is not None and holder.what == "hdbl train", first.poll()
+        second = run_train(3, run_dir, common, timeout=90)
+        out, _ = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert second.returncode == 2, second.output
+    assert second.output.count(f"{run_dir} is in use by hdbl train (pid {holder.pid} on ") == 1, second.output
+    assert "choose another --run-dir" in second.output and "Traceback" not in second.output
+    assert first.returncode == 0, out
+    summary = json.loads((run_dir / rundir.SUMMARY).read_text())
+    assert summary["commits_total"] == 4 and len((run_dir / rundir.COMMITS).read_text().splitlines()) == 4
+    assert lock.holder(run_dir) is None  # gone with the run

@@ -150,7 +150,7 @@ def test_resume_auto_starts_an_empty_directory_and_continues_one_with_a_checkpoi
     assert got.run_dir == str(run) and got.checkpoint is None and got.tree["train"]["epochs"] == 3
     with pytest.raises(ConfigError, match="--resume auto needs the run directory"):
         read_config(None, ["dual.batch_large=64"], "auto", None)
-    run.mkdir()
+    assert run.is_dir()  # made and held by the run that started there (run/lock.py)
     (run / rundir.CONFIG).write_text("train:\n  epochs: 7\ndual:\n  batch_large: 32\n")
     (run / rundir.CHECKPOINT).write_bytes(b"x")
     got = read_config(None, [], "auto", str(run))
