@@ -35,12 +35,17 @@ def _record(commit: int) -> CommitRecord:
                         compute_s=0.1, exchange_s=0.01, wait_s=0.0, commit_s=0.11, time=1.0)
 
 
-def test_commit_log_drops_records_after_the_checkpoint(tmp_path):
-    path = tmp_path / "commits.jsonl"
+def _logged(path, commits: int):
+    """commits.jsonl with the records of commits 1..`commits`."""
     log = rundir.CommitLog(path)
-    for i in range(1, 6):
+    for i in range(1, commits + 1):
         log.write(_record(i))
     log.close()
+    return path
+
+
+def test_commit_log_drops_records_after_the_checkpoint(tmp_path):
+    path = _logged(tmp_path / "commits.jsonl", 5)
     log = rundir.CommitLog(path, keep_up_to=3)
     log.write(_record(4))
     log.close()
@@ -48,11 +53,7 @@ def test_commit_log_drops_records_after_the_checkpoint(tmp_path):
 
 
 def test_a_record_a_crash_cut_short_is_dropped_on_resume(tmp_path):
-    path = tmp_path / "commits.jsonl"
-    log = rundir.CommitLog(path)
-    for i in range(1, 4):
-        log.write(_record(i))
-    log.close()
+    path = _logged(tmp_path / "commits.jsonl", 3)
     whole = path.read_text()
     path.write_text(whole + whole.splitlines()[0][:40])  # a kill in the middle of the fourth record
     rundir.CommitLog(path, keep_up_to=2).close()
