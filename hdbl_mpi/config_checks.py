@@ -249,6 +249,9 @@ def _validate_slow(c: Config) -> None:
             _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= least,
                    f"debug.slow.{key}[{rank}] is {value!r}; it must be a number >= {least:g}"
                    + (" (a factor: 2 makes each step take twice its time)." if key == "ranks" else " (seconds)."))
+    _check(math.isfinite(s.from_s) and s.from_s >= 0,
+           f"debug.slow.from_s is {s.from_s}; give the seconds after the run's start from which debug.slow.ranks "
+           "applies (0: from the start).")
     ch = s.changing
     _check(ch.factor >= 1.0, f"debug.slow.changing.factor is {ch.factor}; it must be >= 1 (1: no slowdown).")
     _check(0.0 <= ch.p <= 1.0, f"debug.slow.changing.p is {ch.p}; it must be a probability in [0, 1].")

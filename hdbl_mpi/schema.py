@@ -167,6 +167,7 @@ class SlowConfig:
     """Emulated slow ranks, the same in every mode (run/slow.py; emulation, and summary.json says so)."""
 
     ranks: dict = field(default_factory=dict)  # {RANK: FACTOR}: each of that rank's steps takes FACTOR x its time
+    from_s: float = 0.0  # the `ranks` factors apply from this many seconds after the run's start (a mid-run slowdown)
     changing: SlowChanging = field(default_factory=SlowChanging)
     pace: float = 0.0  # > 0: every step padded to pace x tau(B) x the rank's factor (tau from the plan's a, b)
     delay_s: dict = field(default_factory=dict)  # {RANK: SECONDS}: a sleep before each push or epoch's sync

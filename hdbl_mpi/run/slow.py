@@ -6,6 +6,8 @@ no rank's speed depends on another's.
 
 - `ranks: {RANK: FACTOR}`: each training step of that MPI rank takes FACTOR x its own measured time, the
   difference slept (in the parameter-server modes rank 0 is the server and trains nothing).
+- `from_s: SECONDS`: the `ranks` factors apply only from that many seconds of wall time after the run's start
+  (0: from the start): a worker that slows down mid-run, as when a neighbour's job lands on its node.
 - `changing: {factor, p, period_s, seed}`: every `period_s` of wall time from the run's start, each worker is
   slowed by `factor` with probability `p`, drawn from a generator seeded by (seed, period, worker number), so
   every mode sees the same pattern (worker numbers count from 0: ranks 1..n with a server, 0..n-1 without).
@@ -34,7 +36,7 @@ class Slowdown:
 
     def __init__(self, slow: Any, rank: int, worker: int, t0: float,
                  tau: Callable[[int, int], float] | None = None) -> None:
-        self.static = float(slow.ranks.get(rank, 1.0))
+        self.static, self.from_s = float(slow.ranks.get(rank, 1.0)), float(slow.from_s)
         self.changing, self.pace, self.tau = slow.changing, float(slow.pace), tau
         self.delay_s = float(slow.delay_s.get(rank, 0.0))
         self.worker, self.t0 = worker, t0
@@ -45,12 +47,14 @@ class Slowdown:
         return self.static != 1.0 or self.changing.p > 0 and self.changing.period_s > 0 or self.pace > 0
 
     def factor(self, now: float | None = None) -> float:
-        """This rank's slowdown now: its static factor, times the changing factor in a period it is slowed in."""
+        """This rank's slowdown now: its static factor (once `from_s` has passed), times the changing factor in a
+        period it is slowed in."""
+        elapsed = (time.perf_counter() if now is None else now) - self.t0
+        static = self.static if elapsed >= self.from_s else 1.0
         c = self.changing
         if c.p <= 0 or c.period_s <= 0:
-            return self.static
-        period = int(((time.perf_counter() if now is None else now) - self.t0) // c.period_s)
-        return self.static * (c.factor if slowed(c.seed, period, self.worker, c.p) else 1.0)
+            return static
+        return static * (c.factor if slowed(c.seed, int(elapsed // c.period_s), self.worker, c.p) else 1.0)
 
     def pad(self, batch: int, resolution: int, compute_s: float) -> float:
         """Sleep what makes this step as slow as emulated; the seconds slept."""

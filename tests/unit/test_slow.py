@@ -22,6 +22,14 @@ def test_a_static_factor_sleeps_what_makes_the_step_that_much_slower(monkeypatch
     assert not other.active and other.pad(64, 32, 0.5) == 0.0 and s.slept_s == pytest.approx(1.0)
 
 
+def test_a_factor_from_s_applies_only_once_that_many_seconds_have_passed():
+    c = SlowChanging(factor=3.0, p=1.0, period_s=5.0, seed=0)
+    late = Slowdown(SlowConfig(ranks={2: 2.0}, from_s=10.0), rank=2, worker=1, t0=100.0)
+    both = Slowdown(SlowConfig(ranks={2: 2.0}, from_s=10.0, changing=c), rank=2, worker=1, t0=100.0)
+    assert late.active and late.factor(109.9) == 1.0 and late.factor(110.0) == late.factor(500.0) == 2.0
+    assert both.factor(105.0) == 3.0 and both.factor(111.0) == 6.0  # the changing pattern is not delayed
+
+
 def test_the_paced_mode_pads_every_step_to_the_modelled_time(monkeypatch):
     monkeypatch.setattr(time, "sleep", lambda s: None)
     tau = lambda batch, resolution: 0.001 * batch + 0.01  # noqa: E731
@@ -64,6 +72,7 @@ def test_summary_says_what_was_emulated_and_what_each_worker_slept():
     ("debug.slow.changing={factor: 3, p: 1.5, period_s: 5}", "debug.slow.changing.p is 1.5"),
     ("debug.slow.changing={factor: 3, p: 0.5}", "debug.slow.changing.period_s is 0.0"),
     ("debug.slow.pace=1.3", "debug.slow.pace pads each step to the step-time model"),
+    ("debug.slow.from_s=-1", r"debug.slow.from_s is -1.0; give the seconds after the run's start"),
 ])
 def test_bad_slow_settings_say_what_to_do(assignment, message):
     with pytest.raises(ConfigError, match=message):
