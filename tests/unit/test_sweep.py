@@ -123,3 +123,15 @@ def test_the_shipped_sweeps_run_only_combinations_their_config_takes():
     assert len(specs) == 16 and all(refusal(config, s, []) is None for s in specs)
     delta = next(s for s in specs if s.config == "hybrid-delta.commits_per_epoch-64")
     assert {"ps.merge=delta", "dual.small=2", "schedule.resolutions=[20, 28]"} <= set(delta.overrides)
+
+
+@pytest.mark.parametrize("grids", sorted(p.name for p in (ROOT / "configs" / "sweeps").glob("*.yaml")))
+def test_every_shipped_sweep_file_runs_only_combinations_the_comparison_config_takes(grids: str):
+    """Every grid file under configs/sweeps starts from configs/compare-fashion-mnist.yaml (its header says so);
+    a combination the config checks refuse would be skipped in the middle of a benchmark, so none may be."""
+    from hdbl_mpi.sweep.grid import load_grids
+
+    config = str(ROOT / "configs" / "compare-fashion-mnist.yaml")
+    assert "configs/compare-fashion-mnist.yaml" in (ROOT / "configs" / "sweeps" / grids).read_text()
+    specs = expand(load_grids(str(ROOT / "configs" / "sweeps" / grids)), seeds=1)
+    assert specs and [s.config for s in specs if refusal(config, s, [])] == []
