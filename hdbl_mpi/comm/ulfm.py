@@ -26,9 +26,11 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from typing import Any
 
 REPORT_ENV = "HDBL_REPORT_EXIT"
+LEAVE_DRAIN_S = 0.5  # see leave()
 UP_LINE = "hdbl train: every rank is through MPI_Init"
 EXIT_LINE = "hdbl train: rank 0 leaves with exit code"
 _EXIT_PATTERN = re.compile(rb"^" + re.escape(EXIT_LINE.encode()) + rb" (\d+)\r?$")
@@ -66,7 +68,18 @@ def reported_exit(line: bytes) -> int | None:
 
 
 def leave(code: int) -> None:
-    """End this process now with `code`, after flushing its output; MPI is not finalized."""
+    """End this process now with `code`, after flushing its output; MPI is not finalized.
+
+    The output is closed, then the process waits LEAVE_DRAIN_S before it exits: once a rank has failed, Open MPI's
+    runtime could tear the job down on this rank's exit before forwarding its last lines, and rank 0's EXIT_LINE
+    went missing that way (3 of 4 runs of tests/mpi/test_faults_mpi.py's exit(3) case here, 2026-12-05), which
+    turned a finished run into the failed worker's exit code."""
     sys.stdout.flush()
     sys.stderr.flush()
+    for fd in (1, 2):  # end of file on the runtime's pipes before the exit, not after it
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    time.sleep(LEAVE_DRAIN_S)
     os._exit(code)
